@@ -1,0 +1,340 @@
+//! The command vocabulary. Each command is declared once, below: its word,
+//! its area, its documentation and its typed arguments. From that one
+//! declaration come the typed [`Command`] enum, the parser used by the CLI
+//! and by the broker agent, and the help text.
+
+use std::path::PathBuf;
+
+use ferry_core::{Jname, NameSelector};
+
+use crate::args::{
+    ArgError, ArgReader, Default, FromArg, HookPath, Ip4List, Optional, RawArgs, Required, Rest,
+    Rule,
+};
+
+/// Where a command sits in `ferry help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Setup,
+    Jails,
+}
+
+impl Area {
+    pub fn title(self) -> &'static str {
+        match self {
+            Area::Setup => "setup",
+            Area::Jails => "jails",
+        }
+    }
+}
+
+/// One argument as help shows it.
+#[derive(Debug, Clone)]
+pub struct ArgSpec {
+    pub key: &'static str,
+    pub ty: &'static str,
+    /// "required", "optional" or "default X".
+    pub rule: String,
+    pub doc: Vec<&'static str>,
+}
+
+/// One command as help shows it.
+#[derive(Debug)]
+pub struct CommandSpec {
+    pub name: &'static str,
+    pub area: Area,
+    pub doc: &'static [&'static str],
+    /// Whether the command prints a listing (and so takes `--json`).
+    pub listing: bool,
+    pub args: fn() -> Vec<ArgSpec>,
+}
+
+impl CommandSpec {
+    pub fn summary(&self) -> &'static str {
+        self.doc.first().map_or("", |l| l.trim())
+    }
+
+    pub fn find(name: &str) -> Option<&'static CommandSpec> {
+        COMMANDS.iter().find(|c| c.name == name)
+    }
+}
+
+macro_rules! commands {
+    ($(
+        $(#[doc = $cdoc:literal])+
+        $variant:ident($args:ident) = $name:literal in $area:ident, listing = $listing:literal {
+            $( $(#[doc = $fdoc:literal])+ $field:ident : $ty:ty = $rule:expr ),* $(,)?
+        }
+    )+) => {
+        $(
+            $(#[doc = $cdoc])+
+            #[derive(Debug, Clone)]
+            pub struct $args {
+                $( $(#[doc = $fdoc])+ pub $field: $ty, )*
+            }
+
+            impl $args {
+                #[allow(unused_mut)]
+                fn parse(mut r: ArgReader) -> Result<Self, ArgError> {
+                    let v = $args {
+                        $( $field: Rule::<$ty>::take(&$rule, &mut r, stringify!($field))?, )*
+                    };
+                    r.finish()?;
+                    Ok(v)
+                }
+
+                fn arg_specs() -> Vec<ArgSpec> {
+                    vec![$({
+                        let (ty, rule) = Rule::<$ty>::describe(&$rule);
+                        ArgSpec { key: stringify!($field), ty, rule, doc: vec![$($fdoc),+] }
+                    }),*]
+                }
+            }
+        )+
+
+        /// Every operation ferry performs, whichever door it came through.
+        #[derive(Debug, Clone)]
+        pub enum Command {
+            $( $(#[doc = $cdoc])+ $variant($args), )+
+        }
+
+        /// The declarations, in help order.
+        pub static COMMANDS: &[CommandSpec] = &[
+            $( CommandSpec {
+                name: $name,
+                area: Area::$area,
+                doc: &[$($cdoc),+],
+                listing: $listing,
+                args: $args::arg_specs,
+            }, )+
+        ];
+
+        impl Command {
+            /// Type the arguments of command `name`.
+            pub fn parse(name: &str, raw: RawArgs) -> Result<Command, ArgError> {
+                match name {
+                    $( $name => $args::parse(ArgReader::new($name, raw)).map(Command::$variant), )+
+                    _ => Err(ArgError::UnknownCommand(name.chars().take(64).collect())),
+                }
+            }
+
+            /// The command's word.
+            pub fn name(&self) -> &'static str {
+                match self { $( Command::$variant(_) => $name, )+ }
+            }
+        }
+    };
+}
+
+crate::keyword_enum! {
+    /// What `base` does.
+    pub enum BaseMode { Create = "create", List = "list", Remove = "remove" }
+}
+
+crate::keyword_enum! {
+    /// What a base is built from.
+    pub enum BaseFrom { Busybox = "busybox", Dir = "dir" }
+}
+
+/// A host network interface name (a bridge), at most 15 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfName(pub String);
+
+impl FromArg for IfName {
+    const TYPE: &'static str = "IFNAME";
+    fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
+        let ok = !v.is_empty()
+            && v.len() <= 15
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && !v.starts_with(['-', '.']);
+        if ok {
+            Ok(IfName(v.to_owned()))
+        } else {
+            Err(ArgError::invalid(
+                key,
+                v,
+                "not an interface name (1-15 of A-Z a-z 0-9 _ - .)",
+            ))
+        }
+    }
+}
+
+commands! {
+    /// Create or update the workdir: layout, shared-dir ids, registry, node inventory.
+    /// Non-interactive and idempotent: a re-run keeps ids, data and registry.
+    /// The workdir comes from --workdir, else $workdir, else /usr/jails.
+    Initenv(InitenvArgs) = "initenv" in Setup, listing = false {
+        /// This node's name (default: the current one, else the host name).
+        nodename: Option<Jname> = Optional,
+    }
+
+    /// Create, list or remove local read-only bases for jails.
+    /// A base is built from Debian's busybox-static or copied from a directory
+    /// tree (e.g. a debootstrap). Removing a base some jail uses is refused.
+    Base(BaseArgs) = "base" in Setup, listing = true {
+        /// create, list or remove.
+        mode: BaseMode = Default("list"),
+        /// The base's name (create, remove).
+        name: Option<Jname> = Optional,
+        /// busybox or dir (create).
+        from: BaseFrom = Default("busybox"),
+        /// The directory tree to copy (from=dir) or the busybox binary (from=busybox).
+        path: Option<PathBuf> = Optional,
+    }
+
+    /// Create a jail: its definition, data dir and registry row on this node.
+    Jcreate(JcreateArgs) = "jcreate" in Jails, listing = false {
+        /// The jail's name.
+        jname: Jname = Required,
+        /// The local base its root is built from.
+        base: Jname = Default("busybox"),
+        /// 0: the base is mounted read-only and only etc, home, root, tmp, var
+        /// are the jail's own; 1: the whole root is the jail's own copy.
+        baserw: bool = Default("0"),
+        /// The jail's host name (default: its name).
+        host_hostname: Option<String> = Optional,
+        /// Addresses in the jail's own network namespace, or 0 for loopback only.
+        ip4_addr: Ip4List = Default("0"),
+        /// The bridge the jail's veth is attached to (created if missing).
+        interface: IfName = Default("ferry0"),
+        /// Default route inside the jail.
+        defaultrouter: Option<std::net::Ipv4Addr> = Optional,
+        /// The command the jail runs, split into words (never evaluated by a shell).
+        exec_start: String = Default("/bin/sh /etc/rc"),
+        /// Start the jail when the node daemon starts.
+        astart: bool = Default("0"),
+        /// Hook run before the jail's data is touched.
+        mnt_start: HookPath = Default("0"),
+        /// Hook run after the jail stopped.
+        mnt_stop: HookPath = Default("0"),
+        /// Seconds a hook may run before its process group is killed (0: no limit).
+        mnt_timeout: u64 = Default("60"),
+        /// Seconds jstop waits after SIGTERM before SIGKILL.
+        stop_timeout: u64 = Default("10"),
+        /// Start the jail right after creating it.
+        runasap: bool = Default("0"),
+    }
+
+    /// Start jails.
+    Jstart(JstartArgs) = "jstart" in Jails, listing = false {
+        /// The jail, or a quoted glob such as 'web*'.
+        jname: NameSelector = Required,
+    }
+
+    /// Stop jails: SIGTERM, SIGKILL after stop_timeout, then mnt_stop.
+    Jstop(JstopArgs) = "jstop" in Jails, listing = false {
+        /// The jail, or a quoted glob such as 'web*'.
+        jname: NameSelector = Required,
+    }
+
+    /// Restart jails (a stopped jail is just started).
+    Jrestart(JrestartArgs) = "jrestart" in Jails, listing = false {
+        /// The jail, or a quoted glob such as 'web*'.
+        jname: NameSelector = Required,
+    }
+
+    /// Remove stopped jails: definition, data, system dir, fstab and registry row.
+    Jremove(JremoveArgs) = "jremove" in Jails, listing = false {
+        /// The jail, or a quoted glob such as 'web*'.
+        jname: NameSelector = Required,
+    }
+
+    /// List the jails registered on this node, with their live state.
+    Jls(JlsArgs) = "jls" in Jails, listing = true {
+        /// Only jails matching this name or glob.
+        jname: NameSelector = Default("*"),
+        /// Comma-separated columns to show (CBSD's display=).
+        display: Option<String> = Optional,
+    }
+
+    /// Run a command inside a running jail; exits with the command's status.
+    Jexec(JexecArgs) = "jexec" in Jails, listing = false {
+        /// The jail.
+        jname: Jname = Required,
+        /// The command and its arguments.
+        cmd: Vec<String> = Rest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &[&str]) -> Result<Command, ArgError> {
+        Command::parse(words[0], RawArgs::from_words(words[1..].iter().copied())?)
+    }
+
+    #[test]
+    fn parses_cbsd_grammar() {
+        let Command::Jstart(a) = parse(&["jstart", "jname=jail*"]).unwrap() else {
+            panic!()
+        };
+        assert!(a.jname.is_glob());
+        let Command::Jcreate(c) = parse(&["jcreate", "jname=j1", "ip4_addr=10.0.0.2/24"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.base.as_str(), "busybox");
+        assert_eq!(c.mnt_timeout, 60);
+        assert_eq!(c.ip4_addr.render(), "10.0.0.2/24");
+        let Command::Jexec(e) = parse(&["jexec", "jname=j1", "ls", "-la"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.cmd, ["ls", "-la"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&["jstart", "jname=j1", "colour=red"]).unwrap_err();
+        assert_eq!(
+            e,
+            ArgError::UnknownKey {
+                command: "jstart",
+                key: "colour".into()
+            }
+        );
+        assert!(e.to_string().contains("colour"));
+        let e = parse(&["jcreate", "jname=j1", "mnt_timeout=abc"]).unwrap_err();
+        assert!(e.to_string().contains("mnt_timeout"), "{e}");
+        let e = parse(&["jcreate", "jname=../x"]).unwrap_err();
+        assert!(e.to_string().contains("jname"), "{e}");
+        assert_eq!(
+            parse(&["jstart"]).unwrap_err(),
+            ArgError::Missing { key: "jname" }
+        );
+        assert!(matches!(
+            parse(&["jstrat"]),
+            Err(ArgError::UnknownCommand(_))
+        ));
+        assert!(matches!(
+            parse(&["jstart", "jname=a", "oops"]),
+            Err(ArgError::UnexpectedWords { .. })
+        ));
+    }
+
+    #[test]
+    fn every_command_has_docs_and_unique_keys() {
+        for spec in COMMANDS {
+            assert!(!spec.summary().is_empty(), "{}", spec.name);
+            let args = (spec.args)();
+            for a in &args {
+                assert!(!a.doc.is_empty(), "{}.{}", spec.name, a.key);
+            }
+            let mut keys: Vec<_> = args.iter().map(|a| a.key).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            assert_eq!(keys.len(), args.len(), "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn broker_json_reaches_the_same_commands() {
+        let raw =
+            RawArgs::from_json(&serde_json::json!({"jname": "j1", "mnt_timeout": 5})).unwrap();
+        let Command::Jcreate(c) = Command::parse("jcreate", raw).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.mnt_timeout, 5);
+    }
+}

@@ -1,0 +1,134 @@
+//! The core error type and the classification callers use to choose an exit
+//! code or a broker `ErrCode`.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::name::{Jname, NameError};
+
+/// How an error should be reported to a caller who must tell cases apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The operation was attempted and failed.
+    Failed,
+    /// The request itself is malformed: bad name, bad value, bad file.
+    BadInput,
+    /// The named env, base or file does not exist.
+    NotFound,
+    /// The env is in a state that does not allow the operation
+    /// (already running, still running, already exists ...).
+    WrongState,
+    /// Another node holds the env's owner lease.
+    NotOwner,
+    /// A precheck refused the operation before anything changed.
+    Refused,
+}
+
+/// Errors of ferry's domain core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid name {name:?}")]
+    Name {
+        name: String,
+        #[source]
+        source: NameError,
+    },
+    #[error("{what} at {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("workdir {0} is not initialized; run `ferry initenv` first")]
+    NotInitialized(PathBuf),
+    #[error("invalid definition file {path}")]
+    Definition {
+        path: PathBuf,
+        #[source]
+        source: crate::rcconf::ParseError,
+    },
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    BadValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("no env named {0}")]
+    EnvNotFound(Jname),
+    #[error("no env matches {0}")]
+    NoMatch(String),
+    #[error("an env named {0} already exists")]
+    EnvExists(Jname),
+    #[error("{jname} is {state}; {action} needs it {needs}")]
+    WrongState {
+        jname: Jname,
+        state: &'static str,
+        action: &'static str,
+        needs: &'static str,
+    },
+    #[error("no base named {0}")]
+    BaseNotFound(String),
+    #[error("base {0} already exists")]
+    BaseExists(String),
+    #[error("base {base} is used by {users}")]
+    BaseInUse { base: String, users: String },
+    #[error("registry {path}")]
+    Registry {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Hook(#[from] crate::hook::HookError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Name { .. } | Error::BadValue { .. } | Error::Definition { .. } => {
+                ErrorKind::BadInput
+            }
+            Error::Hook(h) if h.is_refusal() => ErrorKind::Refused,
+            Error::EnvNotFound(_) | Error::NoMatch(_) | Error::BaseNotFound(_) => {
+                ErrorKind::NotFound
+            }
+            Error::EnvExists(_)
+            | Error::WrongState { .. }
+            | Error::BaseExists(_)
+            | Error::BaseInUse { .. } => ErrorKind::WrongState,
+            Error::NotInitialized(_) | Error::Refused(_) => ErrorKind::Refused,
+            Error::Io { .. } | Error::Registry { .. } | Error::Hook(_) | Error::Failed(_) => {
+                ErrorKind::Failed
+            }
+        }
+    }
+
+    /// Attach what was being done and where to an I/O error.
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+
+    pub fn bad_value(key: &str, value: &str, reason: impl Into<String>) -> Self {
+        Error::BadValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Validate a name, turning the failure into a core error naming the input.
+pub fn jname(s: &str) -> Result<Jname> {
+    Jname::new(s).map_err(|source| Error::Name {
+        name: s.to_owned(),
+        source,
+    })
+}

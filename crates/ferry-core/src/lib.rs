@@ -1,0 +1,20 @@
+//! ferry's domain core: the workdir and its layout, env names, the
+//! definition codec, the local registry, the env lifecycle model, mount
+//! hooks, bases and the node inventory. Engines (runc, QEMU) and front doors
+//! (CLI, broker) build on this crate; it starts no environment itself.
+
+pub mod atomic;
+pub mod base;
+pub mod error;
+pub mod hook;
+pub mod inventory;
+pub mod model;
+pub mod name;
+pub mod rcconf;
+pub mod registry;
+pub mod workdir;
+
+pub use error::{Error, ErrorKind, Result};
+pub use model::{Action, EnvKind, EnvState};
+pub use name::{Jname, NameSelector};
+pub use workdir::Workdir;

@@ -1,0 +1,121 @@
+//! The env model: kinds, lifecycle states and the transitions between them.
+//!
+//! Every lifecycle decision is made here, in one exhaustive `match`, so the
+//! backends never decide on their own whether an action is allowed.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::name::Jname;
+
+/// What an env is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvKind {
+    Jail,
+    Vm,
+}
+
+impl EnvKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvKind::Jail => "jail",
+            EnvKind::Vm => "vm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EnvKind> {
+        match s {
+            "jail" => Some(EnvKind::Jail),
+            "vm" => Some(EnvKind::Vm),
+            _ => None,
+        }
+    }
+}
+
+/// The live state of a registered env on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvState {
+    /// Not running, nothing left behind.
+    Stopped,
+    /// Its process is alive.
+    Running,
+    /// A runtime record is left but the process is gone (it died, or ferry
+    /// was killed mid-start): shown as stopped; start, stop and remove clean
+    /// up what is left first.
+    Crashed,
+}
+
+impl EnvState {
+    /// What a listing shows: an env whose processes died is stopped.
+    pub fn display(self) -> &'static str {
+        match self {
+            EnvState::Running => "running",
+            EnvState::Stopped | EnvState::Crashed => "stopped",
+        }
+    }
+}
+
+/// Operations whose permission depends on the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+    Remove,
+    Exec,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+            Action::Remove => "remove",
+            Action::Exec => "exec",
+        }
+    }
+}
+
+/// Whether `action` is allowed on `jname` in `state`.
+pub fn check(jname: &Jname, state: EnvState, action: Action) -> Result<()> {
+    use Action::*;
+    use EnvState::*;
+    let needs = match (state, action) {
+        (Stopped | Crashed, Start | Remove) | (Running, Stop | Exec) | (_, Restart) => {
+            return Ok(())
+        }
+        (Crashed, Stop) => return Ok(()),
+        (Running, Start | Remove) => "stopped",
+        (Stopped | Crashed, Exec) | (Stopped, Stop) => "running",
+    };
+    Err(Error::WrongState {
+        jname: jname.clone(),
+        state: state.display(),
+        action: action.as_str(),
+        needs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions() {
+        let j = Jname::new("j").unwrap();
+        assert!(check(&j, EnvState::Stopped, Action::Start).is_ok());
+        assert!(check(&j, EnvState::Running, Action::Start).is_err());
+        assert!(check(&j, EnvState::Running, Action::Remove).is_err());
+        assert!(check(&j, EnvState::Stopped, Action::Stop).is_err());
+        assert!(check(&j, EnvState::Crashed, Action::Stop).is_ok());
+        assert!(check(&j, EnvState::Crashed, Action::Exec).is_err());
+        assert!(check(&j, EnvState::Running, Action::Restart).is_ok());
+        let msg = check(&j, EnvState::Running, Action::Remove)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(msg, "j is running; remove needs it stopped");
+    }
+}

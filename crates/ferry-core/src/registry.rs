@@ -1,0 +1,268 @@
+//! The node-local registry (SQLite under `var/db`, never on shared storage).
+//!
+//! A row means "this env is registered on this node". The definition file on
+//! shared storage stays the source of truth; the row caches the few fields a
+//! listing shows, so `jls` over thousands of envs reads one table.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::EnvKind;
+use crate::name::Jname;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS envs (
+    jname         TEXT PRIMARY KEY NOT NULL,
+    kind          TEXT NOT NULL,
+    base          TEXT,
+    host_hostname TEXT NOT NULL DEFAULT '',
+    ip4_addr      TEXT NOT NULL DEFAULT '',
+    astart        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS envs_base ON envs(base);
+CREATE TABLE IF NOT EXISTS inventory (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+";
+
+/// One registered env as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvRow {
+    pub jname: Jname,
+    pub kind: EnvKind,
+    pub base: Option<String>,
+    pub host_hostname: String,
+    pub ip4_addr: String,
+    pub astart: bool,
+}
+
+/// An open registry connection.
+#[derive(Debug)]
+pub struct Registry {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Registry {
+    /// Open (creating if needed) the registry in `db_dir`.
+    pub fn open(db_dir: &Path) -> Result<Registry> {
+        let path = db_dir.join("local.sqlite");
+        let err = |source| Error::Registry {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Registry { conn, path })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |source| Error::Registry {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Add a row; an existing row for the name is an error.
+    pub fn insert(&self, row: &EnvRow) -> Result<()> {
+        if self.get(&row.jname)?.is_some() {
+            return Err(Error::EnvExists(row.jname.clone()));
+        }
+        self.upsert(row)
+    }
+
+    /// Add or replace a row.
+    pub fn upsert(&self, row: &EnvRow) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO envs (jname, kind, base, host_hostname, ip4_addr, astart)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    row.jname.as_str(),
+                    row.kind.as_str(),
+                    row.base,
+                    row.host_hostname,
+                    row.ip4_addr,
+                    row.astart
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Add many rows in one transaction (bulk registration, benchmarks).
+    pub fn upsert_many(&mut self, rows: &[EnvRow]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::Registry {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO envs (jname, kind, base, host_hostname, ip4_addr, astart)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(err)?;
+            for row in rows {
+                stmt.execute(params![
+                    row.jname.as_str(),
+                    row.kind.as_str(),
+                    row.base,
+                    row.host_hostname,
+                    row.ip4_addr,
+                    row.astart
+                ])
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Remove a row; returns whether one existed.
+    pub fn remove(&self, jname: &Jname) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM envs WHERE jname = ?1", [jname.as_str()])
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    pub fn get(&self, jname: &Jname) -> Result<Option<EnvRow>> {
+        self.conn
+            .query_row(
+                "SELECT jname, kind, base, host_hostname, ip4_addr, astart FROM envs WHERE jname = ?1",
+                [jname.as_str()],
+                row_from_sql,
+            )
+            .optional()
+            .map_err(self.err())?
+            .transpose()
+    }
+
+    /// All rows, ordered by name.
+    pub fn list(&self) -> Result<Vec<EnvRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT jname, kind, base, host_hostname, ip4_addr, astart FROM envs ORDER BY jname",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], row_from_sql)
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())?;
+        rows.into_iter().collect()
+    }
+
+    /// Names of the registered envs built on `base`.
+    pub fn users_of_base(&self, base: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT jname FROM envs WHERE base = ?1 ORDER BY jname")
+            .map_err(self.err())?;
+        let names = stmt
+            .query_map([base], |r| r.get(0))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.err())?;
+        Ok(names)
+    }
+
+    pub fn set_inventory(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO inventory (key, value) VALUES (?1, ?2)",
+                [key, value],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn inventory(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM inventory WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())
+    }
+}
+
+type SqlRow = (String, String, Option<String>, String, String, bool);
+
+fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EnvRow>> {
+    let (jname, kind, base, host_hostname, ip4_addr, astart): SqlRow = (
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    );
+    Ok((|| {
+        Ok(EnvRow {
+            jname: crate::error::jname(&jname)?,
+            kind: EnvKind::parse(&kind)
+                .ok_or_else(|| Error::bad_value("kind", &kind, "unknown kind"))?,
+            base,
+            host_hostname,
+            ip4_addr,
+            astart,
+        })
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str) -> EnvRow {
+        EnvRow {
+            jname: Jname::new(name).unwrap(),
+            kind: EnvKind::Jail,
+            base: Some("busybox".into()),
+            host_hostname: format!("{name}.example"),
+            ip4_addr: String::new(),
+            astart: false,
+        }
+    }
+
+    #[test]
+    fn insert_get_list_remove() {
+        let t = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(t.path()).unwrap();
+        reg.insert(&row("b")).unwrap();
+        reg.insert(&row("a")).unwrap();
+        assert!(matches!(reg.insert(&row("a")), Err(Error::EnvExists(_))));
+        assert_eq!(reg.get(&Jname::new("a").unwrap()).unwrap(), Some(row("a")));
+        let names: Vec<_> = reg
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.jname.to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(reg.users_of_base("busybox").unwrap(), ["a", "b"]);
+        assert!(reg.remove(&Jname::new("a").unwrap()).unwrap());
+        assert!(!reg.remove(&Jname::new("a").unwrap()).unwrap());
+        let many: Vec<_> = (0..100).map(|i| row(&format!("j{i}"))).collect();
+        reg.upsert_many(&many).unwrap();
+        assert_eq!(reg.list().unwrap().len(), 101);
+        drop(reg);
+        // Reopening keeps everything.
+        assert_eq!(Registry::open(t.path()).unwrap().list().unwrap().len(), 101);
+    }
+}
