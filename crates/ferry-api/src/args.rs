@@ -80,6 +80,17 @@ impl RawArgs {
         Ok(raw)
     }
 
+    /// From `(key, value)` pairs, e.g. the entries of a definition file.
+    pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(
+        pairs: I,
+    ) -> Result<RawArgs, ArgError> {
+        let mut raw = RawArgs::default();
+        for (k, v) in pairs {
+            raw.insert(&k, v)?;
+        }
+        Ok(raw)
+    }
+
     /// From a broker job's `CommandArgs`: values may be strings, numbers or
     /// booleans (a list of strings only for `cmd`).
     pub fn from_json(args: &serde_json::Value) -> Result<RawArgs, ArgError> {

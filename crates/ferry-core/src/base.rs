@@ -235,21 +235,28 @@ fn populate_from_dir(root: &Path, src: &Path) -> Result<()> {
             "is not a directory",
         ));
     }
-    // `cp -a` keeps owners, modes, links, device nodes and xattrs, which a
-    // hand-written copy would have to re-implement. Arguments, not a shell.
+    copy_tree(src, root)
+}
+
+/// Copy the contents of directory `src` into directory `dst` (which may
+/// exist), keeping owners, modes, links, device nodes and xattrs. `cp -a`
+/// does all of that; a hand-written copy would have to re-implement it.
+/// Arguments are passed as a vector, never through a shell.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     let mut from = src.as_os_str().to_owned();
     from.push("/.");
     let status = Command::new("cp")
         .arg("-a")
         .arg("--")
         .arg(&from)
-        .arg(root)
+        .arg(dst)
         .status()
         .map_err(Error::io("cannot run cp", src))?;
     if !status.success() {
         return Err(Error::Failed(format!(
-            "copying {} failed ({status})",
-            src.display()
+            "copying {} to {} failed ({status})",
+            src.display(),
+            dst.display()
         )));
     }
     Ok(())

@@ -48,6 +48,8 @@ pub enum Error {
         #[source]
         source: crate::rcconf::ParseError,
     },
+    #[error("invalid definition {path}: {reason}")]
+    BadDefinition { path: PathBuf, reason: String },
     #[error("invalid value {value:?} for {key}: {reason}")]
     BadValue {
         key: String,
@@ -90,9 +92,10 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Name { .. } | Error::BadValue { .. } | Error::Definition { .. } => {
-                ErrorKind::BadInput
-            }
+            Error::Name { .. }
+            | Error::BadValue { .. }
+            | Error::Definition { .. }
+            | Error::BadDefinition { .. } => ErrorKind::BadInput,
             Error::Hook(h) if h.is_refusal() => ErrorKind::Refused,
             Error::EnvNotFound(_) | Error::NoMatch(_) | Error::BaseNotFound(_) => {
                 ErrorKind::NotFound

@@ -5,11 +5,14 @@
 
 pub mod atomic;
 pub mod base;
+pub mod envdef;
 pub mod error;
 pub mod hook;
 pub mod inventory;
+pub mod lock;
 pub mod model;
 pub mod name;
+pub mod net;
 pub mod rcconf;
 pub mod registry;
 pub mod workdir;

@@ -1,1 +1,155 @@
-//! placeholder
+//! The dispatcher: one place where a typed [`Command`] is carried out,
+//! whichever front door it came through (the CLI now, the broker agent
+//! later). Handlers are short: open, call the engine, shape the outcome.
+
+mod base;
+mod jail;
+
+use std::path::{Path, PathBuf};
+
+use ferry_api::exit;
+use ferry_api::{Command, EnvResult, Outcome};
+use ferry_core::inventory::Inventory;
+use ferry_core::registry::Registry;
+use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
+
+/// The ferry version recorded in the node inventory.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where commands run.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub workdir: PathBuf,
+}
+
+impl Context {
+    pub fn new(workdir: impl Into<PathBuf>) -> Context {
+        Context {
+            workdir: workdir.into(),
+        }
+    }
+
+    fn open(&self) -> Result<(Workdir, Registry)> {
+        let wd = Workdir::open(&self.workdir)?;
+        let reg = Registry::open(&wd.db_dir())?;
+        Ok((wd, reg))
+    }
+}
+
+/// Carry out one command.
+pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
+    tracing::debug!(command = cmd.name(), "dispatch");
+    match cmd {
+        Command::Initenv(a) => initenv(&ctx.workdir, a.nodename.as_ref()),
+        Command::Base(a) => {
+            let (wd, reg) = ctx.open()?;
+            base::run(&wd, &reg, a)
+        }
+        Command::Jcreate(a) => {
+            let (wd, reg) = ctx.open()?;
+            jail::create(&wd, &reg, a)
+        }
+        Command::Jstart(a) => jail::each(ctx, &a.jname, "started", ferry_jail::start),
+        Command::Jstop(a) => jail::each(ctx, &a.jname, "stopped", ferry_jail::stop),
+        Command::Jrestart(a) => jail::each(ctx, &a.jname, "restarted", ferry_jail::restart),
+        Command::Jremove(a) => {
+            let (wd, reg) = ctx.open()?;
+            let names = select(&reg, EnvKind::Jail, &a.jname)?;
+            Ok(per_env(&wd, names, "removed", |wd, j| {
+                ferry_jail::remove(wd, &reg, j)
+            }))
+        }
+        Command::Jls(a) => {
+            let (wd, reg) = ctx.open()?;
+            jail::list(&wd, &reg, &a.jname, a.display.as_deref())
+        }
+        Command::Jexec(a) => {
+            let (wd, _) = ctx.open()?;
+            let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;
+            Ok(Outcome::Exited { status })
+        }
+    }
+}
+
+fn initenv(root: &Path, nodename: Option<&Jname>) -> Result<Outcome> {
+    let wd = Workdir::init(root, nodename.map(Jname::as_str))?;
+    let reg = Registry::open(&wd.db_dir())?;
+    let inv = Inventory::collect(wd.nodename(), VERSION);
+    let json = serde_json::to_string(&inv).map_err(|e| Error::Failed(e.to_string()))?;
+    reg.set_inventory("node", &json)?;
+    Ok(Outcome::message(format!(
+        "workdir {} ready for node {} ({}, {} CPUs, {} MiB{})",
+        wd.root().display(),
+        wd.nodename(),
+        inv.arch,
+        inv.ncpu,
+        inv.mem_bytes >> 20,
+        inv.qemu_version
+            .as_deref()
+            .map(|q| format!(", {q}"))
+            .unwrap_or_default()
+    )))
+}
+
+/// The registered envs of `kind` a selector names. A single name that is
+/// not registered, or a glob that matches nothing, is "not found".
+pub fn select(reg: &Registry, kind: EnvKind, sel: &NameSelector) -> Result<Vec<Jname>> {
+    if let NameSelector::One(j) = sel {
+        return match reg.get(j)? {
+            Some(row) if row.kind == kind => Ok(vec![j.clone()]),
+            Some(_) => Err(Error::Refused(format!("{j} is not a {}", kind.as_str()))),
+            None => Err(Error::EnvNotFound(j.clone())),
+        };
+    }
+    let names: Vec<Jname> = reg
+        .list()?
+        .into_iter()
+        .filter(|r| r.kind == kind && sel.matches(r.jname.as_str()))
+        .map(|r| r.jname)
+        .collect();
+    if names.is_empty() {
+        return Err(Error::NoMatch(sel.to_string()));
+    }
+    Ok(names)
+}
+
+/// Run `op` on each env under its lock. One env's failure does not stop the
+/// others; a single env's error is returned as is.
+fn per_env(
+    wd: &Workdir,
+    names: Vec<Jname>,
+    done: &str,
+    op: impl Fn(&Workdir, &Jname) -> Result<()>,
+) -> Outcome {
+    let results: Vec<EnvResult> = names
+        .iter()
+        .map(|j| {
+            let r = ferry_core::lock::EnvLock::acquire(wd, j).and_then(|_lock| op(wd, j));
+            match r {
+                Ok(()) => EnvResult {
+                    jname: j.to_string(),
+                    code: exit::OK,
+                    message: format!("{j} {done}"),
+                },
+                Err(e) => EnvResult {
+                    jname: j.to_string(),
+                    code: exit::for_kind(e.kind()),
+                    message: error_chain(&e),
+                },
+            }
+        })
+        .collect();
+    Outcome::PerEnv { results }
+}
+
+/// An error and all its causes on one line, each said once.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,1 +1,489 @@
-//! placeholder
+//! ferry's jail engine: a jail is an OCI bundle run by runc. Its root is a
+//! local base mounted read-only with the jail's own dirs bound over it from
+//! its data dir on shared storage (`baserw=0`), or its data dir itself
+//! (`baserw=1`). Every lifecycle decision goes through
+//! [`ferry_core::model::check`]; every step that leaves something behind is
+//! recorded first in the local runtime record, so a crash is undone by the
+//! next start, stop or remove.
+
+pub mod config;
+pub mod fstab;
+pub mod runc;
+pub mod runtime;
+pub mod spec;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferry_api::command::JcreateArgs;
+use ferry_core::base::{self, WRITABLE_DIRS};
+use ferry_core::envdef::{self, HookCtx};
+use ferry_core::hook::{HookKind, Phase as HookPhase};
+use ferry_core::model::{self, Action};
+use ferry_core::net::Attachment;
+use ferry_core::registry::{EnvRow, Registry};
+use ferry_core::workdir::fnv1a;
+use ferry_core::{atomic, EnvKind, EnvState, Error, Jname, Result, Workdir};
+
+pub use config::JailConfig;
+use fstab::{FstabEntry, MountKind};
+use runc::Runc;
+use runtime::{NetRecord, Phase, Runtime};
+
+/// Marker left in the system dir while `jcreate` is in progress.
+const CREATING: &str = ".creating";
+
+/// Owner epoch passed to hooks. Owner leases arrive with shared-storage
+/// registration; until then every env is at epoch 0.
+const EPOCH: u64 = 0;
+
+/// Create a jail on this node (and start it when `runasap=1`).
+pub fn create(wd: &Workdir, reg: &Registry, args: JcreateArgs) -> Result<()> {
+    let runasap = args.runasap;
+    let cfg = JailConfig::from_args(args, wd.root())?;
+    let j = cfg.jname().clone();
+    if reg.get(&j)?.is_some() {
+        return Err(Error::EnvExists(j));
+    }
+    if !base::exists(wd, &cfg.args.base) {
+        return Err(Error::BaseNotFound(cfg.args.base.to_string()));
+    }
+    cfg.hooks.check()?;
+    if wd.data_dir(&j).exists() || wd.unregistered_rcconf(&j).exists() {
+        return Err(Error::EnvExists(j));
+    }
+    // Claim the name pool-wide: creating the system dir on shared storage is atomic.
+    let sys = wd.system_dir(&j);
+    match fs::create_dir(&sys) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(if sys.join(CREATING).exists() {
+                Error::Refused(format!(
+                    "an earlier jcreate of {j} was interrupted; `ferry jremove jname={j}` cleans it up"
+                ))
+            } else {
+                Error::EnvExists(j)
+            });
+        }
+        Err(e) => return Err(Error::io("cannot create", &sys)(e)),
+    }
+    let marker = sys.join(CREATING);
+    atomic::write_atomic(&marker, format!("{}\n", wd.nodename()).as_bytes(), 0o644)
+        .map_err(Error::io("cannot write", &marker))?;
+
+    let made = (|| {
+        for d in [wd.data_dir(&j), wd.fstab_dir(&j)] {
+            fs::create_dir_all(&d).map_err(Error::io("cannot create", &d))?;
+        }
+        let ctx = HookCtx {
+            wd,
+            jname: &j,
+            epoch: EPOCH,
+        };
+        cfg.hooks
+            .with_mounts(&ctx, HookPhase::Create, false, || populate(wd, &cfg))?;
+        let def = config::to_definition(&cfg.args, wd.root())?;
+        let rc = wd.registered_rcconf(&j);
+        def.store(&rc, wd.root())
+            .map_err(Error::io("cannot write definition", &rc))?;
+        reg.insert(&row(&cfg))
+    })();
+    if let Err(e) = made {
+        remove_files(wd, &j);
+        return Err(e);
+    }
+    fs::remove_file(&marker).map_err(Error::io("cannot remove", &marker))?;
+    if runasap {
+        start(wd, &j)?;
+    }
+    Ok(())
+}
+
+/// The registry row of a jail.
+pub fn row(cfg: &JailConfig) -> EnvRow {
+    EnvRow {
+        jname: cfg.jname().clone(),
+        kind: EnvKind::Jail,
+        base: Some(cfg.args.base.to_string()),
+        host_hostname: cfg.host_hostname().to_owned(),
+        ip4_addr: cfg.args.ip4_addr.render(),
+        astart: cfg.args.astart,
+    }
+}
+
+/// Fill a new jail's data dir from its base.
+fn populate(wd: &Workdir, cfg: &JailConfig) -> Result<()> {
+    let j = cfg.jname();
+    let base = wd.base_dir(&cfg.args.base);
+    let data = wd.data_dir(j);
+    if cfg.args.baserw {
+        base::copy_tree(&base, &data)?;
+    } else {
+        for d in WRITABLE_DIRS {
+            let (src, dst) = (base.join(d), data.join(d));
+            fs::create_dir_all(&dst).map_err(Error::io("cannot create", &dst))?;
+            if matches!(d, "etc" | "var") && src.is_dir() {
+                base::copy_tree(&src, &dst)?;
+            }
+        }
+        let modes = [("root", 0o700), ("tmp", 0o1777)];
+        for (d, mode) in modes {
+            let p = data.join(d);
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+                .map_err(Error::io("cannot set mode", &p))?;
+        }
+    }
+    let etc = data.join("etc");
+    fs::create_dir_all(&etc).map_err(Error::io("cannot create", &etc))?;
+    let hostname = etc.join("hostname");
+    atomic::write_atomic(
+        &hostname,
+        format!("{}\n", cfg.host_hostname()).as_bytes(),
+        0o644,
+    )
+    .map_err(Error::io("cannot write", &hostname))?;
+    let fstab = wd.fstab_file(j);
+    if !fstab.exists() {
+        let text =
+            "# Extra mounts of this jail: source target type options (nullfs, bind or tmpfs)\n";
+        atomic::write_atomic(&fstab, text.as_bytes(), 0o644)
+            .map_err(Error::io("cannot write", &fstab))?;
+    }
+    Ok(())
+}
+
+/// Remove every file of a jail on shared storage (best effort, used to
+/// roll back a failed create and to finish a remove).
+fn remove_files(wd: &Workdir, j: &Jname) {
+    for d in [wd.data_dir(j), wd.fstab_dir(j), wd.system_dir(j)] {
+        if let Err(e) = fs::remove_dir_all(&d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(jname = %j, path = %d.display(), error = %e, "cannot remove");
+            }
+        }
+    }
+}
+
+fn load(wd: &Workdir, j: &Jname) -> Result<JailConfig> {
+    let def = envdef::load_registered(wd, j)?;
+    JailConfig::from_definition(&def, wd, &wd.registered_rcconf(j))
+}
+
+/// The live state of a jail registered here.
+pub fn state(wd: &Workdir, j: &Jname) -> Result<EnvState> {
+    runtime::state(wd, j).map(|(s, _)| s)
+}
+
+/// Start a registered jail.
+pub fn start(wd: &Workdir, j: &Jname) -> Result<()> {
+    let (st, rt) = runtime::state(wd, j)?;
+    model::check(j, st, Action::Start)?;
+    let cfg = load(wd, j)?;
+    cfg.hooks.check()?;
+    if let Some(rt) = rt {
+        teardown(wd, j, Some(&cfg), &rt)?;
+    }
+    if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {
+        return Err(Error::BaseNotFound(cfg.args.base.to_string()));
+    }
+    let net = (!cfg.args.ip4_addr.0.is_empty()).then(|| {
+        let tag = wd.pool_tag();
+        NetRecord {
+            netns: format!("ferry-{tag}-{j}"),
+            host_if: format!("fy{:08x}", fnv1a(format!("{tag}/{j}").as_bytes()) as u32),
+            bridge: cfg.args.interface.0.clone(),
+        }
+    });
+    let mut rt = Runtime {
+        phase: Phase::Starting,
+        pid: None,
+        starttime: None,
+        net,
+        epoch: EPOCH,
+    };
+    // Recorded before anything is set up, so a crash from here on is undone.
+    runtime::write(wd, j, &rt)?;
+    let ctx = HookCtx {
+        wd,
+        jname: j,
+        epoch: EPOCH,
+    };
+    match cfg
+        .hooks
+        .with_mounts(&ctx, HookPhase::Start, true, || launch(wd, &cfg, &rt))
+    {
+        Ok((pid, starttime)) => {
+            rt.phase = Phase::Running;
+            rt.pid = Some(pid);
+            rt.starttime = Some(starttime);
+            runtime::write(wd, j, &rt)
+        }
+        Err(e) => {
+            // launch cleaned up after itself and mnt_stop has run.
+            runtime::clear(wd, j)?;
+            Err(e)
+        }
+    }
+}
+
+/// Set up network and bundle and run the container; undo all of it on failure.
+fn launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)> {
+    let r = try_launch(wd, cfg, rt);
+    if r.is_err() {
+        let j = cfg.jname();
+        let _ = Runc::new(wd).delete(j);
+        if let Some(net) = &rt.net {
+            let _ = net.attachment().down();
+        }
+    }
+    r
+}
+
+fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)> {
+    let j = cfg.jname();
+    let fstab = read_fstab(wd, cfg)?;
+    prepare_mount_points(wd, cfg, &fstab)?;
+    let netns = match &rt.net {
+        Some(n) => {
+            let att = Attachment {
+                addrs: cfg
+                    .args
+                    .ip4_addr
+                    .0
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                gateway: cfg.args.defaultrouter,
+                ..n.attachment()
+            };
+            att.up()?;
+            Some(att.netns_path())
+        }
+        None => None,
+    };
+    let spec = spec::build(&spec::SpecInput {
+        wd,
+        cfg,
+        fstab: &fstab,
+        netns,
+    })?;
+    let bundle = wd.runtime_dir(j);
+    let config = bundle.join("config.json");
+    let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Failed(e.to_string()))?;
+    atomic::write_atomic(&config, &json, 0o600).map_err(Error::io("cannot write", &config))?;
+    let runc = Runc::new(wd);
+    runc.delete(j)?;
+    let pid_file = bundle.join("pid");
+    let console = wd.system_dir(j).join("console.log");
+    runc.run_detached(j, &bundle, &pid_file, &console)?;
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .map_err(Error::io("cannot read", &pid_file))?
+        .trim()
+        .parse()
+        .map_err(|_| Error::Failed(format!("runc wrote no pid to {}", pid_file.display())))?;
+    let (_, starttime) = runtime::proc_stat(pid).ok_or_else(|| {
+        Error::Failed(format!(
+            "{j} exited as soon as it started; see {}",
+            console.display()
+        ))
+    })?;
+    Ok((pid, starttime))
+}
+
+fn read_fstab(wd: &Workdir, cfg: &JailConfig) -> Result<Vec<FstabEntry>> {
+    let path = wd.fstab_file(cfg.jname());
+    match fs::read_to_string(&path) {
+        Ok(text) => fstab::parse(&text, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("cannot read", &path)(e)),
+    }
+}
+
+/// Make sure every extra mount has a mount point without writing to the
+/// base: targets under the jail's own dirs are created in its data dir;
+/// other targets must already exist in the base.
+fn prepare_mount_points(wd: &Workdir, cfg: &JailConfig, entries: &[FstabEntry]) -> Result<()> {
+    let data = wd.data_dir(cfg.jname());
+    for e in entries {
+        let rel = e.target.strip_prefix("/").unwrap_or(&e.target);
+        let own = cfg.args.baserw || WRITABLE_DIRS.iter().any(|d| rel.starts_with(d));
+        if e.kind == MountKind::Bind && !e.source.is_dir() {
+            return Err(Error::bad_value(
+                "fstab",
+                &e.source.to_string_lossy(),
+                "source is not a directory",
+            ));
+        }
+        if own {
+            let p = data.join(rel);
+            fs::create_dir_all(&p).map_err(Error::io("cannot create mount point", &p))?;
+        } else if !wd.base_dir(&cfg.args.base).join(rel).is_dir() {
+            return Err(Error::bad_value(
+                "fstab",
+                &e.target.to_string_lossy(),
+                format!(
+                    "mount point does not exist in base {}; use a path under /{} or add it to the base",
+                    cfg.args.base,
+                    WRITABLE_DIRS.join(", /")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Undo whatever a runtime record says may be left: container, network,
+/// mounts. The record is removed only when all of it is gone.
+fn teardown(wd: &Workdir, j: &Jname, cfg: Option<&JailConfig>, rt: &Runtime) -> Result<()> {
+    Runc::new(wd).delete(j)?;
+    if let Some(net) = &rt.net {
+        net.attachment().down()?;
+    }
+    if let Some(cfg) = cfg {
+        let ctx = HookCtx {
+            wd,
+            jname: j,
+            epoch: rt.epoch,
+        };
+        cfg.hooks.run(&ctx, HookKind::MntStop, HookPhase::Stop)?;
+    }
+    runtime::clear(wd, j)
+}
+
+/// Stop a running jail: SIGTERM, SIGKILL after `stop_timeout`, then tear
+/// down. A jail whose processes died is cleaned up the same way.
+pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
+    let (st, rt) = runtime::state(wd, j)?;
+    model::check(j, st, Action::Stop)?;
+    let Some(mut rt) = rt else {
+        return Err(Error::Failed(format!("{j} has no runtime record")));
+    };
+    let cfg = load(wd, j);
+    if st == EnvState::Running {
+        rt.phase = Phase::Stopping;
+        runtime::write(wd, j, &rt)?;
+        let timeout = cfg
+            .as_ref()
+            .map_or(Duration::from_secs(10), JailConfig::stop_timeout);
+        let runc = Runc::new(wd);
+        let (pid, start) = (rt.pid.unwrap_or(0), rt.starttime.unwrap_or(0));
+        let _ = runc.kill(j, "TERM");
+        if !wait_exit(pid, start, timeout) {
+            let _ = runc.kill(j, "KILL");
+            if !wait_exit(pid, start, Duration::from_secs(5)) {
+                return Err(Error::Failed(format!(
+                    "{j} (pid {pid}) did not die after SIGKILL"
+                )));
+            }
+        }
+    }
+    teardown(wd, j, cfg.as_ref().ok(), &rt)
+}
+
+fn wait_exit(pid: i32, start: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut nap = Duration::from_millis(2);
+    loop {
+        if !runtime::process_alive(pid, start) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Stop (if running) and start again.
+pub fn restart(wd: &Workdir, j: &Jname) -> Result<()> {
+    let st = state(wd, j)?;
+    model::check(j, st, Action::Restart)?;
+    if st != EnvState::Stopped {
+        stop(wd, j)?;
+    }
+    start(wd, j)
+}
+
+/// Remove a stopped jail and all its files. Also finishes an interrupted
+/// create or remove.
+pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
+    let sys = wd.system_dir(j);
+    if reg.get(j)?.is_none() {
+        let creating = fs::read_to_string(sys.join(CREATING)).unwrap_or_default();
+        if creating.trim() == wd.nodename() {
+            remove_files(wd, j);
+            return runtime::clear(wd, j);
+        }
+        return Err(Error::EnvNotFound(j.clone()));
+    }
+    let (st, rt) = runtime::state(wd, j)?;
+    model::check(j, st, Action::Remove)?;
+    let cfg = match load(wd, j) {
+        Ok(cfg) => cfg,
+        Err(Error::EnvNotFound(_)) => {
+            // The definition is gone: an earlier remove got this far.
+            runtime::clear(wd, j)?;
+            reg.remove(j)?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    cfg.hooks.check()?;
+    if let Some(rt) = rt {
+        teardown(wd, j, Some(&cfg), &rt)?;
+    }
+    let ctx = HookCtx {
+        wd,
+        jname: j,
+        epoch: EPOCH,
+    };
+    let data = wd.data_dir(j);
+    cfg.hooks
+        .with_mounts(&ctx, HookPhase::Remove, false, || empty_dir(&data))?;
+    // Definition (system dir) before registry row: a crash in between
+    // leaves a row without a definition, which the next remove finishes.
+    remove_files(wd, j);
+    runtime::clear(wd, j)?;
+    reg.remove(j)?;
+    Ok(())
+}
+
+/// Remove everything inside `dir` (which may be a mount point), not `dir`.
+fn empty_dir(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("cannot list", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(Error::io("cannot list", dir))?;
+        let p = entry.path();
+        let ft = entry.file_type().map_err(Error::io("cannot stat", &p))?;
+        let r = if ft.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        r.map_err(Error::io("cannot remove", &p))?;
+    }
+    Ok(())
+}
+
+/// Run a command in a running jail with the caller's stdio.
+pub fn exec(wd: &Workdir, j: &Jname, cmd: &[String]) -> Result<i32> {
+    let st = state(wd, j)?;
+    if !wd.registered_rcconf(j).exists() {
+        return Err(Error::EnvNotFound(j.clone()));
+    }
+    model::check(j, st, Action::Exec)?;
+    let argv = if cmd.is_empty() {
+        vec!["/bin/sh".to_owned()]
+    } else {
+        cmd.to_vec()
+    };
+    use std::io::IsTerminal;
+    Runc::new(wd).exec(j, &argv, std::io::stdin().is_terminal())
+}

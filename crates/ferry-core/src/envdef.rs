@@ -1,0 +1,176 @@
+//! What every env's definition shares, whatever its engine: where the
+//! definition lives, and the mount hooks (`mnt_start`, `mnt_stop`,
+//! `mnt_timeout`) with their abort-and-undo rule (DESIGN §6).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::hook::{self, HookKind, HookRun, Phase};
+use crate::name::Jname;
+use crate::rcconf::{Definition, LoadError};
+use crate::workdir::Workdir;
+
+/// Load the definition of an env registered on this node.
+pub fn load_registered(wd: &Workdir, j: &Jname) -> Result<Definition> {
+    load(wd, j, &wd.registered_rcconf(j))
+}
+
+/// Load a definition file, mapping a missing file to "not found".
+pub fn load(wd: &Workdir, j: &Jname, path: &Path) -> Result<Definition> {
+    match Definition::load(path, wd.root()) {
+        Ok(d) => Ok(d),
+        Err(LoadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::EnvNotFound(j.clone()))
+        }
+        Err(LoadError::Io { path, source }) => Err(Error::Io {
+            what: "cannot read definition",
+            path,
+            source,
+        }),
+        Err(LoadError::Parse { path, source }) => Err(Error::Definition { path, source }),
+    }
+}
+
+/// The mount hooks of one env.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub mnt_start: Option<PathBuf>,
+    pub mnt_stop: Option<PathBuf>,
+    /// `None`: no limit (`mnt_timeout="0"`).
+    pub timeout: Option<Duration>,
+}
+
+impl Hooks {
+    /// Read `mnt_start`, `mnt_stop` and `mnt_timeout` from a definition.
+    pub fn from_definition(def: &Definition, workdir: &Path) -> Result<Hooks> {
+        let hook = |key: &str| -> Result<Option<PathBuf>> {
+            match def.get(key) {
+                None | Some("" | "0") => Ok(None),
+                Some(_) => Ok(def.resolve_path(key, workdir)),
+            }
+        };
+        let timeout = match def.get("mnt_timeout") {
+            None => Some(hook::DEFAULT_TIMEOUT),
+            Some(v) => match v.parse::<u64>() {
+                Ok(0) => None,
+                Ok(s) => Some(Duration::from_secs(s)),
+                Err(_) => {
+                    return Err(Error::bad_value(
+                        "mnt_timeout",
+                        v,
+                        "not a whole number of seconds",
+                    ))
+                }
+            },
+        };
+        Ok(Hooks {
+            mnt_start: hook("mnt_start")?,
+            mnt_stop: hook("mnt_stop")?,
+            timeout,
+        })
+    }
+
+    /// Refuse unsafe hooks up front (not root-owned, writable by others).
+    pub fn check(&self) -> Result<()> {
+        if let Some(p) = &self.mnt_start {
+            hook::check_as(HookKind::MntStart, p)?;
+        }
+        if let Some(p) = &self.mnt_stop {
+            hook::check_as(HookKind::MntStop, p)?;
+        }
+        Ok(())
+    }
+
+    /// Run one hook if it is set.
+    pub fn run(&self, ctx: &HookCtx<'_>, kind: HookKind, phase: Phase) -> Result<()> {
+        let path = match kind {
+            HookKind::MntStart => &self.mnt_start,
+            HookKind::MntStop => &self.mnt_stop,
+        };
+        let Some(path) = path else { return Ok(()) };
+        let wd = ctx.wd;
+        let j = ctx.jname;
+        let (data, fstab, system, log) = (
+            wd.data_dir(j),
+            wd.fstab_dir(j),
+            wd.system_dir(j),
+            wd.hook_log(j),
+        );
+        let rcconf = wd.rcconf_dir();
+        hook::run(
+            path,
+            &HookRun {
+                kind,
+                phase,
+                jname: j.as_str(),
+                data_dir: &data,
+                fstab_dir: &fstab,
+                rcconf_dir: &rcconf,
+                system_dir: &system,
+                node: wd.nodename(),
+                epoch: ctx.epoch,
+                log: &log,
+                timeout: self.timeout,
+                grace: hook::DEFAULT_GRACE,
+                dry_run: false,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// `mnt_start`, then `body`; when either fails, `mnt_stop` undoes
+    /// partial mounts and the first error is returned. When `keep_mounted`
+    /// is false, `mnt_stop` also runs after a successful body.
+    pub fn with_mounts<T>(
+        &self,
+        ctx: &HookCtx<'_>,
+        phase: Phase,
+        keep_mounted: bool,
+        body: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let result = self
+            .run(ctx, HookKind::MntStart, phase)
+            .and_then(|()| body());
+        match result {
+            Ok(v) if keep_mounted => Ok(v),
+            Ok(v) => self.run(ctx, HookKind::MntStop, phase).map(|()| v),
+            Err(e) => {
+                if let Err(undo) = self.run(ctx, HookKind::MntStop, phase) {
+                    tracing::warn!(jname = %ctx.jname, error = %undo, "mnt_stop after a failed operation failed too");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Who runs a hook: the workdir, the env, and the owner epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct HookCtx<'a> {
+    pub wd: &'a Workdir,
+    pub jname: &'a Jname,
+    pub epoch: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_from_definition() {
+        let mut d = Definition::new();
+        assert_eq!(
+            Hooks::from_definition(&d, Path::new("/w")).unwrap().timeout,
+            Some(hook::DEFAULT_TIMEOUT)
+        );
+        d.set("mnt_start", "/usr/local/bin/h").unwrap();
+        d.set("mnt_stop", "0").unwrap();
+        d.set("mnt_timeout", "0").unwrap();
+        let h = Hooks::from_definition(&d, Path::new("/w")).unwrap();
+        assert_eq!(h.mnt_start.as_deref(), Some(Path::new("/usr/local/bin/h")));
+        assert_eq!((h.mnt_stop, h.timeout), (None, None));
+        d.set("mnt_timeout", "soon").unwrap();
+        assert!(Hooks::from_definition(&d, Path::new("/w")).is_err());
+    }
+}

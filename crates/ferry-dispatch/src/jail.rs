@@ -1,0 +1,86 @@
+//! Jail commands.
+
+use ferry_api::command::JcreateArgs;
+use ferry_api::{Listing, Outcome};
+use ferry_core::lock::EnvLock;
+use ferry_core::registry::Registry;
+use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
+use serde_json::{json, Value};
+
+use crate::{per_env, select, Context};
+
+pub fn create(wd: &Workdir, reg: &Registry, a: JcreateArgs) -> Result<Outcome> {
+    let j = a.jname.clone();
+    let runasap = a.runasap;
+    let _lock = EnvLock::acquire(wd, &j)?;
+    ferry_jail::create(wd, reg, a)?;
+    Ok(Outcome::message(if runasap {
+        format!("{j} created and started")
+    } else {
+        format!("{j} created")
+    }))
+}
+
+/// Apply a lifecycle operation to every jail the selector names.
+pub fn each(
+    ctx: &Context,
+    sel: &NameSelector,
+    done: &str,
+    op: fn(&Workdir, &Jname) -> Result<()>,
+) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let names = select(&reg, EnvKind::Jail, sel)?;
+    drop(reg);
+    Ok(per_env(&wd, names, done, op))
+}
+
+pub const COLUMNS: [&str; 7] = [
+    "jname",
+    "jid",
+    "ip4_addr",
+    "host_hostname",
+    "base",
+    "astart",
+    "status",
+];
+
+pub fn list(
+    wd: &Workdir,
+    reg: &Registry,
+    sel: &NameSelector,
+    display: Option<&str>,
+) -> Result<Outcome> {
+    let mut l = Listing {
+        columns: COLUMNS.map(String::from).to_vec(),
+        rows: Vec::new(),
+    };
+    if let Some(d) = display {
+        l.select(d)
+            .map_err(|reason| Error::bad_value("display", d, reason))?;
+    }
+    for row in reg.list()? {
+        if row.kind != EnvKind::Jail || !sel.matches(row.jname.as_str()) {
+            continue;
+        }
+        let (state, rt) = ferry_jail::runtime::state(wd, &row.jname)?;
+        let jid = match state {
+            ferry_core::EnvState::Running => {
+                rt.and_then(|r| r.pid).map_or(Value::Null, Value::from)
+            }
+            _ => Value::Null,
+        };
+        let v = json!({
+            "jname": row.jname,
+            "jid": jid,
+            "ip4_addr": row.ip4_addr,
+            "host_hostname": row.host_hostname,
+            "base": row.base,
+            "astart": row.astart,
+            "status": state.display(),
+        });
+        if let Value::Object(m) = v {
+            l.rows.push(m);
+        }
+    }
+    Ok(Outcome::Listing(l))
+}

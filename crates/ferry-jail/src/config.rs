@@ -1,0 +1,177 @@
+//! A jail's definition, typed. The keys and their grammar are those of
+//! `jcreate`: a definition is read by feeding its keys through the same
+//! parser as the command line, so a value that `jcreate` refuses is refused
+//! in a file too.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_api::args::{HookPath, RawArgs};
+use ferry_api::command::JcreateArgs;
+use ferry_api::{Command, CommandSpec};
+use ferry_core::envdef::Hooks;
+use ferry_core::rcconf::{self, Definition};
+use ferry_core::{Error, Jname, Result, Workdir};
+
+/// A jail's settings.
+#[derive(Debug, Clone)]
+pub struct JailConfig {
+    pub args: JcreateArgs,
+    /// `exec_start` split into words.
+    pub exec: Vec<String>,
+    pub hooks: Hooks,
+}
+
+impl JailConfig {
+    pub fn jname(&self) -> &Jname {
+        &self.args.jname
+    }
+
+    pub fn host_hostname(&self) -> &str {
+        self.args
+            .host_hostname
+            .as_deref()
+            .unwrap_or(self.args.jname.as_str())
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.args.stop_timeout)
+    }
+
+    /// Type the settings given to `jcreate`.
+    pub fn from_args(args: JcreateArgs, workdir: &Path) -> Result<JailConfig> {
+        let def = to_definition(&args, workdir)?;
+        let exec = split_exec(&args.exec_start)?;
+        let hooks = Hooks::from_definition(&def, workdir)?;
+        Ok(JailConfig { args, exec, hooks })
+    }
+
+    /// Read a jail's definition (as stored by [`to_definition`]).
+    pub fn from_definition(def: &Definition, wd: &Workdir, path: &Path) -> Result<JailConfig> {
+        if let Some(e) = def.get("emulator").filter(|e| *e != "jail") {
+            return Err(Error::bad_value("emulator", e, "this env is not a jail"));
+        }
+        let spec =
+            CommandSpec::find("jcreate").ok_or_else(|| Error::Failed("no jcreate spec".into()))?;
+        let known: Vec<&str> = (spec.args)().iter().map(|a| a.key).collect();
+        let pairs = def.iter().filter(|(k, _)| known.contains(k)).map(|(k, v)| {
+            let v = if rcconf::is_path_key(k) && v != "0" && !v.is_empty() {
+                def.resolve_path(k, wd.root())
+                    .map_or_else(String::new, |p| p.to_string_lossy().into_owned())
+            } else {
+                v.to_owned()
+            };
+            (k.to_owned(), v)
+        });
+        let bad = |e: ferry_api::ArgError| Error::BadDefinition {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let raw = RawArgs::from_pairs(pairs).map_err(bad)?;
+        let Command::Jcreate(args) = Command::parse("jcreate", raw).map_err(bad)? else {
+            return Err(Error::Failed("jcreate parsed into another command".into()));
+        };
+        let exec = split_exec(&args.exec_start)?;
+        let hooks = Hooks::from_definition(def, wd.root())?;
+        Ok(JailConfig { args, exec, hooks })
+    }
+}
+
+fn split_exec(s: &str) -> Result<Vec<String>> {
+    let words =
+        shell_words::split(s).map_err(|e| Error::bad_value("exec_start", s, e.to_string()))?;
+    match words.first() {
+        None => Err(Error::bad_value("exec_start", s, "is empty")),
+        Some(w) if !w.starts_with('/') => Err(Error::bad_value(
+            "exec_start",
+            s,
+            "must start with an absolute path",
+        )),
+        Some(_) => Ok(words),
+    }
+}
+
+/// The definition file of a jail with these settings.
+pub fn to_definition(a: &JcreateArgs, workdir: &Path) -> Result<Definition> {
+    let j = a.jname.as_str();
+    let hook = |h: &HookPath| {
+        h.0.as_ref()
+            .map_or_else(|| "0".to_owned(), |p| p.to_string_lossy().into_owned())
+    };
+    let flag = |b: bool| if b { "1" } else { "0" };
+    let root = workdir.to_string_lossy();
+    let mut pairs: Vec<(&str, String)> = vec![
+        ("jname", j.to_owned()),
+        ("emulator", "jail".to_owned()),
+        ("path", format!("{root}/jails/{j}")),
+        ("data", format!("{root}/jails-data/{j}-data")),
+        ("mount_fstab", format!("{root}/jails-fstab/{j}/fstab")),
+        (
+            "host_hostname",
+            a.host_hostname.clone().unwrap_or_else(|| j.to_owned()),
+        ),
+        ("base", a.base.to_string()),
+        ("baserw", flag(a.baserw).to_owned()),
+        ("ip4_addr", a.ip4_addr.render()),
+        ("interface", a.interface.0.clone()),
+        ("exec_start", a.exec_start.clone()),
+        ("astart", flag(a.astart).to_owned()),
+        ("mnt_start", hook(&a.mnt_start)),
+        ("mnt_stop", hook(&a.mnt_stop)),
+        ("mnt_timeout", a.mnt_timeout.to_string()),
+        ("stop_timeout", a.stop_timeout.to_string()),
+    ];
+    if let Some(gw) = a.defaultrouter {
+        pairs.push(("defaultrouter", gw.to_string()));
+    }
+    let mut def = Definition::new();
+    for (k, v) in pairs {
+        def.set(k, v)
+            .map_err(|e| Error::bad_value(k, "", e.to_string()))?;
+    }
+    Ok(def)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definition_round_trips_through_the_jcreate_grammar() {
+        let t = tempfile::tempdir().unwrap();
+        let wd = Workdir::init(t.path(), Some("n1")).unwrap();
+        let raw = RawArgs::from_words([
+            "jname=j1",
+            "ip4_addr=10.1.2.3/24",
+            "exec_start=/bin/sleep 100",
+            "astart=1",
+            "mnt_start=/usr/local/bin/h",
+        ])
+        .unwrap();
+        let Command::Jcreate(args) = Command::parse("jcreate", raw).unwrap() else {
+            panic!()
+        };
+        let cfg = JailConfig::from_args(args.clone(), wd.root()).unwrap();
+        assert_eq!(cfg.exec, ["/bin/sleep", "100"]);
+        let def = to_definition(&args, wd.root()).unwrap();
+        let text = def.render(wd.root());
+        assert!(text.contains("path=\"jails/j1\";"), "{text}");
+        let back = Definition::parse(&text, wd.root()).unwrap();
+        let cfg2 = JailConfig::from_definition(&back, &wd, Path::new("x")).unwrap();
+        assert_eq!(cfg2.args.ip4_addr, args.ip4_addr);
+        assert!(cfg2.args.astart);
+        assert_eq!(cfg2.hooks, cfg.hooks);
+    }
+
+    #[test]
+    fn bad_values_in_a_file_are_refused_naming_the_key() {
+        let t = tempfile::tempdir().unwrap();
+        let wd = Workdir::init(t.path(), Some("n1")).unwrap();
+        let def = Definition::parse("jname=\"j1\";\nip4_addr=\"999.1.1.1\";\n", wd.root()).unwrap();
+        let e = JailConfig::from_definition(&def, &wd, Path::new("f")).unwrap_err();
+        assert!(e.to_string().contains("ip4_addr"), "{e}");
+        let def =
+            Definition::parse("jname=\"j1\";\nexec_start=\"sh -c 'x\";\n", wd.root()).unwrap();
+        assert!(JailConfig::from_definition(&def, &wd, Path::new("f")).is_err());
+    }
+}

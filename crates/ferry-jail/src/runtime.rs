@@ -1,0 +1,160 @@
+//! The local runtime record of a jail (`jails/<jname>/runtime.json`) and the
+//! live state derived from it.
+//!
+//! The record is written before anything is set up and removed only after
+//! everything is torn down, so after a crash at any instant it tells what
+//! may be left (mounts, network, a runc container) and must be undone.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use ferry_core::net::Attachment;
+use ferry_core::{atomic, EnvState, Error, Jname, Result, Workdir};
+
+/// Where a start or stop got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Starting,
+    Running,
+    Stopping,
+}
+
+/// The network a running jail holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRecord {
+    pub netns: String,
+    pub host_if: String,
+    pub bridge: String,
+}
+
+impl NetRecord {
+    pub fn attachment(&self) -> Attachment {
+        Attachment {
+            netns: self.netns.clone(),
+            host_if: self.host_if.clone(),
+            bridge: self.bridge.clone(),
+            addrs: Vec::new(),
+            gateway: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub phase: Phase,
+    pub pid: Option<i32>,
+    /// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat`
+    /// field 22), so a recycled pid is never taken for the jail.
+    pub starttime: Option<u64>,
+    pub net: Option<NetRecord>,
+    pub epoch: u64,
+}
+
+pub fn record_path(wd: &Workdir, j: &Jname) -> PathBuf {
+    wd.runtime_dir(j).join("runtime.json")
+}
+
+pub fn read(wd: &Workdir, j: &Jname) -> Result<Option<Runtime>> {
+    let p = record_path(wd, j);
+    match fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::bad_value("runtime record", &p.to_string_lossy(), e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read", &p)(e)),
+    }
+}
+
+pub fn write(wd: &Workdir, j: &Jname, rt: &Runtime) -> Result<()> {
+    let dir = wd.runtime_dir(j);
+    fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
+    let p = record_path(wd, j);
+    let json = serde_json::to_vec(rt).map_err(|e| Error::Failed(e.to_string()))?;
+    atomic::write_atomic(&p, &json, 0o600).map_err(Error::io("cannot write", &p))
+}
+
+pub fn clear(wd: &Workdir, j: &Jname) -> Result<()> {
+    let dir = wd.runtime_dir(j);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot remove", &dir)(e)),
+    }
+}
+
+/// The live state of a jail: from its record and `/proc`, without asking
+/// runc (so listing thousands of jails stays cheap).
+pub fn state(wd: &Workdir, j: &Jname) -> Result<(EnvState, Option<Runtime>)> {
+    let Some(rt) = read(wd, j)? else {
+        return Ok((EnvState::Stopped, None));
+    };
+    let alive = match (rt.phase, rt.pid, rt.starttime) {
+        (Phase::Running | Phase::Stopping, Some(pid), Some(start)) => process_alive(pid, start),
+        _ => false,
+    };
+    let state = if alive && rt.phase == Phase::Running {
+        EnvState::Running
+    } else {
+        EnvState::Crashed
+    };
+    // A jail being stopped whose process still lives counts as running.
+    let state = if alive && rt.phase == Phase::Stopping {
+        EnvState::Running
+    } else {
+        state
+    };
+    Ok((state, Some(rt)))
+}
+
+/// Whether `pid` is alive (not a zombie) and is the process started at `start`.
+pub fn process_alive(pid: i32, start: u64) -> bool {
+    proc_stat(pid).is_some_and(|(state, st)| state != 'Z' && state != 'X' && st == start)
+}
+
+/// State letter and start time of a process, from `/proc/<pid>/stat`.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let (_, start) = proc_stat(me).unwrap();
+        assert!(process_alive(me, start));
+        assert!(!process_alive(me, start + 1));
+        assert!(!process_alive(i32::MAX, start));
+    }
+
+    #[test]
+    fn record_round_trip_and_state() {
+        let t = tempfile::tempdir().unwrap();
+        let wd = Workdir::init(t.path(), Some("n1")).unwrap();
+        let j = Jname::new("j").unwrap();
+        assert_eq!(state(&wd, &j).unwrap().0, EnvState::Stopped);
+        let rt = Runtime {
+            phase: Phase::Starting,
+            pid: None,
+            starttime: None,
+            net: None,
+            epoch: 0,
+        };
+        write(&wd, &j, &rt).unwrap();
+        assert_eq!(read(&wd, &j).unwrap(), Some(rt));
+        assert_eq!(state(&wd, &j).unwrap().0, EnvState::Crashed);
+        clear(&wd, &j).unwrap();
+        assert_eq!(state(&wd, &j).unwrap().0, EnvState::Stopped);
+    }
+}
