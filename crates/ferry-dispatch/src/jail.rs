@@ -12,8 +12,9 @@ use crate::{per_env, select, Context};
 pub fn create(wd: &Workdir, reg: &Registry, a: JcreateArgs) -> Result<Outcome> {
     let j = a.jname.clone();
     let runasap = a.runasap;
+    let cfg = ferry_jail::JailConfig::from_args(a, wd.root())?;
     let _lock = EnvLock::acquire(wd, &j)?;
-    ferry_jail::create(wd, reg, a)?;
+    ferry_jail::create(wd, reg, &cfg)?;
     Ok(Outcome::message(if runasap {
         format!("{j} created and started")
     } else {

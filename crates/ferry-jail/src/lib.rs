@@ -17,7 +17,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_api::command::JcreateArgs;
 use ferry_core::base::{self, WRITABLE_DIRS};
 use ferry_core::envdef::{self, HookCtx};
 use ferry_core::hook::{HookKind, Phase as HookPhase};
@@ -40,9 +39,8 @@ const CREATING: &str = ".creating";
 const EPOCH: u64 = 0;
 
 /// Create a jail on this node (and start it when `runasap=1`).
-pub fn create(wd: &Workdir, reg: &Registry, args: JcreateArgs) -> Result<()> {
-    let runasap = args.runasap;
-    let cfg = JailConfig::from_args(args, wd.root())?;
+pub fn create(wd: &Workdir, reg: &Registry, cfg: &JailConfig) -> Result<()> {
+    let runasap = cfg.args.runasap;
     let j = cfg.jname().clone();
     if reg.get(&j)?.is_some() {
         return Err(Error::EnvExists(j));
@@ -83,12 +81,12 @@ pub fn create(wd: &Workdir, reg: &Registry, args: JcreateArgs) -> Result<()> {
             epoch: EPOCH,
         };
         cfg.hooks
-            .with_mounts(&ctx, HookPhase::Create, false, || populate(wd, &cfg))?;
+            .with_mounts(&ctx, HookPhase::Create, false, || populate(wd, cfg))?;
         let def = config::to_definition(&cfg.args, wd.root())?;
         let rc = wd.registered_rcconf(&j);
         def.store(&rc, wd.root())
             .map_err(Error::io("cannot write definition", &rc))?;
-        reg.insert(&row(&cfg))
+        reg.insert(&row(cfg))
     })();
     if let Err(e) = made {
         remove_files(wd, &j);
@@ -244,6 +242,7 @@ fn launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)> {
 fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)> {
     let j = cfg.jname();
     let fstab = read_fstab(wd, cfg)?;
+    ensure_own_dirs(wd, cfg)?;
     prepare_mount_points(wd, cfg, &fstab)?;
     let netns = match &rt.net {
         Some(n) => {
@@ -290,6 +289,26 @@ fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)
         ))
     })?;
     Ok((pid, starttime))
+}
+
+/// The dirs bound over the base must exist, also when a hook has just
+/// mounted fresh (empty) storage on the data dir.
+fn ensure_own_dirs(wd: &Workdir, cfg: &JailConfig) -> Result<()> {
+    if cfg.args.baserw {
+        return Ok(());
+    }
+    let data = wd.data_dir(cfg.jname());
+    for d in WRITABLE_DIRS {
+        let p = data.join(d);
+        if !p.is_dir() {
+            fs::create_dir_all(&p).map_err(Error::io("cannot create", &p))?;
+            if d == "tmp" {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o1777))
+                    .map_err(Error::io("cannot set mode", &p))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_fstab(wd: &Workdir, cfg: &JailConfig) -> Result<Vec<FstabEntry>> {

@@ -1,1 +1,271 @@
-//! placeholder
+//! A throw-away ferry workdir driven through the real `ferry` binary, with
+//! real runc, iproute2 and mounts underneath. Dropping it tears down all it
+//! may have left (containers, network namespaces, bridges, mounts, files),
+//! also when the test panicked.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use ferry_core::workdir::fnv1a;
+use ferry_core::Workdir;
+use serde_json::Value;
+
+/// One test workdir.
+#[derive(Debug)]
+pub struct TestWorkdir {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    bridges: Mutex<Vec<String>>,
+}
+
+/// What one `ferry` run gave.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl TestWorkdir {
+    /// An initialized workdir (node `t1`), without bases.
+    pub fn new(bin: &str) -> TestWorkdir {
+        preflight();
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-t")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let t = TestWorkdir {
+            bin: PathBuf::from(bin),
+            dir,
+            bridges: Mutex::new(Vec::new()),
+        };
+        t.ok(&["initenv", "nodename=t1"]);
+        t
+    }
+
+    /// An initialized workdir with a busybox base named `busybox`.
+    pub fn with_base(bin: &str) -> TestWorkdir {
+        let t = TestWorkdir::new(bin);
+        t.ok(&["base", "mode=create", "name=busybox"]);
+        t
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn workdir(&self) -> Workdir {
+        Workdir::open(self.root()).expect("open workdir")
+    }
+
+    /// A bridge name unique to this workdir, removed on drop.
+    pub fn bridge(&self) -> String {
+        let name = format!(
+            "ftb{:08x}",
+            fnv1a(self.root().as_os_str().as_encoded_bytes()) as u32
+        );
+        self.bridges.lock().expect("lock").push(name.clone());
+        name
+    }
+
+    /// Run `ferry --workdir <root> args...`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(&self.bin)
+            .arg("--workdir")
+            .arg(self.root())
+            .args(args)
+            .env_remove("workdir")
+            .output()
+            .expect("run ferry");
+        Run::from(out)
+    }
+
+    /// Run and require exit 0; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "ferry {args:?} failed: {}{}", r.stdout, r.stderr);
+        r.stdout
+    }
+
+    /// Run and require this exit code; returns stderr.
+    #[track_caller]
+    pub fn fails(&self, code: i32, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, code, "ferry {args:?}: {}{}", r.stdout, r.stderr);
+        r.stderr
+    }
+
+    /// `jls --json`, keyed by name.
+    pub fn jls(&self) -> BTreeMap<String, Value> {
+        let out = self.ok(&["jls", "--json"]);
+        let v: Value = serde_json::from_str(&out).expect("jls --json is JSON");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|r| (r["jname"].as_str().expect("jname").to_owned(), r.clone()))
+            .collect()
+    }
+
+    /// The live status `jls` shows for a jail.
+    pub fn status(&self, jname: &str) -> String {
+        self.jls()[jname]["status"]
+            .as_str()
+            .expect("status")
+            .to_owned()
+    }
+
+    /// Every file under the workdir with its type, mode and content digest.
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        snapshot(self.root())
+    }
+
+    /// Mount points at or below `path`, from this process's mountinfo.
+    pub fn mounts_under(path: &Path) -> Vec<PathBuf> {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|m| PathBuf::from(m.replace("\\040", " ")))
+            .filter(|m| m.starts_with(path))
+            .collect()
+    }
+
+    /// Write an executable hook script (root-owned, mode 0755) into the test dir.
+    pub fn hook(&self, name: &str, body: &str) -> PathBuf {
+        let dir = self.root().join("hooks");
+        fs::create_dir_all(&dir).expect("hooks dir");
+        let p = dir.join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write hook");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod hook");
+        p
+    }
+}
+
+impl Drop for TestWorkdir {
+    fn drop(&mut self) {
+        let root = self.dir.path().to_path_buf();
+        let runc_root = root.join("var/run/runc");
+        if let Ok(out) = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "-f", id])
+                    .output();
+            }
+        }
+        if let Ok(wd) = Workdir::open(&root) {
+            let prefix = format!("ferry-{}-", wd.pool_tag());
+            for e in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+        }
+        let mut mounts = TestWorkdir::mounts_under(&root);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for b in self.bridges.lock().map(|b| b.clone()).unwrap_or_default() {
+            let _ = Command::new("ip").args(["link", "del", &b]).output();
+        }
+    }
+}
+
+/// Assert two snapshots are equal, printing only what differs.
+#[track_caller]
+pub fn assert_same(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    what: &str,
+) {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let diff: Vec<String> = keys
+        .into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{k}: {:?} -> {:?}", before.get(k), after.get(k)))
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "{what} changed the workdir:\n{}",
+        diff.join("\n")
+    );
+}
+
+/// Every file under `root` with its type, mode and content digest.
+pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let desc = if md.is_dir() {
+                stack.push(p.clone());
+                format!("dir {:o}", md.mode())
+            } else if md.file_type().is_symlink() {
+                format!(
+                    "link {}",
+                    fs::read_link(&p)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                )
+            } else {
+                let bytes = fs::read(&p).unwrap_or_default();
+                format!(
+                    "file {:o} {} {:016x}",
+                    md.mode(),
+                    bytes.len(),
+                    fnv1a(&bytes)
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
+}
+
+/// Fail early and clearly when the machine lacks what the tests drive.
+fn preflight() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "ferry's integration tests run as root"
+    );
+    for (tool, pkg) in [("runc", "runc"), ("ip", "iproute2")] {
+        let found = Command::new(tool).arg("--version").output().is_ok()
+            || Command::new(tool).arg("-V").output().is_ok();
+        assert!(found, "{tool} not found: apt-get install {pkg}");
+    }
+    assert!(
+        ferry_core::base::find_busybox().is_ok(),
+        "busybox not found: apt-get install busybox-static"
+    );
+}
