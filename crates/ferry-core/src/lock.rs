@@ -1,35 +1,90 @@
 //! Node-local locks that serialize operations on one env (two `jstart`s of
 //! the same jail never interleave). Local only: the pool-wide guard is the
 //! owner lease on shared storage.
+//!
+//! All envs share one lock file, `var/run/envs.lock`, created by
+//! `initenv`; each env locks one byte of it, at an offset derived from its
+//! name, with an open-file-description lock (`F_OFD_SETLKW`). So taking a
+//! lock creates no file (refused input leaves the workdir as it was), and
+//! the lock excludes other threads of the same process too (the broker
+//! agent runs commands in-process), which classic POSIX locks do not.
 
 use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{fcntl, FcntlArg};
 
 use crate::error::{Error, Result};
 use crate::name::Jname;
-use crate::workdir::Workdir;
+use crate::workdir::{fnv1a, Workdir};
 
-/// Held for the duration of one operation on one env; released on drop.
+/// The lock file of a workdir.
+pub fn lock_file(wd: &Workdir) -> PathBuf {
+    wd.run_dir().join("envs.lock")
+}
+
+/// Held for the duration of one operation on one env; released when
+/// dropped (closing the file releases the lock).
 #[derive(Debug)]
 pub struct EnvLock {
-    _lock: Flock<File>,
+    _file: File,
 }
 
 impl EnvLock {
-    /// Block until this node holds the lock of `j`.
+    /// Block until this process holds the lock of `j`.
     pub fn acquire(wd: &Workdir, j: &Jname) -> Result<EnvLock> {
-        let dir = wd.run_dir().join("locks");
-        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
-        let path = dir.join(format!("{j}.lock"));
+        let path = lock_file(wd);
         let file = OpenOptions::new()
+            .read(true)
+            .write(true)
             .create(true)
             .truncate(false)
-            .write(true)
             .open(&path)
-            .map_err(Error::io("cannot open lock", &path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::io("cannot lock", &path)(e.into()))?;
-        Ok(EnvLock { _lock: lock })
+            .map_err(Error::io("cannot open lock file", &path))?;
+        // 2^40 slots: a collision only makes two envs wait for each other.
+        let offset = (fnv1a(j.as_str().as_bytes()) & ((1 << 40) - 1)) as libc::off_t;
+        let fl = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: offset,
+            l_len: 1,
+            l_pid: 0,
+        };
+        loop {
+            match fcntl(&file, FcntlArg::F_OFD_SETLKW(&fl)) {
+                Ok(_) => return Ok(EnvLock { _file: file }),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::io("cannot lock", &path)(e.into())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn excludes_threads_of_one_process_and_not_other_envs() {
+        let t = tempfile::tempdir().unwrap();
+        let wd = Workdir::init(t.path(), Some("n1")).unwrap();
+        let a = Jname::new("a").unwrap();
+        let held = EnvLock::acquire(&wd, &a).unwrap();
+        // Another env is not blocked.
+        drop(EnvLock::acquire(&wd, &Jname::new("b").unwrap()).unwrap());
+        let got = Arc::new(AtomicBool::new(false));
+        let (wd2, a2, got2) = (wd.clone(), a.clone(), got.clone());
+        let h = std::thread::spawn(move || {
+            let _l = EnvLock::acquire(&wd2, &a2).unwrap();
+            got2.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!got.load(Ordering::SeqCst), "a second holder got the lock");
+        drop(held);
+        h.join().unwrap();
+        assert!(got.load(Ordering::SeqCst));
     }
 }

@@ -56,6 +56,13 @@ impl Workdir {
             atomic::create_once(&id, fresh.as_bytes(), 0o644)
                 .map_err(Error::io("cannot write dir.id", &id))?;
         }
+        let lock = root.join("var/run/envs.lock");
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(Error::io("cannot create lock file", &lock))?;
         let name_file = root.join("nodename");
         let nodename = match (nodename, read_trimmed(&name_file)?) {
             (Some(given), current) => {

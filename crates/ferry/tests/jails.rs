@@ -1,0 +1,291 @@
+//! Jails on real runc: lifecycle, the state machine, live state, the two
+//! root layouts, extra mounts, networking and globs.
+
+use std::fs;
+use std::time::Duration;
+
+use ferry_testkit::TestWorkdir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn pid_of(t: &TestWorkdir, j: &str) -> i32 {
+    let v = &t.jls()[j];
+    v["jid"]
+        .as_i64()
+        .map(|p| i32::try_from(p).expect("pid fits i32"))
+        .unwrap_or_else(|| panic!("{j} has no jid: {v}"))
+}
+
+#[test]
+fn lifecycle_and_state_machine() {
+    let t = TestWorkdir::with_base(BIN);
+    t.ok(&["jcreate", "jname=j1", "host_hostname=j1.example.org"]);
+    assert_eq!(t.status("j1"), "stopped");
+    t.ok(&["jstart", "jname=j1"]);
+    assert_eq!(t.status("j1"), "running");
+    assert_eq!(
+        t.ok(&["jexec", "jname=j1", "hostname"]).trim(),
+        "j1.example.org"
+    );
+
+    // The base is read-only; the jail's own dirs are writable and live in its data dir.
+    let r = t.run(&["jexec", "jname=j1", "touch", "/bin/x"]);
+    assert_ne!(r.code, 0, "the base is writable from the jail");
+    t.ok(&["jexec", "jname=j1", "sh", "-c", "echo kept > /root/note"]);
+    let note = t.root().join("jails-data/j1-data/root/note");
+    assert_eq!(fs::read_to_string(&note).unwrap(), "kept\n");
+    assert!(!t.root().join("bases/busybox/root/note").exists());
+
+    // jexec passes the command's status through.
+    assert_eq!(t.run(&["jexec", "jname=j1", "sh", "-c", "exit 7"]).code, 7);
+
+    // Refusals with their own code, nothing changed.
+    t.fails(4, &["jstart", "jname=j1"]);
+    t.fails(4, &["jremove", "jname=j1"]);
+    assert_eq!(t.status("j1"), "running");
+
+    t.ok(&["jrestart", "jname=j1"]);
+    assert_eq!(t.status("j1"), "running");
+    t.ok(&["jstop", "jname=j1"]);
+    assert_eq!(t.status("j1"), "stopped");
+    t.fails(4, &["jstop", "jname=j1"]);
+    assert!(
+        !t.root().join("jails/j1").exists(),
+        "runtime dir left after stop"
+    );
+
+    // Data survives a stop and a start.
+    t.ok(&["jstart", "jname=j1"]);
+    assert_eq!(t.ok(&["jexec", "jname=j1", "cat", "/root/note"]), "kept\n");
+    t.ok(&["jstop", "jname=j1"]);
+
+    t.ok(&["jremove", "jname=j1"]);
+    for p in [
+        "jails-data/j1-data",
+        "jails-system/j1",
+        "jails-fstab/j1",
+        "jails/j1",
+    ] {
+        assert!(!t.root().join(p).exists(), "{p} left after jremove");
+    }
+    assert!(t.jls().is_empty());
+}
+
+#[test]
+fn a_jail_whose_process_died_shows_stopped_and_starts_again() {
+    let t = TestWorkdir::with_base(BIN);
+    t.ok(&["jcreate", "jname=dies", "runasap=1"]);
+    let pid = pid_of(&t, "dies");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.status("dies") != "stopped" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jls still shows the dead jail running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.fails(4, &["jexec", "jname=dies", "true"]);
+    t.ok(&["jstart", "jname=dies"]);
+    assert_eq!(t.status("dies"), "running");
+    assert_ne!(pid_of(&t, "dies"), pid);
+    t.ok(&["jstop", "jname=dies"]);
+}
+
+#[test]
+fn stop_kills_a_jail_that_ignores_sigterm_after_stop_timeout() {
+    let t = TestWorkdir::with_base(BIN);
+    // PID 1 of a pid namespace without a TERM handler ignores SIGTERM.
+    t.ok(&[
+        "jcreate",
+        "jname=stubborn",
+        "exec_start=/bin/sleep 100000",
+        "stop_timeout=1",
+        "runasap=1",
+    ]);
+    let began = std::time::Instant::now();
+    t.ok(&["jstop", "jname=stubborn"]);
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert_eq!(t.status("stubborn"), "stopped");
+}
+
+#[test]
+fn baserw_gives_the_jail_its_own_whole_root() {
+    let t = TestWorkdir::with_base(BIN);
+    t.ok(&["jcreate", "jname=rw", "baserw=1", "runasap=1"]);
+    t.ok(&["jexec", "jname=rw", "touch", "/bin/mine"]);
+    assert!(t.root().join("jails-data/rw-data/bin/mine").exists());
+    assert!(!t.root().join("bases/busybox/bin/mine").exists());
+    t.ok(&["jstop", "jname=rw"]);
+    // A jail with its own root does not hold its base.
+    t.ok(&["jremove", "jname=rw"]);
+}
+
+#[test]
+fn fstab_adds_bind_and_tmpfs_mounts() {
+    let t = TestWorkdir::with_base(BIN);
+    let shared = t.root().join("srv");
+    fs::create_dir_all(&shared).unwrap();
+    fs::write(shared.join("hello"), "from the host\n").unwrap();
+    t.ok(&["jcreate", "jname=fs"]);
+    let fstab = t.root().join("jails-fstab/fs/fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "{} /var/www nullfs ro 0 0\ntmpfs /tmp/scratch tmpfs rw,size=8m 0 0\n",
+            shared.display()
+        ),
+    )
+    .unwrap();
+    t.ok(&["jstart", "jname=fs"]);
+    assert_eq!(
+        t.ok(&["jexec", "jname=fs", "cat", "/var/www/hello"]),
+        "from the host\n"
+    );
+    assert_ne!(
+        t.run(&["jexec", "jname=fs", "touch", "/var/www/x"]).code,
+        0,
+        "ro mount is writable"
+    );
+    t.ok(&["jexec", "jname=fs", "touch", "/tmp/scratch/x"]);
+    t.ok(&["jstop", "jname=fs"]);
+
+    // A mount point outside the jail's own dirs must exist in the base; the base is never written.
+    fs::write(
+        &fstab,
+        format!("{} /opt/app nullfs ro 0 0\n", shared.display()),
+    )
+    .unwrap();
+    let e = t.fails(2, &["jstart", "jname=fs"]);
+    assert!(e.contains("/opt/app"), "{e}");
+    assert!(!t.root().join("bases/busybox/opt").exists());
+    fs::write(&fstab, "/etc /etc/../../x nullfs rw 0 0\n").unwrap();
+    t.fails(2, &["jstart", "jname=fs"]);
+    assert_eq!(t.status("fs"), "stopped");
+    assert!(
+        !t.root().join("jails/fs").exists(),
+        "a refused start left a runtime record"
+    );
+}
+
+#[test]
+fn ip4_addr_puts_the_jail_on_a_bridge_in_its_own_netns() {
+    let t = TestWorkdir::with_base(BIN);
+    let br = t.bridge();
+    let iface = format!("interface={br}");
+    t.ok(&[
+        "jcreate",
+        "jname=a",
+        "ip4_addr=10.231.7.2/24",
+        &iface,
+        "runasap=1",
+    ]);
+    t.ok(&[
+        "jcreate",
+        "jname=b",
+        "ip4_addr=10.231.7.3/24",
+        &iface,
+        "runasap=1",
+    ]);
+    let addr = t.ok(&["jexec", "jname=a", "ip", "-4", "addr", "show", "eth0"]);
+    assert!(addr.contains("10.231.7.2/24"), "{addr}");
+    // Traffic stays between the two jails' namespaces on the test's own bridge.
+    t.ok(&[
+        "jexec",
+        "jname=a",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "5",
+        "10.231.7.3",
+    ]);
+    t.ok(&["jstop", "jname=*"]);
+    let tag = t.workdir().pool_tag();
+    let left: Vec<_> = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("ferry-{tag}-"))
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "network namespaces left after stop: {left:?}"
+    );
+}
+
+#[test]
+fn globs_report_one_result_per_jail_and_one_failure_does_not_stop_the_others() {
+    let t = TestWorkdir::with_base(BIN);
+    for j in ["g1", "g2", "g3", "other"] {
+        t.ok(&["jcreate", &format!("jname={j}")]);
+    }
+    t.ok(&["jstart", "jname=g2"]);
+    let r = t.run(&["jstart", "jname=g*", "--json"]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    let codes: Vec<i64> = results
+        .iter()
+        .map(|r| r["code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, [0, 4, 0]);
+    let jls = t.jls();
+    assert!(["g1", "g2", "g3"]
+        .iter()
+        .all(|j| jls[*j]["status"] == "running"));
+    assert_eq!(jls["other"]["status"], "stopped");
+    let listed = t.ok(&["jls", "jname=g*", "display=jname,status"]);
+    assert!(
+        listed.contains("g3") && !listed.contains("other"),
+        "{listed}"
+    );
+    t.ok(&["jstop", "jname=g*"]);
+    t.ok(&["jremove", "jname=*"]);
+    assert!(t.jls().is_empty());
+}
+
+#[test]
+fn bases_from_a_directory_tree_and_removal_refused_while_used() {
+    let t = TestWorkdir::with_base(BIN);
+    let tree = t.root().join("bases/busybox");
+    t.ok(&[
+        "base",
+        "mode=create",
+        "name=copy",
+        "from=dir",
+        &format!("path={}", tree.display()),
+    ]);
+    t.fails(
+        4,
+        &[
+            "base",
+            "mode=create",
+            "name=copy",
+            "from=dir",
+            &format!("path={}", tree.display()),
+        ],
+    );
+    let listed: serde_json::Value = serde_json::from_str(&t.ok(&["base", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    t.ok(&["jcreate", "jname=user", "base=copy", "runasap=1"]);
+    t.ok(&["jexec", "jname=user", "true"]);
+    let e = t.fails(4, &["base", "mode=remove", "name=copy"]);
+    assert!(e.contains("user"), "{e}");
+    t.ok(&["jstop", "jname=user"]);
+    t.ok(&["jremove", "jname=user"]);
+    t.ok(&["base", "mode=remove", "name=copy"]);
+}
