@@ -14,7 +14,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -469,7 +469,7 @@ fn open_log(path: &Path) -> io::Result<File> {
 fn header(hook: &Path, run: &HookRun<'_>) -> String {
     format!(
         "--- {} {} phase={} jname={} node={} epoch={}{} {}\n",
-        utc_timestamp(SystemTime::now()),
+        crate::sys::utc_timestamp(SystemTime::now()),
         run.kind,
         run.phase,
         run.jname,
@@ -581,54 +581,18 @@ fn group_alive(pgid: Pid) -> bool {
     let want = pgid.as_raw();
     entries.flatten().any(|entry| {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
             return false;
         };
         // A process that vanished between listing and reading is gone.
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return false;
         };
-        matches!(parse_stat(&stat), Some((state, pgrp)) if pgrp == want && !matches!(state, 'Z' | 'X'))
+        crate::sys::parse_proc_stat(&stat).is_some_and(|p| p.pgrp == want && p.is_live())
     })
-}
-
-/// State and process group from `/proc/<pid>/stat`: "pid (comm) S ppid pgrp ...".
-/// comm may hold spaces and parentheses, so split after the last ')'.
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-/// `2026-11-21T11:40:26Z`. Times before 1970 print as the epoch.
-fn utc_timestamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`, for non-negative day counts).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -716,10 +680,7 @@ mod tests {
 
     /// Alive and not a zombie (PID 1 here may not reap orphans).
     fn alive(pid: i32) -> bool {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| parse_stat(&s))
-            .is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
+        crate::sys::proc_stat(pid).is_some_and(|p| p.is_live())
     }
 
     fn kill_stray(pid: i32) {
@@ -1142,21 +1103,5 @@ mod tests {
         }
         assert_eq!(HookKind::MntStart.to_string(), "mnt_start");
         assert_eq!(HookKind::MntStop.as_str(), "mnt_stop");
-    }
-
-    #[test]
-    fn formats_utc_timestamps() {
-        let at = |s: u64| utc_timestamp(UNIX_EPOCH + Duration::from_secs(s));
-        assert_eq!(at(0), "1970-01-01T00:00:00Z");
-        assert_eq!(at(1_795_261_226), "2026-11-21T11:40:26Z");
-        assert_eq!(at(951_868_799), "2000-02-29T23:59:59Z");
-        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z");
-    }
-
-    #[test]
-    fn parses_proc_stat_with_awkward_comm() {
-        assert_eq!(parse_stat("42 (a) b (c)) S 1 40 40 0"), Some(('S', 40)));
-        assert_eq!(parse_stat("42 (sh) Z 1 7 7"), Some(('Z', 7)));
-        assert_eq!(parse_stat("garbage"), None);
     }
 }

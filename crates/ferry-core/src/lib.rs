@@ -15,6 +15,7 @@ pub mod name;
 pub mod net;
 pub mod rcconf;
 pub mod registry;
+pub mod sys;
 pub mod workdir;
 
 pub use error::{Error, ErrorKind, Result};

@@ -26,7 +26,7 @@ pub fn run(wd: &Workdir, reg: &Registry, a: BaseArgs) -> Result<Outcome> {
                     BaseSource::Busybox { binary } => ("busybox", binary),
                     BaseSource::Dir { path } => ("dir", path),
                 };
-                let row = json!({"name": b.name, "from": from, "path": path, "created": b.created});
+                let row = json!({"name": b.name, "from": from, "path": path, "created": ferry_core::sys::utc_timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(b.created))});
                 if let serde_json::Value::Object(m) = row {
                     l.rows.push(m);
                 }

@@ -282,12 +282,14 @@ fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)
         .trim()
         .parse()
         .map_err(|_| Error::Failed(format!("runc wrote no pid to {}", pid_file.display())))?;
-    let (_, starttime) = runtime::proc_stat(pid).ok_or_else(|| {
-        Error::Failed(format!(
-            "{j} exited as soon as it started; see {}",
-            console.display()
-        ))
-    })?;
+    let starttime = ferry_core::sys::proc_stat(pid)
+        .map(|p| p.starttime)
+        .ok_or_else(|| {
+            Error::Failed(format!(
+                "{j} exited as soon as it started; see {}",
+                console.display()
+            ))
+        })?;
     Ok((pid, starttime))
 }
 

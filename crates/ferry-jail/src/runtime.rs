@@ -6,7 +6,7 @@
 //! may be left (mounts, network, a runc container) and must be undone.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -111,18 +111,7 @@ pub fn state(wd: &Workdir, j: &Jname) -> Result<(EnvState, Option<Runtime>)> {
 
 /// Whether `pid` is alive (not a zombie) and is the process started at `start`.
 pub fn process_alive(pid: i32, start: u64) -> bool {
-    proc_stat(pid).is_some_and(|(state, st)| state != 'Z' && state != 'X' && st == start)
-}
-
-/// State letter and start time of a process, from `/proc/<pid>/stat`.
-pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let text = fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    ferry_core::sys::proc_stat(pid).is_some_and(|p| p.is_live() && p.starttime == start)
 }
 
 #[cfg(test)]
@@ -132,7 +121,7 @@ mod tests {
     #[test]
     fn own_process_is_alive_and_a_wrong_start_time_is_not() {
         let me = i32::try_from(std::process::id()).unwrap();
-        let (_, start) = proc_stat(me).unwrap();
+        let start = ferry_core::sys::proc_stat(me).unwrap().starttime;
         assert!(process_alive(me, start));
         assert!(!process_alive(me, start + 1));
         assert!(!process_alive(i32::MAX, start));
