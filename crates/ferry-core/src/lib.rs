@@ -6,6 +6,7 @@
 pub mod atomic;
 pub mod base;
 pub mod envdef;
+pub mod envfs;
 pub mod error;
 pub mod hook;
 pub mod inventory;
@@ -15,6 +16,7 @@ pub mod name;
 pub mod net;
 pub mod rcconf;
 pub mod registry;
+pub mod runtime;
 pub mod sys;
 pub mod workdir;
 

@@ -63,7 +63,7 @@ pub fn list(
         if row.kind != EnvKind::Jail || !sel.matches(row.jname.as_str()) {
             continue;
         }
-        let (state, rt) = ferry_jail::runtime::state(wd, &row.jname)?;
+        let (state, rt) = ferry_core::runtime::state(wd, &row.jname)?;
         let jid = match state {
             ferry_core::EnvState::Running => {
                 rt.and_then(|r| r.pid).map_or(Value::Null, Value::from)

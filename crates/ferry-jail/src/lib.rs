@@ -9,16 +9,15 @@
 pub mod config;
 pub mod fstab;
 pub mod runc;
-pub mod runtime;
 pub mod spec;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferry_core::base::{self, WRITABLE_DIRS};
 use ferry_core::envdef::{self, HookCtx};
+use ferry_core::envfs;
 use ferry_core::hook::{HookKind, Phase as HookPhase};
 use ferry_core::model::{self, Action};
 use ferry_core::net::Attachment;
@@ -27,12 +26,9 @@ use ferry_core::workdir::fnv1a;
 use ferry_core::{atomic, EnvKind, EnvState, Error, Jname, Result, Workdir};
 
 pub use config::JailConfig;
+use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
 use fstab::{FstabEntry, MountKind};
 use runc::Runc;
-use runtime::{NetRecord, Phase, Runtime};
-
-/// Marker left in the system dir while `jcreate` is in progress.
-const CREATING: &str = ".creating";
 
 /// Owner epoch passed to hooks. Owner leases arrive with shared-storage
 /// registration; until then every env is at epoch 0.
@@ -49,28 +45,7 @@ pub fn create(wd: &Workdir, reg: &Registry, cfg: &JailConfig) -> Result<()> {
         return Err(Error::BaseNotFound(cfg.args.base.to_string()));
     }
     cfg.hooks.check()?;
-    if wd.data_dir(&j).exists() || wd.unregistered_rcconf(&j).exists() {
-        return Err(Error::EnvExists(j));
-    }
-    // Claim the name pool-wide: creating the system dir on shared storage is atomic.
-    let sys = wd.system_dir(&j);
-    match fs::create_dir(&sys) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(if sys.join(CREATING).exists() {
-                Error::Refused(format!(
-                    "an earlier jcreate of {j} was interrupted; `ferry jremove jname={j}` cleans it up"
-                ))
-            } else {
-                Error::EnvExists(j)
-            });
-        }
-        Err(e) => return Err(Error::io("cannot create", &sys)(e)),
-    }
-    let marker = sys.join(CREATING);
-    atomic::write_atomic(&marker, format!("{}\n", wd.nodename()).as_bytes(), 0o644)
-        .map_err(Error::io("cannot write", &marker))?;
-
+    envfs::claim(wd, &j)?;
     let made = (|| {
         for d in [wd.data_dir(&j), wd.fstab_dir(&j)] {
             fs::create_dir_all(&d).map_err(Error::io("cannot create", &d))?;
@@ -89,10 +64,10 @@ pub fn create(wd: &Workdir, reg: &Registry, cfg: &JailConfig) -> Result<()> {
         reg.insert(&row(cfg))
     })();
     if let Err(e) = made {
-        remove_files(wd, &j);
+        envfs::remove_files(wd, &j);
         return Err(e);
     }
-    fs::remove_file(&marker).map_err(Error::io("cannot remove", &marker))?;
+    envfs::finish_create(wd, &j)?;
     if runasap {
         start(wd, &j)?;
     }
@@ -152,18 +127,6 @@ fn populate(wd: &Workdir, cfg: &JailConfig) -> Result<()> {
     Ok(())
 }
 
-/// Remove every file of a jail on shared storage (best effort, used to
-/// roll back a failed create and to finish a remove).
-fn remove_files(wd: &Workdir, j: &Jname) {
-    for d in [wd.data_dir(j), wd.fstab_dir(j), wd.system_dir(j)] {
-        if let Err(e) = fs::remove_dir_all(&d) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(jname = %j, path = %d.display(), error = %e, "cannot remove");
-            }
-        }
-    }
-}
-
 fn load(wd: &Workdir, j: &Jname) -> Result<JailConfig> {
     let def = envdef::load_registered(wd, j)?;
     JailConfig::from_definition(&def, wd, &wd.registered_rcconf(j))
@@ -195,11 +158,8 @@ pub fn start(wd: &Workdir, j: &Jname) -> Result<()> {
         }
     });
     let mut rt = Runtime {
-        phase: Phase::Starting,
-        pid: None,
-        starttime: None,
         net,
-        epoch: EPOCH,
+        ..Runtime::starting(EPOCH)
     };
     // Recorded before anything is set up, so a crash from here on is undone.
     runtime::write(wd, j, &rt)?;
@@ -431,11 +391,9 @@ pub fn restart(wd: &Workdir, j: &Jname) -> Result<()> {
 /// Remove a stopped jail and all its files. Also finishes an interrupted
 /// create or remove.
 pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
-    let sys = wd.system_dir(j);
     if reg.get(j)?.is_none() {
-        let creating = fs::read_to_string(sys.join(CREATING)).unwrap_or_default();
-        if creating.trim() == wd.nodename() {
-            remove_files(wd, j);
+        if envfs::interrupted_here(wd, j) {
+            envfs::remove_files(wd, j);
             return runtime::clear(wd, j);
         }
         return Err(Error::EnvNotFound(j.clone()));
@@ -463,33 +421,12 @@ pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
     };
     let data = wd.data_dir(j);
     cfg.hooks
-        .with_mounts(&ctx, HookPhase::Remove, false, || empty_dir(&data))?;
+        .with_mounts(&ctx, HookPhase::Remove, false, || envfs::empty_dir(&data))?;
     // Definition (system dir) before registry row: a crash in between
     // leaves a row without a definition, which the next remove finishes.
-    remove_files(wd, j);
+    envfs::remove_files(wd, j);
     runtime::clear(wd, j)?;
     reg.remove(j)?;
-    Ok(())
-}
-
-/// Remove everything inside `dir` (which may be a mount point), not `dir`.
-fn empty_dir(dir: &Path) -> Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("cannot list", dir)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(Error::io("cannot list", dir))?;
-        let p = entry.path();
-        let ft = entry.file_type().map_err(Error::io("cannot stat", &p))?;
-        let r = if ft.is_dir() {
-            fs::remove_dir_all(&p)
-        } else {
-            fs::remove_file(&p)
-        };
-        r.map_err(Error::io("cannot remove", &p))?;
-    }
     Ok(())
 }
 

@@ -1,17 +1,21 @@
-//! The local runtime record of a jail (`jails/<jname>/runtime.json`) and the
-//! live state derived from it.
+//! The local runtime record of an env (`jails/<jname>/runtime.json`) and the
+//! live state derived from it, for every engine.
 //!
 //! The record is written before anything is set up and removed only after
 //! everything is torn down, so after a crash at any instant it tells what
-//! may be left (mounts, network, a runc container) and must be undone.
+//! may be left (mounts, network, a container or a QEMU) and must be undone.
 
 use std::fs;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use ferry_core::net::Attachment;
-use ferry_core::{atomic, EnvState, Error, Jname, Result, Workdir};
+use crate::error::{Error, Result};
+use crate::model::EnvState;
+use crate::name::Jname;
+use crate::net::Attachment;
+use crate::workdir::Workdir;
+use crate::{atomic, sys};
 
 /// Where a start or stop got to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +26,7 @@ pub enum Phase {
     Stopping,
 }
 
-/// The network a running jail holds.
+/// The network a running env holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetRecord {
     pub netns: String,
@@ -51,6 +55,23 @@ pub struct Runtime {
     pub starttime: Option<u64>,
     pub net: Option<NetRecord>,
     pub epoch: u64,
+    /// The accelerator a VM runs under (`kvm`, `tcg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+}
+
+impl Runtime {
+    /// A record for an env about to start.
+    pub fn starting(epoch: u64) -> Runtime {
+        Runtime {
+            phase: Phase::Starting,
+            pid: None,
+            starttime: None,
+            net: None,
+            epoch,
+            accel: None,
+        }
+    }
 }
 
 pub fn record_path(wd: &Workdir, j: &Jname) -> PathBuf {
@@ -85,8 +106,8 @@ pub fn clear(wd: &Workdir, j: &Jname) -> Result<()> {
     }
 }
 
-/// The live state of a jail: from its record and `/proc`, without asking
-/// runc (so listing thousands of jails stays cheap).
+/// The live state of an env: from its record and `/proc`, without asking
+/// the engine (so listing thousands of envs stays cheap).
 pub fn state(wd: &Workdir, j: &Jname) -> Result<(EnvState, Option<Runtime>)> {
     let Some(rt) = read(wd, j)? else {
         return Ok((EnvState::Stopped, None));
@@ -111,7 +132,7 @@ pub fn state(wd: &Workdir, j: &Jname) -> Result<(EnvState, Option<Runtime>)> {
 
 /// Whether `pid` is alive (not a zombie) and is the process started at `start`.
 pub fn process_alive(pid: i32, start: u64) -> bool {
-    ferry_core::sys::proc_stat(pid).is_some_and(|p| p.is_live() && p.starttime == start)
+    sys::proc_stat(pid).is_some_and(|p| p.is_live() && p.starttime == start)
 }
 
 #[cfg(test)]
@@ -121,7 +142,7 @@ mod tests {
     #[test]
     fn own_process_is_alive_and_a_wrong_start_time_is_not() {
         let me = i32::try_from(std::process::id()).unwrap();
-        let start = ferry_core::sys::proc_stat(me).unwrap().starttime;
+        let start = sys::proc_stat(me).unwrap().starttime;
         assert!(process_alive(me, start));
         assert!(!process_alive(me, start + 1));
         assert!(!process_alive(i32::MAX, start));
@@ -133,13 +154,7 @@ mod tests {
         let wd = Workdir::init(t.path(), Some("n1")).unwrap();
         let j = Jname::new("j").unwrap();
         assert_eq!(state(&wd, &j).unwrap().0, EnvState::Stopped);
-        let rt = Runtime {
-            phase: Phase::Starting,
-            pid: None,
-            starttime: None,
-            net: None,
-            epoch: 0,
-        };
+        let rt = Runtime::starting(0);
         write(&wd, &j, &rt).unwrap();
         assert_eq!(read(&wd, &j).unwrap(), Some(rt));
         assert_eq!(state(&wd, &j).unwrap().0, EnvState::Crashed);

@@ -1,0 +1,106 @@
+//! An env's files on shared storage, the same for every engine: claiming a
+//! name pool-wide, rolling back a failed create, finishing an interrupted
+//! one, and removing everything.
+
+use std::fs;
+use std::path::Path;
+
+use crate::atomic;
+use crate::error::{Error, Result};
+use crate::name::Jname;
+use crate::workdir::Workdir;
+
+/// Marker left in the system dir while a create is in progress; it names
+/// the node doing it.
+const CREATING: &str = ".creating";
+
+/// Claim `j` for a new env, pool-wide: creating its system dir on shared
+/// storage is atomic, so two nodes can never both create the same name.
+/// A `.creating` marker stays until [`finish_create`].
+pub fn claim(wd: &Workdir, j: &Jname) -> Result<()> {
+    if wd.data_dir(j).exists() || wd.unregistered_rcconf(j).exists() {
+        return Err(Error::EnvExists(j.clone()));
+    }
+    let sys = wd.system_dir(j);
+    match fs::create_dir(&sys) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(if sys.join(CREATING).exists() {
+                Error::Refused(format!(
+                    "an earlier create of {j} was interrupted; removing {j} cleans it up"
+                ))
+            } else {
+                Error::EnvExists(j.clone())
+            });
+        }
+        Err(e) => return Err(Error::io("cannot create", &sys)(e)),
+    }
+    let marker = sys.join(CREATING);
+    atomic::write_atomic(&marker, format!("{}\n", wd.nodename()).as_bytes(), 0o644)
+        .map_err(Error::io("cannot write", &marker))
+}
+
+/// The create of `j` is complete: drop the marker.
+pub fn finish_create(wd: &Workdir, j: &Jname) -> Result<()> {
+    let marker = wd.system_dir(j).join(CREATING);
+    fs::remove_file(&marker).map_err(Error::io("cannot remove", &marker))
+}
+
+/// Whether a create of `j` by this node was interrupted (its files may be
+/// left without a registry row).
+pub fn interrupted_here(wd: &Workdir, j: &Jname) -> bool {
+    fs::read_to_string(wd.system_dir(j).join(CREATING)).is_ok_and(|n| n.trim() == wd.nodename())
+}
+
+/// Remove every file of `j` on shared storage (best effort: used to roll
+/// back a failed create and to finish a remove).
+pub fn remove_files(wd: &Workdir, j: &Jname) {
+    for d in [wd.data_dir(j), wd.fstab_dir(j), wd.system_dir(j)] {
+        if let Err(e) = fs::remove_dir_all(&d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(jname = %j, path = %d.display(), error = %e, "cannot remove");
+            }
+        }
+    }
+}
+
+/// Remove everything inside `dir` (which may be a mount point), not `dir`.
+pub fn empty_dir(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("cannot list", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(Error::io("cannot list", dir))?;
+        let p = entry.path();
+        let ft = entry.file_type().map_err(Error::io("cannot stat", &p))?;
+        let r = if ft.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        r.map_err(Error::io("cannot remove", &p))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_exclusive_and_interruptions_are_recognised() {
+        let t = tempfile::tempdir().unwrap();
+        let wd = Workdir::init(t.path(), Some("n1")).unwrap();
+        let j = Jname::new("j").unwrap();
+        claim(&wd, &j).unwrap();
+        assert!(interrupted_here(&wd, &j));
+        assert!(matches!(claim(&wd, &j), Err(Error::Refused(_))));
+        finish_create(&wd, &j).unwrap();
+        assert!(!interrupted_here(&wd, &j));
+        assert!(matches!(claim(&wd, &j), Err(Error::EnvExists(_))));
+        remove_files(&wd, &j);
+        claim(&wd, &j).unwrap();
+    }
+}
