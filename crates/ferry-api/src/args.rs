@@ -315,6 +315,76 @@ impl FromArg for u64 {
     }
 }
 
+impl FromArg for u16 {
+    const TYPE: &'static str = "NUMBER";
+    fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
+        v.parse()
+            .map_err(|_| ArgError::invalid(key, v, "not a whole number from 0 to 65535"))
+    }
+}
+
+/// A size in bytes, written as a number with an optional suffix:
+/// `b`, `k`, `m`, `g`, `t` (powers of 1024; CBSD's `1g`, `512m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(v: &str) -> Result<Size, String> {
+        let t = v.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| "not a size such as 512m or 10g".to_owned())?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1 << 10,
+            "m" | "mb" => 1 << 20,
+            "g" | "gb" => 1 << 30,
+            "t" | "tb" => 1 << 40,
+            _ => return Err(format!("unknown size unit {unit:?} (use k, m, g or t)")),
+        };
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| "too large".to_owned())
+    }
+
+    pub fn mib(self) -> u64 {
+        self.0 >> 20
+    }
+
+    /// The shortest exact text form (`1g`, `512m`, `1536k`, `7`).
+    pub fn render(self) -> String {
+        for (shift, unit) in [(40, "t"), (30, "g"), (20, "m"), (10, "k")] {
+            if self.0 != 0 && self.0.is_multiple_of(1u64 << shift) {
+                return format!("{}{unit}", self.0 >> shift);
+            }
+        }
+        self.0.to_string()
+    }
+}
+
+impl FromArg for Size {
+    const TYPE: &'static str = "SIZE";
+    fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
+        Size::parse(v).map_err(|e| ArgError::invalid(key, v, e))
+    }
+}
+
+/// A plain token (a CPU model, a machine type, a checkpoint name): the
+/// grammar of a name, so it is safe as a path component and an argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word(pub String);
+
+impl FromArg for Word {
+    const TYPE: &'static str = "WORD";
+    fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
+        Jname::new(v)
+            .map(|j| Word(j.as_str().to_owned()))
+            .map_err(|e| ArgError::invalid(key, v, e))
+    }
+}
+
 impl FromArg for bool {
     const TYPE: &'static str = "0|1";
     fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {

@@ -9,7 +9,7 @@ use ferry_core::{Jname, NameSelector};
 
 use crate::args::{
     ArgError, ArgReader, Default, FromArg, HookPath, Ip4List, Optional, RawArgs, Required, Rest,
-    Rule,
+    Rule, Size, Word,
 };
 
 /// Where a command sits in `ferry help`.
@@ -17,6 +17,7 @@ use crate::args::{
 pub enum Area {
     Setup,
     Jails,
+    Vms,
 }
 
 impl Area {
@@ -24,6 +25,7 @@ impl Area {
         match self {
             Area::Setup => "setup",
             Area::Jails => "jails",
+            Area::Vms => "VMs",
         }
     }
 }
@@ -160,6 +162,21 @@ impl FromArg for IfName {
     }
 }
 
+crate::keyword_enum! {
+    /// Disk image format.
+    pub enum ImgType { Qcow2 = "qcow2", Raw = "raw" }
+}
+
+crate::keyword_enum! {
+    /// How a VM's NIC is connected.
+    pub enum NicKind { User = "user", Bridge = "bridge", None = "none" }
+}
+
+crate::keyword_enum! {
+    /// What `bcheckpoint` does.
+    pub enum CheckpointMode { Create = "create", List = "list", Destroyall = "destroyall" }
+}
+
 commands! {
     /// Create or update the workdir: layout, shared-dir ids, registry, node inventory.
     /// Non-interactive and idempotent: a re-run keeps ids, data and registry.
@@ -254,6 +271,96 @@ commands! {
         jname: Jname = Required,
         /// The command and its arguments.
         cmd: Vec<String> = Rest,
+    }
+
+    /// Create a VM: its definition, disk images and registry row on this node.
+    Bcreate(BcreateArgs) = "bcreate" in Vms, listing = false {
+        /// The VM's name.
+        jname: Jname = Required,
+        /// Memory, e.g. 512m or 2g (at least 16m).
+        vm_ram: Size = Default("1g"),
+        /// Virtual CPUs (1 to 255).
+        vm_cpus: u32 = Default("1"),
+        /// Guest OS family (informational, like CBSD's).
+        vm_os_type: Word = Default("linux"),
+        /// Size of the first disk dsk1 (0: no disk).
+        imgsize: Size = Default("10g"),
+        /// Disk image format: qcow2 (checkpoints need it) or raw.
+        imgtype: ImgType = Default("qcow2"),
+        /// Kernel for direct kernel boot (instead of booting from dsk1).
+        vm_kernel: Option<PathBuf> = Optional,
+        /// Initrd for direct kernel boot.
+        vm_initrd: Option<PathBuf> = Optional,
+        /// Kernel command line for direct kernel boot.
+        vm_cmdline: String = Default("console=ttyS0"),
+        /// NIC: user (QEMU user-mode networking), bridge (a tap on `interface`) or none.
+        vm_nic: NicKind = Default("user"),
+        /// The bridge the tap is attached to (vm_nic=bridge; created if missing).
+        interface: IfName = Default("ferry0"),
+        /// VNC console port on 127.0.0.1 (5900 and up; 0: none).
+        vm_vnc_port: u16 = Default("0"),
+        /// CPU model the guest sees: a named model both nodes of a migration offer, not host.
+        vm_cpu_model: Word = Default("qemu64"),
+        /// QEMU machine type; an alias such as q35 is pinned to its versioned type at create.
+        vm_machine: Word = Default("q35"),
+        /// Start the VM when the node daemon starts.
+        astart: bool = Default("0"),
+        /// Hook run before the VM's data is touched.
+        mnt_start: HookPath = Default("0"),
+        /// Hook run after the VM stopped.
+        mnt_stop: HookPath = Default("0"),
+        /// Seconds a hook may run before its process group is killed (0: no limit).
+        mnt_timeout: u64 = Default("60"),
+        /// Seconds bstop waits for an ACPI power-down before stopping QEMU hard.
+        stop_timeout: u64 = Default("30"),
+        /// Start the VM right after creating it.
+        runasap: bool = Default("0"),
+    }
+
+    /// Start VMs (optionally restoring a checkpoint).
+    Bstart(BstartArgs) = "bstart" in Vms, listing = false {
+        /// The VM, or a quoted glob such as 'vm*'.
+        jname: NameSelector = Required,
+        /// Restore this checkpoint instead of booting.
+        checkpoint: Option<Word> = Optional,
+    }
+
+    /// Stop VMs: ACPI power-down, then a hard stop after stop_timeout, then mnt_stop.
+    Bstop(BstopArgs) = "bstop" in Vms, listing = false {
+        /// The VM, or a quoted glob such as 'vm*'.
+        jname: NameSelector = Required,
+    }
+
+    /// Restart VMs (a stopped VM is just started).
+    Brestart(BrestartArgs) = "brestart" in Vms, listing = false {
+        /// The VM, or a quoted glob such as 'vm*'.
+        jname: NameSelector = Required,
+    }
+
+    /// Remove stopped VMs: definition, disks, checkpoints and registry row.
+    Bremove(BremoveArgs) = "bremove" in Vms, listing = false {
+        /// The VM, or a quoted glob such as 'vm*'.
+        jname: NameSelector = Required,
+    }
+
+    /// List the VMs registered on this node, with their state read from QEMU.
+    Bls(BlsArgs) = "bls" in Vms, listing = true {
+        /// Only VMs matching this name or glob.
+        jname: NameSelector = Default("*"),
+        /// Comma-separated columns to show (CBSD's display=).
+        display: Option<String> = Optional,
+    }
+
+    /// Create, list or destroy checkpoints of a VM (RAM, devices and disks).
+    Bcheckpoint(BcheckpointArgs) = "bcheckpoint" in Vms, listing = true {
+        /// create, list or destroyall.
+        mode: CheckpointMode = Default("list"),
+        /// The VM.
+        jname: Jname = Required,
+        /// The checkpoint's name (create).
+        name: Word = Default("checkpoint"),
+        /// Stop the VM once the checkpoint is written (create).
+        suspend: bool = Default("0"),
     }
 }
 

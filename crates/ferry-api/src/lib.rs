@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod command;
+pub mod definition;
 pub mod exit;
 pub mod help;
 pub mod output;

@@ -6,9 +6,95 @@ use std::fs;
 use std::path::Path;
 
 use crate::atomic;
+use crate::envdef::{HookCtx, Hooks};
 use crate::error::{Error, Result};
+use crate::hook::Phase;
 use crate::name::Jname;
+use crate::rcconf::Definition;
+use crate::registry::{EnvRow, Registry};
+use crate::runtime;
 use crate::workdir::Workdir;
+
+/// Owner epoch passed to hooks. Owner leases arrive with shared-storage
+/// registration; until then every env is at epoch 0.
+pub const EPOCH: u64 = 0;
+
+/// Create an env on this node: claim its name, make its dirs, run
+/// `populate` between `mnt_start` and `mnt_stop` (phase `create`), then
+/// write its definition and registry row. Any failure removes all it made.
+pub fn create(
+    wd: &Workdir,
+    reg: &Registry,
+    row: &EnvRow,
+    hooks: &Hooks,
+    def: &Definition,
+    populate: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let j = &row.jname;
+    if reg.get(j)?.is_some() {
+        return Err(Error::EnvExists(j.clone()));
+    }
+    hooks.check()?;
+    claim(wd, j)?;
+    let made = (|| {
+        for d in [wd.data_dir(j), wd.fstab_dir(j)] {
+            fs::create_dir_all(&d).map_err(Error::io("cannot create", &d))?;
+        }
+        let ctx = HookCtx {
+            wd,
+            jname: j,
+            epoch: EPOCH,
+        };
+        hooks.with_mounts(&ctx, Phase::Create, false, populate)?;
+        let rc = wd.registered_rcconf(j);
+        def.store(&rc, wd.root())
+            .map_err(Error::io("cannot write definition", &rc))?;
+        reg.insert(row)
+    })();
+    if let Err(e) = made {
+        remove_files(wd, j);
+        return Err(e);
+    }
+    finish_create(wd, j)
+}
+
+/// Finish what an interrupted create or remove of `j` left behind, if that
+/// is the case; returns whether it was.
+pub fn finish_interrupted(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<bool> {
+    if reg.get(j)?.is_none() {
+        if interrupted_here(wd, j) {
+            remove_files(wd, j);
+            runtime::clear(wd, j)?;
+            return Ok(true);
+        }
+        return Err(Error::EnvNotFound(j.clone()));
+    }
+    if !wd.registered_rcconf(j).exists() {
+        // The definition is gone: an earlier remove got this far.
+        runtime::clear(wd, j)?;
+        reg.remove(j)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Remove a stopped env's files: its data between `mnt_start` and
+/// `mnt_stop` (phase `remove`), then the definition, then the registry row.
+/// A crash in between leaves a row without a definition, which
+/// [`finish_interrupted`] completes.
+pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname, hooks: &Hooks) -> Result<()> {
+    let ctx = HookCtx {
+        wd,
+        jname: j,
+        epoch: EPOCH,
+    };
+    let data = wd.data_dir(j);
+    hooks.with_mounts(&ctx, Phase::Remove, false, || empty_dir(&data))?;
+    remove_files(wd, j);
+    runtime::clear(wd, j)?;
+    reg.remove(j)?;
+    Ok(())
+}
 
 /// Marker left in the system dir while a create is in progress; it names
 /// the node doing it.

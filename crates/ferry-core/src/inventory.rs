@@ -20,6 +20,10 @@ pub struct Inventory {
     pub mem_bytes: u64,
     /// `qemu-system-<arch> --version`, first line; absent when QEMU is not installed.
     pub qemu_version: Option<String>,
+    /// The accelerator VMs with the default CPU model get (`kvm`, `tcg`),
+    /// found by booting guest code; absent without QEMU.
+    #[serde(default)]
+    pub accel: Option<String>,
     pub ferry_version: String,
 }
 
@@ -53,6 +57,7 @@ impl Inventory {
             ncpu,
             mem_bytes: mem_total(),
             qemu_version: qemu_version(),
+            accel: None,
             ferry_version: ferry_version.to_owned(),
         }
     }

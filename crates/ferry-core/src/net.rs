@@ -79,16 +79,33 @@ impl Attachment {
             ip(&["netns", "del", &self.netns])?;
         }
         // Deleting the namespace deletes the veth pair, asynchronously.
-        let host = Path::new("/sys/class/net").join(&self.host_if);
-        if host.exists() {
-            if let Err(e) = ip(&["link", "del", &self.host_if]) {
-                if host.exists() {
-                    return Err(e);
-                }
+        remove_link(&self.host_if)
+    }
+}
+
+/// Create a tap device enslaved to `bridge` (created if missing), up.
+pub fn tap_up(name: &str, bridge: &str) -> Result<()> {
+    ensure_bridge(bridge)?;
+    ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+    let r = ip(&["link", "set", name, "master", bridge, "up"]);
+    if r.is_err() {
+        let _ = remove_link(name);
+    }
+    r
+}
+
+/// Delete a network interface if it exists (idempotent; an interface that
+/// vanishes meanwhile is not an error).
+pub fn remove_link(name: &str) -> Result<()> {
+    let sys = Path::new("/sys/class/net").join(name);
+    if sys.exists() {
+        if let Err(e) = ip(&["link", "del", name]) {
+            if sys.exists() {
+                return Err(e);
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Create `name` as a bridge and bring it up, unless it exists. An existing

@@ -4,6 +4,7 @@
 
 mod base;
 mod jail;
+mod vm;
 
 use std::path::{Path, PathBuf};
 
@@ -68,13 +69,33 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;
             Ok(Outcome::Exited { status })
         }
+        Command::Bcreate(a) => vm::create(ctx, a),
+        Command::Bstart(a) => {
+            let (wd, reg) = ctx.open()?;
+            let names = select(&reg, EnvKind::Vm, &a.jname)?;
+            let ckp = a.checkpoint.as_ref().map(|w| w.0.as_str());
+            Ok(per_env(&wd, names, "started", |wd, j| {
+                ferry_vm::start(wd, &reg, j, ckp)
+            }))
+        }
+        Command::Bstop(a) => vm::each(ctx, &a.jname, "stopped", |wd, _, j| ferry_vm::stop(wd, j)),
+        Command::Brestart(a) => vm::each(ctx, &a.jname, "restarted", ferry_vm::restart),
+        Command::Bremove(a) => vm::each(ctx, &a.jname, "removed", ferry_vm::remove),
+        Command::Bls(a) => {
+            let (wd, reg) = ctx.open()?;
+            vm::list(&wd, &reg, &a.jname, a.display.as_deref())
+        }
+        Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
     }
 }
 
 fn initenv(root: &Path, nodename: Option<&Jname>) -> Result<Outcome> {
     let wd = Workdir::init(root, nodename.map(Jname::as_str))?;
     let reg = Registry::open(&wd.db_dir())?;
-    let inv = Inventory::collect(wd.nodename(), VERSION);
+    let mut inv = Inventory::collect(wd.nodename(), VERSION);
+    if inv.qemu_version.is_some() {
+        inv.accel = ferry_vm::qemu::probe_accel(&wd, &reg, ferry_vm::DEFAULT_CPU_MODEL).ok();
+    }
     let json = serde_json::to_string(&inv).map_err(|e| Error::Failed(e.to_string()))?;
     reg.set_inventory("node", &json)?;
     Ok(Outcome::message(format!(
@@ -86,7 +107,7 @@ fn initenv(root: &Path, nodename: Option<&Jname>) -> Result<Outcome> {
         inv.mem_bytes >> 20,
         inv.qemu_version
             .as_deref()
-            .map(|q| format!(", {q}"))
+            .map(|q| format!(", {q}, VMs under {}", inv.accel.as_deref().unwrap_or("?")))
             .unwrap_or_default()
     )))
 }

@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_api::args::{HookPath, RawArgs};
+use ferry_api::args::HookPath;
 use ferry_api::command::JcreateArgs;
-use ferry_api::{Command, CommandSpec};
+use ferry_api::Command;
 use ferry_core::envdef::Hooks;
-use ferry_core::rcconf::{self, Definition};
+use ferry_core::rcconf::Definition;
 use ferry_core::{Error, Jname, Result, Workdir};
 
 /// A jail's settings.
@@ -51,24 +51,13 @@ impl JailConfig {
         if let Some(e) = def.get("emulator").filter(|e| *e != "jail") {
             return Err(Error::bad_value("emulator", e, "this env is not a jail"));
         }
-        let spec =
-            CommandSpec::find("jcreate").ok_or_else(|| Error::Failed("no jcreate spec".into()))?;
-        let known: Vec<&str> = (spec.args)().iter().map(|a| a.key).collect();
-        let pairs = def.iter().filter(|(k, _)| known.contains(k)).map(|(k, v)| {
-            let v = if rcconf::is_path_key(k) && v != "0" && !v.is_empty() {
-                def.resolve_path(k, wd.root())
-                    .map_or_else(String::new, |p| p.to_string_lossy().into_owned())
-            } else {
-                v.to_owned()
-            };
-            (k.to_owned(), v)
-        });
         let bad = |e: ferry_api::ArgError| Error::BadDefinition {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let raw = RawArgs::from_pairs(pairs).map_err(bad)?;
-        let Command::Jcreate(args) = Command::parse("jcreate", raw).map_err(bad)? else {
+        let Command::Jcreate(args) =
+            ferry_api::definition::typed(def, wd.root(), "jcreate").map_err(bad)?
+        else {
             return Err(Error::Failed("jcreate parsed into another command".into()));
         };
         let exec = split_exec(&args.exec_start)?;
@@ -135,6 +124,7 @@ pub fn to_definition(a: &JcreateArgs, workdir: &Path) -> Result<Definition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_api::args::RawArgs;
 
     #[test]
     fn definition_round_trips_through_the_jcreate_grammar() {

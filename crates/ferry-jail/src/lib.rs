@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::base::{self, WRITABLE_DIRS};
 use ferry_core::envdef::{self, HookCtx};
-use ferry_core::envfs;
+use ferry_core::envfs::{self, EPOCH};
 use ferry_core::hook::{HookKind, Phase as HookPhase};
 use ferry_core::model::{self, Action};
 use ferry_core::net::Attachment;
@@ -30,46 +30,15 @@ use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
 use fstab::{FstabEntry, MountKind};
 use runc::Runc;
 
-/// Owner epoch passed to hooks. Owner leases arrive with shared-storage
-/// registration; until then every env is at epoch 0.
-const EPOCH: u64 = 0;
-
 /// Create a jail on this node (and start it when `runasap=1`).
 pub fn create(wd: &Workdir, reg: &Registry, cfg: &JailConfig) -> Result<()> {
-    let runasap = cfg.args.runasap;
-    let j = cfg.jname().clone();
-    if reg.get(&j)?.is_some() {
-        return Err(Error::EnvExists(j));
-    }
     if !base::exists(wd, &cfg.args.base) {
         return Err(Error::BaseNotFound(cfg.args.base.to_string()));
     }
-    cfg.hooks.check()?;
-    envfs::claim(wd, &j)?;
-    let made = (|| {
-        for d in [wd.data_dir(&j), wd.fstab_dir(&j)] {
-            fs::create_dir_all(&d).map_err(Error::io("cannot create", &d))?;
-        }
-        let ctx = HookCtx {
-            wd,
-            jname: &j,
-            epoch: EPOCH,
-        };
-        cfg.hooks
-            .with_mounts(&ctx, HookPhase::Create, false, || populate(wd, cfg))?;
-        let def = config::to_definition(&cfg.args, wd.root())?;
-        let rc = wd.registered_rcconf(&j);
-        def.store(&rc, wd.root())
-            .map_err(Error::io("cannot write definition", &rc))?;
-        reg.insert(&row(cfg))
-    })();
-    if let Err(e) = made {
-        envfs::remove_files(wd, &j);
-        return Err(e);
-    }
-    envfs::finish_create(wd, &j)?;
-    if runasap {
-        start(wd, &j)?;
+    let def = config::to_definition(&cfg.args, wd.root())?;
+    envfs::create(wd, reg, &row(cfg), &cfg.hooks, &def, || populate(wd, cfg))?;
+    if cfg.args.runasap {
+        start(wd, cfg.jname())?;
     }
     Ok(())
 }
@@ -391,43 +360,17 @@ pub fn restart(wd: &Workdir, j: &Jname) -> Result<()> {
 /// Remove a stopped jail and all its files. Also finishes an interrupted
 /// create or remove.
 pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
-    if reg.get(j)?.is_none() {
-        if envfs::interrupted_here(wd, j) {
-            envfs::remove_files(wd, j);
-            return runtime::clear(wd, j);
-        }
-        return Err(Error::EnvNotFound(j.clone()));
+    if envfs::finish_interrupted(wd, reg, j)? {
+        return Ok(());
     }
     let (st, rt) = runtime::state(wd, j)?;
     model::check(j, st, Action::Remove)?;
-    let cfg = match load(wd, j) {
-        Ok(cfg) => cfg,
-        Err(Error::EnvNotFound(_)) => {
-            // The definition is gone: an earlier remove got this far.
-            runtime::clear(wd, j)?;
-            reg.remove(j)?;
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
+    let cfg = load(wd, j)?;
     cfg.hooks.check()?;
     if let Some(rt) = rt {
         teardown(wd, j, Some(&cfg), &rt)?;
     }
-    let ctx = HookCtx {
-        wd,
-        jname: j,
-        epoch: EPOCH,
-    };
-    let data = wd.data_dir(j);
-    cfg.hooks
-        .with_mounts(&ctx, HookPhase::Remove, false, || envfs::empty_dir(&data))?;
-    // Definition (system dir) before registry row: a crash in between
-    // leaves a row without a definition, which the next remove finishes.
-    envfs::remove_files(wd, j);
-    runtime::clear(wd, j)?;
-    reg.remove(j)?;
-    Ok(())
+    envfs::remove(wd, reg, j, &cfg.hooks)
 }
 
 /// Run a command in a running jail with the caller's stdio.

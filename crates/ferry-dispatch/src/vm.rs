@@ -1,0 +1,144 @@
+//! VM commands.
+
+use ferry_api::command::{BcheckpointArgs, BcreateArgs, CheckpointMode};
+use ferry_api::{Listing, Outcome};
+use ferry_core::lock::EnvLock;
+use ferry_core::registry::Registry;
+use ferry_core::{EnvKind, EnvState, Error, Jname, NameSelector, Result, Workdir};
+use serde_json::{json, Value};
+
+use crate::{per_env, select, Context};
+
+pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let j = a.jname.clone();
+    let runasap = a.runasap;
+    let mut cfg = ferry_vm::VmConfig::from_args(a, wd.root())?;
+    let _lock = EnvLock::acquire(&wd, &j)?;
+    ferry_vm::create(&wd, &reg, &mut cfg)?;
+    Ok(Outcome::message(if runasap {
+        format!("{j} created and started")
+    } else {
+        format!("{j} created")
+    }))
+}
+
+/// Apply a lifecycle operation to every VM the selector names.
+pub fn each(
+    ctx: &Context,
+    sel: &NameSelector,
+    done: &str,
+    op: fn(&Workdir, &Registry, &Jname) -> Result<()>,
+) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let names = select(&reg, EnvKind::Vm, sel)?;
+    Ok(per_env(&wd, names, done, |wd, j| op(wd, &reg, j)))
+}
+
+pub const COLUMNS: [&str; 9] = [
+    "jname",
+    "jid",
+    "vm_ram",
+    "vm_cpus",
+    "vm_os_type",
+    "vnc",
+    "accel",
+    "qemu",
+    "status",
+];
+
+pub fn list(
+    wd: &Workdir,
+    reg: &Registry,
+    sel: &NameSelector,
+    display: Option<&str>,
+) -> Result<Outcome> {
+    let mut l = Listing {
+        columns: COLUMNS.map(String::from).to_vec(),
+        rows: Vec::new(),
+    };
+    if let Some(d) = display {
+        l.select(d)
+            .map_err(|reason| Error::bad_value("display", d, reason))?;
+    }
+    for row in reg.list()? {
+        if row.kind != EnvKind::Vm || !sel.matches(row.jname.as_str()) {
+            continue;
+        }
+        let cfg = ferry_vm::load(wd, &row.jname);
+        let live = ferry_vm::live(wd, &row.jname)?;
+        let (ram, cpus, os, vnc) = match &cfg {
+            Ok(c) => (
+                Value::from(c.args.vm_ram.render()),
+                Value::from(c.args.vm_cpus),
+                Value::from(c.args.vm_os_type.0.clone()),
+                if c.args.vm_vnc_port == 0 {
+                    Value::Null
+                } else {
+                    Value::from(c.args.vm_vnc_port)
+                },
+            ),
+            Err(_) => (Value::Null, Value::Null, Value::Null, Value::Null),
+        };
+        let v = json!({
+            "jname": row.jname,
+            "jid": live.pid,
+            "vm_ram": ram,
+            "vm_cpus": cpus,
+            "vm_os_type": os,
+            "vnc": vnc,
+            "accel": if live.state == EnvState::Running { live.accel } else { None },
+            "qemu": live.qemu_status,
+            "status": live.state.display(),
+        });
+        if let Value::Object(m) = v {
+            l.rows.push(m);
+        }
+    }
+    Ok(Outcome::Listing(l))
+}
+
+pub fn checkpoint(ctx: &Context, a: BcheckpointArgs) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    select(&reg, EnvKind::Vm, &NameSelector::One(a.jname.clone()))?;
+    let j = &a.jname;
+    let _lock = EnvLock::acquire(&wd, j)?;
+    match a.mode {
+        CheckpointMode::List => {
+            let mut l = Listing {
+                columns: [
+                    "name",
+                    "created",
+                    "bytes",
+                    "vm_machine",
+                    "vm_ram",
+                    "disk_snapshot",
+                ]
+                .map(String::from)
+                .to_vec(),
+                rows: Vec::new(),
+            };
+            for c in ferry_vm::checkpoint::list(&wd, j)? {
+                if let Ok(Value::Object(m)) = serde_json::to_value(&c) {
+                    l.rows.push(m);
+                }
+            }
+            Ok(Outcome::Listing(l))
+        }
+        CheckpointMode::Create => {
+            let c = ferry_vm::checkpoint::create(&wd, j, &a.name.0, a.suspend)?;
+            Ok(Outcome::message(format!(
+                "checkpoint {} of {j} written ({} MiB){}",
+                c.name,
+                c.bytes >> 20,
+                if a.suspend { "; the VM is stopped" } else { "" }
+            )))
+        }
+        CheckpointMode::Destroyall => {
+            let n = ferry_vm::checkpoint::destroy_all(&wd, j)?;
+            Ok(Outcome::message(format!(
+                "{n} checkpoints of {j} destroyed"
+            )))
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! A VM's definition, typed through the grammar of `bcreate` (as jails go
+//! through `jcreate`'s), and the checks `bcreate` makes before anything is
+//! created.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_api::args::{HookPath, Size};
+use ferry_api::command::{BcreateArgs, ImgType, NicKind};
+use ferry_api::Command;
+use ferry_core::envdef::Hooks;
+use ferry_core::rcconf::Definition;
+use ferry_core::{Error, Jname, Result, Workdir};
+
+/// Smallest `vm_ram` accepted.
+pub const MIN_RAM: u64 = 16 << 20;
+
+/// A VM's settings.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub args: BcreateArgs,
+    pub hooks: Hooks,
+}
+
+impl VmConfig {
+    pub fn jname(&self) -> &Jname {
+        &self.args.jname
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.args.stop_timeout)
+    }
+
+    /// The first disk, if the VM has one.
+    pub fn disk(&self, wd: &Workdir) -> Option<PathBuf> {
+        (self.args.imgsize.0 > 0).then(|| wd.data_dir(self.jname()).join("dsk1.vhd"))
+    }
+
+    pub fn disk_format(&self) -> &'static str {
+        self.args.imgtype.as_str()
+    }
+
+    /// Type and check the settings given to `bcreate`.
+    pub fn from_args(args: BcreateArgs, workdir: &Path) -> Result<VmConfig> {
+        validate(&args)?;
+        let def = to_definition(&args, workdir)?;
+        let hooks = Hooks::from_definition(&def, workdir)?;
+        Ok(VmConfig { args, hooks })
+    }
+
+    /// Read a VM's definition.
+    pub fn from_definition(def: &Definition, wd: &Workdir, path: &Path) -> Result<VmConfig> {
+        if let Some(e) = def.get("emulator").filter(|e| *e != "qemu") {
+            return Err(Error::bad_value("emulator", e, "this env is not a QEMU VM"));
+        }
+        let bad = |reason: String| Error::BadDefinition {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let Command::Bcreate(args) = ferry_api::definition::typed(def, wd.root(), "bcreate")
+            .map_err(|e| bad(e.to_string()))?
+        else {
+            return Err(Error::Failed("bcreate parsed into another command".into()));
+        };
+        validate(&args).map_err(|e| bad(e.to_string()))?;
+        let hooks = Hooks::from_definition(def, wd.root())?;
+        Ok(VmConfig { args, hooks })
+    }
+}
+
+/// Range checks the grammar alone cannot make.
+fn validate(a: &BcreateArgs) -> Result<()> {
+    if a.vm_ram.0 < MIN_RAM || !a.vm_ram.0.is_multiple_of(1 << 20) {
+        return Err(Error::bad_value(
+            "vm_ram",
+            &a.vm_ram.render(),
+            "must be a whole number of MiB, at least 16m",
+        ));
+    }
+    if !(1..=255).contains(&a.vm_cpus) {
+        return Err(Error::bad_value(
+            "vm_cpus",
+            &a.vm_cpus.to_string(),
+            "must be from 1 to 255",
+        ));
+    }
+    if a.vm_vnc_port != 0 && a.vm_vnc_port < 5900 {
+        return Err(Error::bad_value(
+            "vm_vnc_port",
+            &a.vm_vnc_port.to_string(),
+            "must be 0 or at least 5900",
+        ));
+    }
+    if !a.imgsize.0.is_multiple_of(512) {
+        return Err(Error::bad_value(
+            "imgsize",
+            &a.imgsize.render(),
+            "must be a multiple of 512 bytes",
+        ));
+    }
+    if a.vm_initrd.is_some() && a.vm_kernel.is_none() {
+        return Err(Error::bad_value("vm_initrd", "", "needs vm_kernel"));
+    }
+    if a.vm_kernel.is_none() && a.imgsize.0 == 0 {
+        return Err(Error::bad_value(
+            "imgsize",
+            "0",
+            "a VM without vm_kernel boots from dsk1, so it needs a disk",
+        ));
+    }
+    for (key, p) in [("vm_kernel", &a.vm_kernel), ("vm_initrd", &a.vm_initrd)] {
+        if let Some(p) = p {
+            if !p.is_file() {
+                return Err(Error::bad_value(key, &p.to_string_lossy(), "no such file"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The definition file of a VM with these settings.
+pub fn to_definition(a: &BcreateArgs, workdir: &Path) -> Result<Definition> {
+    let j = a.jname.as_str();
+    let hook = |h: &HookPath| {
+        h.0.as_ref()
+            .map_or_else(|| "0".to_owned(), |p| p.to_string_lossy().into_owned())
+    };
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or_else(|| "0".to_owned(), |p| p.to_string_lossy().into_owned())
+    };
+    let flag = |b: bool| if b { "1" } else { "0" }.to_owned();
+    let root = workdir.to_string_lossy();
+    let pairs: Vec<(&str, String)> = vec![
+        ("jname", j.to_owned()),
+        ("emulator", "qemu".to_owned()),
+        ("path", format!("{root}/jails/{j}")),
+        ("data", format!("{root}/jails-data/{j}-data")),
+        ("vm_ram", a.vm_ram.render()),
+        ("vm_cpus", a.vm_cpus.to_string()),
+        ("vm_os_type", a.vm_os_type.0.clone()),
+        ("imgsize", a.imgsize.render()),
+        ("imgtype", a.imgtype.as_str().to_owned()),
+        ("vm_kernel", path(&a.vm_kernel)),
+        ("vm_initrd", path(&a.vm_initrd)),
+        ("vm_cmdline", a.vm_cmdline.clone()),
+        ("vm_nic", a.vm_nic.as_str().to_owned()),
+        ("interface", a.interface.0.clone()),
+        ("vm_vnc_port", a.vm_vnc_port.to_string()),
+        ("vm_cpu_model", a.vm_cpu_model.0.clone()),
+        ("vm_machine", a.vm_machine.0.clone()),
+        ("astart", flag(a.astart)),
+        ("mnt_start", hook(&a.mnt_start)),
+        ("mnt_stop", hook(&a.mnt_stop)),
+        ("mnt_timeout", a.mnt_timeout.to_string()),
+        ("stop_timeout", a.stop_timeout.to_string()),
+    ];
+    let mut def = Definition::new();
+    for (k, v) in pairs {
+        def.set(k, v)
+            .map_err(|e| Error::bad_value(k, "", e.to_string()))?;
+    }
+    Ok(def)
+}
+
+/// Whether checkpoints can capture this VM's disks.
+pub fn checkpointable(a: &BcreateArgs) -> bool {
+    a.imgsize.0 == 0 || a.imgtype == ImgType::Qcow2
+}
+
+/// Whether the VM has a NIC on a host bridge.
+pub fn bridged(a: &BcreateArgs) -> bool {
+    a.vm_nic == NicKind::Bridge
+}
+
+/// `vm_ram` in MiB, as QEMU's `-m` takes it.
+pub fn ram_mib(a: &BcreateArgs) -> u64 {
+    Size::mib(a.vm_ram)
+}

@@ -1,0 +1,384 @@
+//! ferry's VM engine: QEMU as a daemonized process with a pid file and a
+//! QMP socket under `var/run`, its disks in the data dir on shared storage,
+//! its serial console logged to `jails-system/<jname>/console.log`. The
+//! lifecycle goes through [`ferry_core::model::check`] and the runtime
+//! record, exactly as for jails.
+
+pub mod checkpoint;
+pub mod config;
+pub mod qemu;
+pub mod qmp;
+
+use std::fs;
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferry_core::envdef::{self, HookCtx};
+use ferry_core::envfs::{self, EPOCH};
+use ferry_core::hook::{HookKind, Phase as HookPhase};
+use ferry_core::model::{self, Action};
+use ferry_core::registry::{EnvRow, Registry};
+use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
+use ferry_core::{EnvKind, EnvState, Error, Jname, Result, Workdir};
+
+pub use config::VmConfig;
+use qmp::Qmp;
+
+/// The CPU model `bcreate` defaults to: a named baseline every x86-64
+/// QEMU offers, so a VM can migrate between nodes (never `host`).
+pub const DEFAULT_CPU_MODEL: &str = "qemu64";
+
+/// How long QEMU's QMP socket may take to answer once QEMU is up.
+const QMP_CONNECT: Duration = Duration::from_secs(10);
+
+/// Create a VM on this node (and start it when `runasap=1`).
+pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
+    cfg.args.vm_machine.0 = qemu::resolve_machine(&cfg.args.vm_machine.0)?;
+    check_vnc_unique(wd, reg, cfg)?;
+    let def = config::to_definition(&cfg.args, wd.root())?;
+    let row = EnvRow {
+        jname: cfg.jname().clone(),
+        kind: EnvKind::Vm,
+        base: None,
+        host_hostname: String::new(),
+        ip4_addr: String::new(),
+        astart: cfg.args.astart,
+    };
+    envfs::create(wd, reg, &row, &cfg.hooks, &def, || make_disk(wd, cfg))?;
+    if cfg.args.runasap {
+        start(wd, reg, cfg.jname(), None)?;
+    }
+    Ok(())
+}
+
+fn make_disk(wd: &Workdir, cfg: &VmConfig) -> Result<()> {
+    let Some(disk) = cfg.disk(wd) else {
+        return Ok(());
+    };
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", cfg.disk_format()])
+        .arg(&disk)
+        .arg(cfg.args.imgsize.0.to_string())
+        .output()
+        .map_err(Error::io(
+            "cannot run qemu-img (install qemu-utils)",
+            "qemu-img",
+        ))?;
+    if !out.status.success() {
+        return Err(Error::Failed(format!(
+            "qemu-img create {} failed: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// No two VMs registered here share a VNC port.
+fn check_vnc_unique(wd: &Workdir, reg: &Registry, cfg: &VmConfig) -> Result<()> {
+    let port = cfg.args.vm_vnc_port;
+    if port == 0 {
+        return Ok(());
+    }
+    for row in reg
+        .list()?
+        .into_iter()
+        .filter(|r| r.kind == EnvKind::Vm && &r.jname != cfg.jname())
+    {
+        if let Ok(other) = load(wd, &row.jname) {
+            if other.args.vm_vnc_port == port {
+                return Err(Error::Refused(format!(
+                    "VNC port {port} is already used by {}",
+                    row.jname
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn load(wd: &Workdir, j: &Jname) -> Result<VmConfig> {
+    let def = envdef::load_registered(wd, j)?;
+    VmConfig::from_definition(&def, wd, &wd.registered_rcconf(j))
+}
+
+/// The live state of a VM registered here.
+pub fn state(wd: &Workdir, j: &Jname) -> Result<EnvState> {
+    runtime::state(wd, j).map(|(s, _)| s)
+}
+
+/// What `bls` shows of a VM's live state.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub state: EnvState,
+    pub pid: Option<i32>,
+    pub accel: Option<String>,
+    /// QEMU's own run state (`running`, `paused` ...), when it answered.
+    pub qemu_status: Option<String>,
+}
+
+/// The state of a VM, asking the live QEMU over QMP when it runs.
+pub fn live(wd: &Workdir, j: &Jname) -> Result<Live> {
+    let (state, rt) = runtime::state(wd, j)?;
+    let (pid, accel) = rt.map_or((None, None), |r| (r.pid, r.accel));
+    let qemu_status = (state == EnvState::Running)
+        .then(|| {
+            Qmp::connect(&qemu::qmp_socket(wd, j), Duration::from_secs(2))
+                .and_then(|mut q| q.query_status())
+        })
+        .and_then(|r| r.ok())
+        .map(|s| s.status);
+    Ok(Live {
+        state,
+        pid: if state == EnvState::Running {
+            pid
+        } else {
+            None
+        },
+        accel,
+        qemu_status,
+    })
+}
+
+/// Start a registered VM, booting it or restoring `checkpoint`.
+pub fn start(wd: &Workdir, reg: &Registry, j: &Jname, checkpoint: Option<&str>) -> Result<()> {
+    let (st, rt) = runtime::state(wd, j)?;
+    model::check(j, st, Action::Start)?;
+    let cfg = load(wd, j)?;
+    cfg.hooks.check()?;
+    let sock = qemu::qmp_socket(wd, j);
+    qemu::check_socket_path(&sock)?;
+    if let Some(rt) = rt {
+        teardown(wd, j, Some(&cfg), &rt)?;
+    }
+    if let Some(name) = checkpoint {
+        checkpoint::check_restorable(wd, &cfg, name)?;
+    }
+    if cfg.args.vm_vnc_port != 0 && TcpListener::bind(("127.0.0.1", cfg.args.vm_vnc_port)).is_err()
+    {
+        return Err(Error::Refused(format!(
+            "VNC port {} is taken",
+            cfg.args.vm_vnc_port
+        )));
+    }
+    let accel = qemu::accel(wd, reg, &cfg.args.vm_cpu_model.0)?;
+    let net = config::bridged(&cfg.args).then(|| NetRecord {
+        netns: String::new(),
+        host_if: qemu::tap_name(wd, j),
+        bridge: cfg.args.interface.0.clone(),
+    });
+    let mut rt = Runtime {
+        net,
+        accel: Some(accel.clone()),
+        ..Runtime::starting(EPOCH)
+    };
+    // Recorded before anything is set up, so a crash from here on is undone.
+    runtime::write(wd, j, &rt)?;
+    let ctx = HookCtx {
+        wd,
+        jname: j,
+        epoch: EPOCH,
+    };
+    let launched = cfg.hooks.with_mounts(&ctx, HookPhase::Start, true, || {
+        launch(wd, &cfg, &rt, &accel, checkpoint)
+    });
+    match launched {
+        Ok((pid, starttime)) => {
+            rt.phase = Phase::Running;
+            rt.pid = Some(pid);
+            rt.starttime = Some(starttime);
+            runtime::write(wd, j, &rt)
+        }
+        Err(e) => {
+            runtime::clear(wd, j)?;
+            Err(e)
+        }
+    }
+}
+
+fn launch(
+    wd: &Workdir,
+    cfg: &VmConfig,
+    rt: &Runtime,
+    accel: &str,
+    checkpoint: Option<&str>,
+) -> Result<(i32, u64)> {
+    let r = try_launch(wd, cfg, rt, accel, checkpoint);
+    if r.is_err() {
+        kill_leftover(wd, cfg.jname());
+        if let Some(net) = &rt.net {
+            let _ = ferry_core::net::remove_link(&net.host_if);
+        }
+    }
+    r
+}
+
+fn try_launch(
+    wd: &Workdir,
+    cfg: &VmConfig,
+    rt: &Runtime,
+    accel: &str,
+    checkpoint: Option<&str>,
+) -> Result<(i32, u64)> {
+    let j = cfg.jname();
+    if let Some(net) = &rt.net {
+        ferry_core::net::tap_up(&net.host_if, &net.bridge)?;
+    }
+    if let Some(name) = checkpoint {
+        checkpoint::revert_disks(wd, cfg, name)?;
+    }
+    let pid = qemu::spawn(wd, cfg, accel, checkpoint.is_some())?;
+    let starttime = ferry_core::sys::proc_stat(pid)
+        .map(|p| p.starttime)
+        .ok_or_else(|| Error::Failed(format!("QEMU of {j} exited as soon as it started")))?;
+    let mut q = Qmp::connect_retry(&qemu::qmp_socket(wd, j), Instant::now() + QMP_CONNECT)
+        .map_err(|e| qmp_failed(j, e))?;
+    if let Some(name) = checkpoint {
+        checkpoint::restore(wd, cfg, &mut q, name)?;
+    }
+    Ok((pid, starttime))
+}
+
+pub(crate) fn qmp_failed(j: &Jname, e: qmp::QmpError) -> Error {
+    Error::Failed(format!("QMP of {j}: {}", ferry_core_chain(&e)))
+}
+
+fn ferry_core_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Kill a QEMU of this VM that may be running without a usable record
+/// (ferry was killed between starting it and recording it).
+fn kill_leftover(wd: &Workdir, j: &Jname) {
+    if let Some(pid) = qemu::read_pid(&qemu::pid_file(wd, j)) {
+        if qemu::is_our_qemu(wd, j, pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            wait_gone(pid, None, Duration::from_secs(5));
+        }
+    }
+    let _ = fs::remove_file(qemu::pid_file(wd, j));
+    let _ = fs::remove_file(qemu::qmp_socket(wd, j));
+}
+
+/// Undo what a runtime record says may be left, then drop the record.
+pub(crate) fn teardown(
+    wd: &Workdir,
+    j: &Jname,
+    cfg: Option<&VmConfig>,
+    rt: &Runtime,
+) -> Result<()> {
+    kill_leftover(wd, j);
+    if let Some(net) = &rt.net {
+        ferry_core::net::remove_link(&net.host_if)?;
+    }
+    if let Some(cfg) = cfg {
+        let ctx = HookCtx {
+            wd,
+            jname: j,
+            epoch: rt.epoch,
+        };
+        cfg.hooks.run(&ctx, HookKind::MntStop, HookPhase::Stop)?;
+    }
+    runtime::clear(wd, j)
+}
+
+/// Wait until `pid` (started at `start`, when known) is gone.
+fn wait_gone(pid: i32, start: Option<u64>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut nap = Duration::from_millis(2);
+    loop {
+        let alive = ferry_core::sys::proc_stat(pid)
+            .is_some_and(|p| p.is_live() && start.is_none_or(|s| s == p.starttime));
+        if !alive {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Stop a VM: ACPI power-down, QMP `quit` after `stop_timeout`, SIGKILL as
+/// a last resort; then tear down.
+pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
+    let (st, rt) = runtime::state(wd, j)?;
+    model::check(j, st, Action::Stop)?;
+    let Some(mut rt) = rt else {
+        return Err(Error::Failed(format!("{j} has no runtime record")));
+    };
+    let cfg = load(wd, j);
+    if st == EnvState::Running {
+        rt.phase = Phase::Stopping;
+        runtime::write(wd, j, &rt)?;
+        let timeout = cfg
+            .as_ref()
+            .map_or(Duration::from_secs(30), VmConfig::stop_timeout);
+        halt(wd, j, &rt, timeout)?;
+    }
+    teardown(wd, j, cfg.as_ref().ok(), &rt)
+}
+
+/// Bring the QEMU of a running VM down: power-down, then quit, then kill.
+pub(crate) fn halt(wd: &Workdir, j: &Jname, rt: &Runtime, timeout: Duration) -> Result<()> {
+    let (pid, start) = (rt.pid.unwrap_or(0), rt.starttime);
+    let sock = qemu::qmp_socket(wd, j);
+    let mut q = Qmp::connect(&sock, Duration::from_secs(5)).ok();
+    if let Some(q) = q.as_mut() {
+        if q.system_powerdown().is_ok() && wait_gone(pid, start, timeout) {
+            return Ok(());
+        }
+        let _ = q.quit();
+        if wait_gone(pid, start, Duration::from_secs(5)) {
+            return Ok(());
+        }
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    if wait_gone(pid, start, Duration::from_secs(5)) {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!(
+            "QEMU of {j} (pid {pid}) did not die after SIGKILL"
+        )))
+    }
+}
+
+/// Stop (if running) and start again.
+pub fn restart(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
+    let st = state(wd, j)?;
+    model::check(j, st, Action::Restart)?;
+    if st != EnvState::Stopped {
+        stop(wd, j)?;
+    }
+    start(wd, reg, j, None)
+}
+
+/// Remove a stopped VM with its disks and checkpoints.
+pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
+    if envfs::finish_interrupted(wd, reg, j)? {
+        return Ok(());
+    }
+    let (st, rt) = runtime::state(wd, j)?;
+    model::check(j, st, Action::Remove)?;
+    let cfg = load(wd, j)?;
+    cfg.hooks.check()?;
+    if let Some(rt) = rt {
+        teardown(wd, j, Some(&cfg), &rt)?;
+    }
+    envfs::remove(wd, reg, j, &cfg.hooks)
+}

@@ -1,0 +1,305 @@
+//! QEMU as a managed process: the binary, the accelerator probe, machine
+//! type pinning, the command line, and starting it daemonized.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_api::command::NicKind;
+use ferry_core::registry::Registry;
+use ferry_core::workdir::fnv1a;
+use ferry_core::{Error, Jname, Result, Workdir};
+
+use crate::config::{self, VmConfig};
+
+/// The system emulator of this architecture.
+pub fn binary() -> String {
+    format!("qemu-system-{}", std::env::consts::ARCH)
+}
+
+fn qemu() -> Command {
+    Command::new(binary())
+}
+
+/// Where a VM's QMP socket and pid file live (local).
+pub fn qmp_socket(wd: &Workdir, j: &Jname) -> PathBuf {
+    wd.run_dir().join(format!("{j}.qmp"))
+}
+
+pub fn pid_file(wd: &Workdir, j: &Jname) -> PathBuf {
+    wd.run_dir().join(format!("{j}.pid"))
+}
+
+pub fn console_log(wd: &Workdir, j: &Jname) -> PathBuf {
+    wd.system_dir(j).join("console.log")
+}
+
+/// Unix socket paths are limited to 107 bytes.
+pub fn check_socket_path(p: &Path) -> Result<()> {
+    if p.as_os_str().len() > 107 {
+        return Err(Error::Refused(format!(
+            "QMP socket path {} is longer than 107 bytes; use a shorter workdir or name",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Pin a machine type alias (`q35`, `pc`) to the versioned type it stands
+/// for on this QEMU (`pc-q35-7.2`), so the machine a VM was created with is
+/// the one it migrates with. A versioned name is kept; an unknown one is refused.
+pub fn resolve_machine(name: &str) -> Result<String> {
+    let out = qemu()
+        .args(["-machine", "help"])
+        .output()
+        .map_err(Error::io(
+            "cannot run QEMU (install qemu-system-x86)",
+            binary(),
+        ))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines().skip(1) {
+        let mut words = line.split_whitespace();
+        if words.next() != Some(name) {
+            continue;
+        }
+        if let Some(target) = line
+            .split("(alias of ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+        {
+            return Ok(target.trim().to_owned());
+        }
+        return Ok(name.to_owned());
+    }
+    Err(Error::bad_value(
+        "vm_machine",
+        name,
+        format!("{} has no such machine type", binary()),
+    ))
+}
+
+/// A 64 KiB BIOS image whose reset vector writes 0x31 to the
+/// isa-debug-exit port: QEMU then exits with status 99. Booting it tells
+/// whether an accelerator really runs guest code with a given CPU model.
+fn probe_bios() -> Vec<u8> {
+    let mut img = vec![0xf4u8; 64 * 1024]; // hlt
+                                           // mov al, 0x31; out 0xf4, al; hlt; jmp $-1
+    let code = [0xb0, 0x31, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd];
+    let at = img.len() - 16;
+    img[at..at + code.len()].copy_from_slice(&code);
+    img
+}
+
+/// Whether `accel` boots guest code with `cpu_model` (all its features
+/// enforced) on this host.
+fn accel_boots(wd: &Workdir, accel: &str, cpu_model: &str) -> bool {
+    let bios = wd.run_dir().join("accel-probe.bin");
+    if fs::write(&bios, probe_bios()).is_err() {
+        return false;
+    }
+    let child = qemu()
+        .args([
+            "-accel",
+            accel,
+            "-machine",
+            "pc",
+            "-cpu",
+            &format!("{cpu_model},enforce"),
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-m",
+            "16",
+        ])
+        .arg("-bios")
+        .arg(&bios)
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code() == Some(99),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+/// The accelerator VMs with `cpu_model` use on this node: KVM when it
+/// really boots guest code with every feature of the model, else TCG.
+/// Probed once per model and kept in the local registry (`initenv` probes
+/// again).
+pub fn accel(wd: &Workdir, reg: &Registry, cpu_model: &str) -> Result<String> {
+    match reg.inventory(&format!("accel:{cpu_model}"))? {
+        Some(a) => Ok(a),
+        None => probe_accel(wd, reg, cpu_model),
+    }
+}
+
+/// Probe the accelerator for `cpu_model` and record it.
+pub fn probe_accel(wd: &Workdir, reg: &Registry, cpu_model: &str) -> Result<String> {
+    let key = format!("accel:{cpu_model}");
+    let kvm = Path::new("/dev/kvm").exists() && accel_boots(wd, "kvm", cpu_model);
+    let a = if kvm {
+        "kvm"
+    } else if accel_boots(wd, "tcg", cpu_model) {
+        "tcg"
+    } else {
+        return Err(Error::Refused(format!(
+            "{} cannot boot CPU model {cpu_model} with KVM or TCG",
+            binary()
+        )));
+    };
+    reg.set_inventory(&key, a)?;
+    Ok(a.to_owned())
+}
+
+/// A stable MAC address for the VM's NIC (locally administered).
+fn mac(j: &Jname) -> String {
+    let h = fnv1a(j.as_str().as_bytes()).to_be_bytes();
+    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
+}
+
+/// Name of the tap device of a bridged VM.
+pub fn tap_name(wd: &Workdir, j: &Jname) -> String {
+    format!(
+        "ft{:08x}",
+        fnv1a(format!("{}/{j}", wd.pool_tag()).as_bytes()) as u32
+    )
+}
+
+/// The whole QEMU command line of a VM. `incoming`: start waiting for a
+/// migration stream (`-incoming defer`) instead of booting.
+pub fn command_line(wd: &Workdir, cfg: &VmConfig, accel: &str, incoming: bool) -> Vec<OsString> {
+    let a = &cfg.args;
+    let j = cfg.jname();
+    let joined = |prefix: &str, p: &Path, suffix: &str| {
+        let mut s = OsString::from(prefix);
+        s.push(p.as_os_str());
+        s.push(suffix);
+        s
+    };
+    let mut v: Vec<OsString> = [
+        "-name".to_owned(),
+        format!("guest={j},debug-threads=on"),
+        "-machine".to_owned(),
+        a.vm_machine.0.clone(),
+        "-accel".to_owned(),
+        accel.to_owned(),
+        "-cpu".to_owned(),
+        format!("{},enforce", a.vm_cpu_model.0),
+        "-smp".to_owned(),
+        a.vm_cpus.to_string(),
+        "-m".to_owned(),
+        format!("{}M", config::ram_mib(a)),
+        "-nodefaults".to_owned(),
+        "-no-user-config".to_owned(),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    if a.vm_vnc_port == 0 {
+        v.extend(["-display", "none"].map(OsString::from));
+    } else {
+        v.extend(["-vga", "std", "-vnc"].map(OsString::from));
+        v.push(format!("127.0.0.1:{}", a.vm_vnc_port - 5900).into());
+    }
+    v.push("-chardev".into());
+    v.push(joined(
+        "file,id=console,append=on,path=",
+        &console_log(wd, j),
+        "",
+    ));
+    v.extend(["-serial", "chardev:console", "-qmp"].map(OsString::from));
+    v.push(joined("unix:", &qmp_socket(wd, j), ",server=on,wait=off"));
+    v.push("-pidfile".into());
+    v.push(pid_file(wd, j).into());
+    v.push("-daemonize".into());
+    if let Some(disk) = cfg.disk(wd) {
+        v.push("-drive".into());
+        let prefix = format!("if=none,id=dsk1,format={},file=", cfg.disk_format());
+        v.push(joined(&prefix, &disk, ""));
+        v.extend(["-device", "virtio-blk-pci,drive=dsk1"].map(OsString::from));
+    }
+    if let Some(k) = &a.vm_kernel {
+        v.push("-kernel".into());
+        v.push(k.into());
+        if let Some(i) = &a.vm_initrd {
+            v.push("-initrd".into());
+            v.push(i.into());
+        }
+        v.push("-append".into());
+        v.push(a.vm_cmdline.clone().into());
+    }
+    let netdev = match a.vm_nic {
+        NicKind::None => None,
+        NicKind::User => Some("user,id=net0".to_owned()),
+        NicKind::Bridge => Some(format!(
+            "tap,id=net0,ifname={},script=no,downscript=no",
+            tap_name(wd, j)
+        )),
+    };
+    if let Some(netdev) = netdev {
+        v.push("-netdev".into());
+        v.push(netdev.into());
+        v.push("-device".into());
+        v.push(format!("virtio-net-pci,netdev=net0,mac={},romfile=", mac(j)).into());
+    }
+    if incoming {
+        v.extend(["-incoming", "defer"].map(OsString::from));
+    }
+    v
+}
+
+/// Start QEMU daemonized; returns its pid once it is initialized (QEMU's
+/// parent exits only then, printing any error first).
+pub fn spawn(wd: &Workdir, cfg: &VmConfig, accel: &str, incoming: bool) -> Result<i32> {
+    let j = cfg.jname();
+    let pid_path = pid_file(wd, j);
+    let _ = fs::remove_file(&pid_path);
+    let _ = fs::remove_file(qmp_socket(wd, j));
+    let out = qemu()
+        .args(command_line(wd, cfg, accel, incoming))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(Error::io(
+            "cannot run QEMU (install qemu-system-x86)",
+            binary(),
+        ))?;
+    if !out.status.success() {
+        return Err(Error::Failed(format!(
+            "QEMU did not start {j}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    read_pid(&pid_path).ok_or_else(|| Error::Failed(format!("QEMU wrote no pid file for {j}")))
+}
+
+pub fn read_pid(p: &Path) -> Option<i32> {
+    fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live QEMU serving this VM's QMP socket (so a
+/// recycled pid is never killed by mistake).
+pub fn is_our_qemu(wd: &Workdir, j: &Jname, pid: i32) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let sock = qmp_socket(wd, j);
+    let needle = sock.as_os_str().as_encoded_bytes();
+    ferry_core::sys::proc_stat(pid).is_some_and(|p| p.is_live())
+        && cmdline.windows(needle.len()).any(|w| w == needle)
+}
