@@ -58,6 +58,12 @@ pub enum Error {
     },
     #[error("no env named {0}")]
     EnvNotFound(Jname),
+    #[error("{jname} is a {is}, not a {wanted}")]
+    WrongKind {
+        jname: Jname,
+        is: &'static str,
+        wanted: &'static str,
+    },
     #[error("no env matches {0}")]
     NoMatch(String),
     #[error("an env named {0} already exists")]
@@ -97,9 +103,10 @@ impl Error {
             | Error::Definition { .. }
             | Error::BadDefinition { .. } => ErrorKind::BadInput,
             Error::Hook(h) if h.is_refusal() => ErrorKind::Refused,
-            Error::EnvNotFound(_) | Error::NoMatch(_) | Error::BaseNotFound(_) => {
-                ErrorKind::NotFound
-            }
+            Error::EnvNotFound(_)
+            | Error::WrongKind { .. }
+            | Error::NoMatch(_)
+            | Error::BaseNotFound(_) => ErrorKind::NotFound,
             Error::EnvExists(_)
             | Error::WrongState { .. }
             | Error::BaseExists(_)

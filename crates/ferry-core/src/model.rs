@@ -65,6 +65,7 @@ pub enum Action {
     Restart,
     Remove,
     Exec,
+    Checkpoint,
 }
 
 impl Action {
@@ -75,6 +76,7 @@ impl Action {
             Action::Restart => "restart",
             Action::Remove => "remove",
             Action::Exec => "exec",
+            Action::Checkpoint => "checkpoint",
         }
     }
 }
@@ -84,12 +86,12 @@ pub fn check(jname: &Jname, state: EnvState, action: Action) -> Result<()> {
     use Action::*;
     use EnvState::*;
     let needs = match (state, action) {
-        (Stopped | Crashed, Start | Remove) | (Running, Stop | Exec) | (_, Restart) => {
-            return Ok(())
-        }
+        (Stopped | Crashed, Start | Remove)
+        | (Running, Stop | Exec | Checkpoint)
+        | (_, Restart) => return Ok(()),
         (Crashed, Stop) => return Ok(()),
         (Running, Start | Remove) => "stopped",
-        (Stopped | Crashed, Exec) | (Stopped, Stop) => "running",
+        (Stopped | Crashed, Exec | Checkpoint) | (Stopped, Stop) => "running",
     };
     Err(Error::WrongState {
         jname: jname.clone(),

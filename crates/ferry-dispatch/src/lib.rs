@@ -118,7 +118,11 @@ pub fn select(reg: &Registry, kind: EnvKind, sel: &NameSelector) -> Result<Vec<J
     if let NameSelector::One(j) = sel {
         return match reg.get(j)? {
             Some(row) if row.kind == kind => Ok(vec![j.clone()]),
-            Some(_) => Err(Error::Refused(format!("{j} is not a {}", kind.as_str()))),
+            Some(row) => Err(Error::WrongKind {
+                jname: j.clone(),
+                is: row.kind.as_str(),
+                wanted: kind.as_str(),
+            }),
             None => Err(Error::EnvNotFound(j.clone())),
         };
     }

@@ -182,6 +182,29 @@ impl Drop for TestWorkdir {
                 }
             }
         }
+        // QEMUs of this workdir: their pid files are under var/run.
+        for e in fs::read_dir(root.join("var/run"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pid") {
+                if let Some(pid) = fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let needle = root.as_os_str().as_encoded_bytes();
+                    if cmdline.windows(needle.len()).any(|w| w == needle) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
         let mut mounts = TestWorkdir::mounts_under(&root);
         mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
         for m in mounts {
@@ -190,6 +213,68 @@ impl Drop for TestWorkdir {
         for b in self.bridges.lock().map(|b| b.clone()).unwrap_or_default() {
             let _ = Command::new("ip").args(["link", "del", &b]).output();
         }
+    }
+}
+
+/// The test guest (kernel and initramfs), built by the project's script
+/// and cached: returns the directory holding `vmlinuz` and `initrd.img`.
+pub fn test_guest() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest");
+        let out = Command::new(&script)
+            .output()
+            .expect("run build-test-guest");
+        assert!(
+            out.status.success(),
+            "build-test-guest failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        PathBuf::from(dir)
+    })
+    .clone()
+}
+
+/// The `ferry-guest counter N` lines of a VM's console log, as numbers.
+pub fn guest_counters(t: &TestWorkdir, jname: &str) -> Vec<u64> {
+    let log = t
+        .root()
+        .join("jails-system")
+        .join(jname)
+        .join("console.log");
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ferry-guest counter "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// Wait until a VM's console shows a counter line satisfying `pred`.
+#[track_caller]
+pub fn wait_counter(
+    t: &TestWorkdir,
+    jname: &str,
+    what: &str,
+    pred: impl Fn(&[u64]) -> bool,
+) -> Vec<u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let c = guest_counters(t, jname);
+        if pred(&c) {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{jname}: {what}; counters so far: {c:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -259,7 +344,12 @@ fn preflight() {
         nix::unistd::Uid::effective().is_root(),
         "ferry's integration tests run as root"
     );
-    for (tool, pkg) in [("runc", "runc"), ("ip", "iproute2")] {
+    for (tool, pkg) in [
+        ("runc", "runc"),
+        ("ip", "iproute2"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+    ] {
         let found = Command::new(tool).arg("--version").output().is_ok()
             || Command::new(tool).arg("-V").output().is_ok();
         assert!(found, "{tool} not found: apt-get install {pkg}");

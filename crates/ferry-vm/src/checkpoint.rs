@@ -77,9 +77,7 @@ pub fn list(wd: &Workdir, j: &Jname) -> Result<Vec<CheckpointInfo>> {
 /// checkpoint removed.
 pub fn create(wd: &Workdir, j: &Jname, name: &str, suspend: bool) -> Result<CheckpointInfo> {
     let (st, rt) = runtime::state(wd, j)?;
-    if st != EnvState::Running {
-        model::check(j, st, Action::Exec)?;
-    }
+    model::check(j, st, Action::Checkpoint)?;
     let rt = rt.ok_or_else(|| Error::Failed(format!("{j} has no runtime record")))?;
     let cfg = load(wd, j)?;
     if !crate::config::checkpointable(&cfg.args) {

@@ -125,10 +125,6 @@ pub fn to_definition(a: &BcreateArgs, workdir: &Path) -> Result<Definition> {
         h.0.as_ref()
             .map_or_else(|| "0".to_owned(), |p| p.to_string_lossy().into_owned())
     };
-    let path = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map_or_else(|| "0".to_owned(), |p| p.to_string_lossy().into_owned())
-    };
     let flag = |b: bool| if b { "1" } else { "0" }.to_owned();
     let root = workdir.to_string_lossy();
     let pairs: Vec<(&str, String)> = vec![
@@ -141,8 +137,6 @@ pub fn to_definition(a: &BcreateArgs, workdir: &Path) -> Result<Definition> {
         ("vm_os_type", a.vm_os_type.0.clone()),
         ("imgsize", a.imgsize.render()),
         ("imgtype", a.imgtype.as_str().to_owned()),
-        ("vm_kernel", path(&a.vm_kernel)),
-        ("vm_initrd", path(&a.vm_initrd)),
         ("vm_cmdline", a.vm_cmdline.clone()),
         ("vm_nic", a.vm_nic.as_str().to_owned()),
         ("interface", a.interface.0.clone()),
@@ -155,6 +149,13 @@ pub fn to_definition(a: &BcreateArgs, workdir: &Path) -> Result<Definition> {
         ("mnt_timeout", a.mnt_timeout.to_string()),
         ("stop_timeout", a.stop_timeout.to_string()),
     ];
+    let mut pairs = pairs;
+    // Direct kernel boot only: absent keys mean "boot from dsk1".
+    for (key, p) in [("vm_kernel", &a.vm_kernel), ("vm_initrd", &a.vm_initrd)] {
+        if let Some(p) = p {
+            pairs.push((key, p.to_string_lossy().into_owned()));
+        }
+    }
     let mut def = Definition::new();
     for (k, v) in pairs {
         def.set(k, v)
