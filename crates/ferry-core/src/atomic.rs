@@ -20,6 +20,23 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Atomically replace `path` with `contents`, without forcing it to disk:
+/// a crash of the writing process leaves the old or the new file, never a
+/// mix, but a power loss may lose the change. For records that only
+/// describe running processes (a power loss ends those too).
+pub fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = parent_dir(path)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ferry-tmp.")
+        .tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// Create `path` with `contents` only if it does not exist yet. Returns
 /// whether it was created. Used for files that must never be overwritten
 /// (`dir.id`): the link is atomic, so two racing writers cannot both win.

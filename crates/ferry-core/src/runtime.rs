@@ -94,7 +94,10 @@ pub fn write(wd: &Workdir, j: &Jname, rt: &Runtime) -> Result<()> {
     fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
     let p = record_path(wd, j);
     let json = serde_json::to_vec(rt).map_err(|e| Error::Failed(e.to_string()))?;
-    atomic::write_atomic(&p, &json, 0o600).map_err(Error::io("cannot write", &p))
+    // Atomic, not synced: the record describes running processes, which a
+    // power loss ends too (a lost or stale record then reads as stopped or
+    // crashed, and both are handled).
+    atomic::replace(&p, &json, 0o600).map_err(Error::io("cannot write", &p))
 }
 
 pub fn clear(wd: &Workdir, j: &Jname) -> Result<()> {

@@ -2,7 +2,7 @@
 //! timestamps for logs and listings.
 
 use std::fs;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The fields of `/proc/<pid>/stat` ferry uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,51 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     parse_proc_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// Wait until process `pid` (started at `start`, when known) is gone or a
+/// zombie; false if it still lives after `timeout`. The pid is not our
+/// child, so it cannot be waited for: a pidfd wakes us the moment it exits
+/// (polling `/proc` is the fallback on kernels without pidfds).
+pub fn wait_gone(pid: i32, start: Option<u64>, timeout: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let alive =
+        || proc_stat(pid).is_some_and(|p| p.is_live() && start.is_none_or(|s| s == p.starttime));
+    if !alive() {
+        return true;
+    }
+    let deadline = Instant::now() + timeout;
+    if let Some(fd) = Pid::from_raw(pid).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok()) {
+        // The pid may have been reused between the check and the open.
+        if !alive() {
+            return true;
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(ts) = Timespec::try_from(left) else {
+                break;
+            };
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&ts)) {
+                Ok(n) if n > 0 => return true,
+                Ok(_) => return !alive(),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    let mut nap = Duration::from_millis(1);
+    loop {
+        if !alive() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(5));
+    }
+}
+
 /// `2026-11-21T11:40:26Z`. Times before 1970 print as the epoch.
 pub fn utc_timestamp(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -71,7 +116,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn formats_utc_timestamps() {
@@ -93,5 +137,23 @@ mod tests {
         assert_eq!(parse_proc_stat("garbage"), None);
         let me = proc_stat(i32::try_from(std::process::id()).unwrap()).unwrap();
         assert!(me.is_live());
+    }
+
+    #[test]
+    fn waits_for_a_process_that_is_not_our_child_to_exit() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let start = proc_stat(pid).unwrap().starttime;
+        assert!(!wait_gone(pid, Some(start), Duration::from_millis(50)));
+        let began = Instant::now();
+        // Reap it from another thread, as init would.
+        let reaper = std::thread::spawn(move || child.wait());
+        assert!(wait_gone(pid, Some(start), Duration::from_secs(5)));
+        assert!(began.elapsed() < Duration::from_secs(2));
+        reaper.join().unwrap().unwrap();
+        assert!(wait_gone(pid, Some(start), Duration::ZERO));
     }
 }

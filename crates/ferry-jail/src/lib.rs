@@ -13,7 +13,7 @@ pub mod spec;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_core::base::{self, WRITABLE_DIRS};
 use ferry_core::envdef::{self, HookCtx};
@@ -320,9 +320,9 @@ pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
         let runc = Runc::new(wd);
         let (pid, start) = (rt.pid.unwrap_or(0), rt.starttime.unwrap_or(0));
         let _ = runc.kill(j, "TERM");
-        if !wait_exit(pid, start, timeout) {
+        if !ferry_core::sys::wait_gone(pid, Some(start), timeout) {
             let _ = runc.kill(j, "KILL");
-            if !wait_exit(pid, start, Duration::from_secs(5)) {
+            if !ferry_core::sys::wait_gone(pid, Some(start), Duration::from_secs(5)) {
                 return Err(Error::Failed(format!(
                     "{j} (pid {pid}) did not die after SIGKILL"
                 )));
@@ -330,21 +330,6 @@ pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
         }
     }
     teardown(wd, j, cfg.as_ref().ok(), &rt)
-}
-
-fn wait_exit(pid: i32, start: u64, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut nap = Duration::from_millis(2);
-    loop {
-        if !runtime::process_alive(pid, start) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(50));
-    }
 }
 
 /// Stop (if running) and start again.

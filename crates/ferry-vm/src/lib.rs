@@ -264,7 +264,7 @@ fn kill_leftover(wd: &Workdir, j: &Jname) {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            wait_gone(pid, None, Duration::from_secs(5));
+            ferry_core::sys::wait_gone(pid, None, Duration::from_secs(5));
         }
     }
     let _ = fs::remove_file(qemu::pid_file(wd, j));
@@ -293,24 +293,6 @@ pub(crate) fn teardown(
     runtime::clear(wd, j)
 }
 
-/// Wait until `pid` (started at `start`, when known) is gone.
-fn wait_gone(pid: i32, start: Option<u64>, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut nap = Duration::from_millis(2);
-    loop {
-        let alive = ferry_core::sys::proc_stat(pid)
-            .is_some_and(|p| p.is_live() && start.is_none_or(|s| s == p.starttime));
-        if !alive {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(50));
-    }
-}
-
 /// Stop a VM: ACPI power-down, QMP `quit` after `stop_timeout`, SIGKILL as
 /// a last resort; then tear down.
 pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
@@ -337,11 +319,11 @@ pub(crate) fn halt(wd: &Workdir, j: &Jname, rt: &Runtime, timeout: Duration) -> 
     let sock = qemu::qmp_socket(wd, j);
     let mut q = Qmp::connect(&sock, Duration::from_secs(5)).ok();
     if let Some(q) = q.as_mut() {
-        if q.system_powerdown().is_ok() && wait_gone(pid, start, timeout) {
+        if q.system_powerdown().is_ok() && ferry_core::sys::wait_gone(pid, start, timeout) {
             return Ok(());
         }
         let _ = q.quit();
-        if wait_gone(pid, start, Duration::from_secs(5)) {
+        if ferry_core::sys::wait_gone(pid, start, Duration::from_secs(5)) {
             return Ok(());
         }
     }
@@ -349,7 +331,7 @@ pub(crate) fn halt(wd: &Workdir, j: &Jname, rt: &Runtime, timeout: Duration) -> 
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     );
-    if wait_gone(pid, start, Duration::from_secs(5)) {
+    if ferry_core::sys::wait_gone(pid, start, Duration::from_secs(5)) {
         Ok(())
     } else {
         Err(Error::Failed(format!(

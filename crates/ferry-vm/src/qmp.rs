@@ -34,7 +34,7 @@ const MAX_LINE: usize = 16 << 20;
 /// dropped so a long-lived connection nobody drains stays bounded.
 const MAX_EVENTS: usize = 1024;
 /// Pause between attempts in [`Qmp::connect_retry`].
-const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+const RETRY_INTERVAL: Duration = Duration::from_millis(5);
 /// Shortest socket timeout used, so a nearly spent deadline is still one try.
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
