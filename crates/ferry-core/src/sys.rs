@@ -85,6 +85,21 @@ pub fn wait_gone(pid: i32, start: Option<u64>, timeout: Duration) -> bool {
     }
 }
 
+/// Send `sig` to process `pid` if it is still the one started at `start`,
+/// through a pidfd so that a recycled pid is never signalled. Returns
+/// whether the signal was sent.
+pub fn signal(pid: i32, start: u64, sig: nix::sys::signal::Signal) -> bool {
+    use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+    let Some(fd) = Pid::from_raw(pid).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok()) else {
+        return false;
+    };
+    // Checked after the pidfd pins the process: it is the one we mean.
+    if !proc_stat(pid).is_some_and(|p| p.is_live() && p.starttime == start) {
+        return false;
+    }
+    Signal::from_named_raw(sig as i32).is_some_and(|s| pidfd_send_signal(&fd, s).is_ok())
+}
+
 /// `2026-11-21T11:40:26Z`. Times before 1970 print as the epoch.
 pub fn utc_timestamp(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

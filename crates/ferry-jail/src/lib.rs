@@ -200,7 +200,8 @@ fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)
     let bundle = wd.runtime_dir(j);
     let config = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Failed(e.to_string()))?;
-    atomic::write_atomic(&config, &json, 0o600).map_err(Error::io("cannot write", &config))?;
+    // Local and rebuilt on every start: atomic, no need to force it to disk.
+    atomic::replace(&config, &json, 0o600).map_err(Error::io("cannot write", &config))?;
     let runc = Runc::new(wd);
     runc.delete(j)?;
     let pid_file = bundle.join("pid");
@@ -319,7 +320,11 @@ pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
             .map_or(Duration::from_secs(10), JailConfig::stop_timeout);
         let runc = Runc::new(wd);
         let (pid, start) = (rt.pid.unwrap_or(0), rt.starttime.unwrap_or(0));
-        let _ = runc.kill(j, "TERM");
+        // The init's pid and start time are known: signal it through a
+        // pidfd (no runc process, no pid-reuse race); runc is the fallback.
+        if !ferry_core::sys::signal(pid, start, nix::sys::signal::Signal::SIGTERM) {
+            let _ = runc.kill(j, "TERM");
+        }
         if !ferry_core::sys::wait_gone(pid, Some(start), timeout) {
             let _ = runc.kill(j, "KILL");
             if !ferry_core::sys::wait_gone(pid, Some(start), Duration::from_secs(5)) {

@@ -100,7 +100,7 @@ fn lifecycle(rounds: usize) {
     let pid_file = raw_dir.join("pid");
 
     let (mut fs_, mut fp, mut rs, mut rp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
+    let ferry_round = |fs_: &mut Vec<Duration>, fp: &mut Vec<Duration>| {
         fs_.push(timed(|| {
             t.ok(&["jstart", "jname=bench"]);
         }));
@@ -112,6 +112,12 @@ fn lifecycle(rounds: usize) {
         fp.push(timed(|| {
             t.ok(&["jstop", "jname=bench"]);
         }));
+    };
+    let raw_round = |rs: &mut Vec<Duration>, rp: &mut Vec<Duration>| {
+        let (pid_arg, bundle) = (
+            pid_file.to_str().expect("utf8"),
+            raw_dir.to_str().expect("utf8"),
+        );
         rs.push(timed(|| {
             runc(
                 &state,
@@ -119,9 +125,9 @@ fn lifecycle(rounds: usize) {
                     "run",
                     "-d",
                     "--pid-file",
-                    pid_file.to_str().expect("utf8"),
+                    pid_arg,
                     "--bundle",
-                    raw_dir.to_str().expect("utf8"),
+                    bundle,
                     "raw",
                 ],
             );
@@ -131,13 +137,25 @@ fn lifecycle(rounds: usize) {
             .trim()
             .parse()
             .expect("pid");
+        wait_for_term_handler(pid);
         rp.push(timed(|| {
             runc(&state, &["kill", "raw", "TERM"]);
-            while ferry_core::sys::proc_stat(pid).is_some_and(|p| p.is_live()) {
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            assert!(
+                ferry_core::sys::wait_gone(pid, None, Duration::from_secs(10)),
+                "raw jail ignored TERM"
+            );
             runc(&state, &["delete", "raw"]);
         }));
+    };
+    // Alternate which side goes first, so neither always follows the other.
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            ferry_round(&mut fs_, &mut fp);
+            raw_round(&mut rs, &mut rp);
+        } else {
+            raw_round(&mut rs, &mut rp);
+            ferry_round(&mut fs_, &mut fp);
+        }
     }
     let (fs_, fp, rs, rp) = (median(fs_), median(fp), median(rs), median(rp));
     println!("jail lifecycle, {rounds} rounds, medians:");
