@@ -146,6 +146,39 @@ fn bstop_stops_hard_when_the_guest_ignores_the_power_button() {
 }
 
 #[test]
+fn a_bridged_vm_gets_a_tap_on_its_bridge_while_it_runs() {
+    let t = TestWorkdir::new(BIN);
+    let br = t.bridge();
+    let iface = format!("interface={br}");
+    t.ok(&[
+        "bcreate",
+        "jname=net1",
+        "vm_ram=64m",
+        "imgsize=1m",
+        "vm_nic=bridge",
+        &iface,
+        "stop_timeout=1",
+    ]);
+    t.ok(&["bstart", "jname=net1"]);
+    let taps: Vec<String> = fs::read_dir(format!("/sys/class/net/{br}/brif"))
+        .expect("the bridge exists")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(taps.len(), 1, "{taps:?}");
+    let tap = &taps[0];
+    assert!(
+        fs::read_to_string(format!("/sys/class/net/{tap}/tun_flags")).is_ok(),
+        "{tap} is not a tap"
+    );
+    t.ok(&["bstop", "jname=net1"]);
+    assert!(
+        !std::path::Path::new("/sys/class/net").join(tap).exists(),
+        "{tap} left after stop"
+    );
+}
+
+#[test]
 fn a_checkpoint_restores_a_guest_that_keeps_counting() {
     let t = TestWorkdir::new(BIN);
     bcreate(&t, "ck", &[]);
