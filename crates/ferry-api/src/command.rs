@@ -18,6 +18,7 @@ pub enum Area {
     Setup,
     Jails,
     Vms,
+    Shared,
 }
 
 impl Area {
@@ -26,6 +27,7 @@ impl Area {
             Area::Setup => "setup",
             Area::Jails => "jails",
             Area::Vms => "VMs",
+            Area::Shared => "shared storage",
         }
     }
 }
@@ -349,6 +351,39 @@ commands! {
         jname: NameSelector = Default("*"),
         /// Comma-separated columns to show (CBSD's display=).
         display: Option<String> = Optional,
+    }
+
+    /// Unregister stopped jails: their definition moves to jails-rcconf, their lease is released.
+    /// Zero copy: data, system dir and fstab stay where they are.
+    Junregister(JunregisterArgs) = "junregister" in Shared, listing = false {
+        /// The jail, or a quoted glob such as 'web*'.
+        jname: NameSelector = Required,
+    }
+
+    /// Register unregistered jails on this node, taking their owner lease.
+    Jregister(JregisterArgs) = "jregister" in Shared, listing = false {
+        /// The jail, or a quoted glob such as 'web*' (matched in jails-rcconf).
+        jname: NameSelector = Required,
+        /// Take over from an owner node whose heartbeat stays still for lease_time.
+        force: bool = Default("0"),
+        /// Seconds an owner's heartbeat must stay still before force=1 takes over.
+        lease_time: u64 = Default("30"),
+    }
+
+    /// Unregister stopped VMs: their definition moves to jails-rcconf, their lease is released.
+    Bunregister(BunregisterArgs) = "bunregister" in Shared, listing = false {
+        /// The VM, or a quoted glob such as 'vm*'.
+        jname: NameSelector = Required,
+    }
+
+    /// Register unregistered VMs on this node, taking their owner lease.
+    Bregister(BregisterArgs) = "bregister" in Shared, listing = false {
+        /// The VM, or a quoted glob such as 'vm*' (matched in jails-rcconf).
+        jname: NameSelector = Required,
+        /// Take over from an owner node whose heartbeat stays still for lease_time.
+        force: bool = Default("0"),
+        /// Seconds an owner's heartbeat must stay still before force=1 takes over.
+        lease_time: u64 = Default("30"),
     }
 
     /// Create, list or destroy checkpoints of a VM (RAM, devices and disks).

@@ -15,10 +15,6 @@ use crate::registry::{EnvRow, Registry};
 use crate::runtime;
 use crate::workdir::Workdir;
 
-/// Owner epoch passed to hooks. Owner leases arrive with shared-storage
-/// registration; until then every env is at epoch 0.
-pub const EPOCH: u64 = 0;
-
 /// Create an env on this node: claim its name, make its dirs, run
 /// `populate` between `mnt_start` and `mnt_stop` (phase `create`), then
 /// write its definition and registry row. Any failure removes all it made.
@@ -37,13 +33,15 @@ pub fn create(
     hooks.check()?;
     claim(wd, j)?;
     let made = (|| {
+        let epoch = crate::lease::acquire(wd, j)?;
+        crate::register::write_pool_id(wd, j)?;
         for d in [wd.data_dir(j), wd.fstab_dir(j)] {
             fs::create_dir_all(&d).map_err(Error::io("cannot create", &d))?;
         }
         let ctx = HookCtx {
             wd,
             jname: j,
-            epoch: EPOCH,
+            epoch,
         };
         hooks.with_mounts(&ctx, Phase::Create, false, populate)?;
         let rc = wd.registered_rcconf(j);
@@ -83,10 +81,11 @@ pub fn finish_interrupted(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<boo
 /// A crash in between leaves a row without a definition, which
 /// [`finish_interrupted`] completes.
 pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname, hooks: &Hooks) -> Result<()> {
+    let epoch = crate::lease::held(wd, j)?;
     let ctx = HookCtx {
         wd,
         jname: j,
-        epoch: EPOCH,
+        epoch,
     };
     let data = wd.data_dir(j);
     hooks.with_mounts(&ctx, Phase::Remove, false, || empty_dir(&data))?;

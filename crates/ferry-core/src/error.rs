@@ -75,6 +75,12 @@ pub enum Error {
         action: &'static str,
         needs: &'static str,
     },
+    #[error("{jname} is owned by node {node} (epoch {epoch})")]
+    NotOwner {
+        jname: Jname,
+        node: String,
+        epoch: u64,
+    },
     #[error("no base named {0}")]
     BaseNotFound(String),
     #[error("base {0} already exists")]
@@ -111,6 +117,7 @@ impl Error {
             | Error::WrongState { .. }
             | Error::BaseExists(_)
             | Error::BaseInUse { .. } => ErrorKind::WrongState,
+            Error::NotOwner { .. } => ErrorKind::NotOwner,
             Error::NotInitialized(_) | Error::Refused(_) => ErrorKind::Refused,
             Error::Io { .. } | Error::Registry { .. } | Error::Hook(_) | Error::Failed(_) => {
                 ErrorKind::Failed

@@ -66,6 +66,7 @@ pub enum Action {
     Remove,
     Exec,
     Checkpoint,
+    Unregister,
 }
 
 impl Action {
@@ -77,6 +78,7 @@ impl Action {
             Action::Remove => "remove",
             Action::Exec => "exec",
             Action::Checkpoint => "checkpoint",
+            Action::Unregister => "unregister",
         }
     }
 }
@@ -87,10 +89,11 @@ pub fn check(jname: &Jname, state: EnvState, action: Action) -> Result<()> {
     use EnvState::*;
     let needs = match (state, action) {
         (Stopped | Crashed, Start | Remove)
+        | (Stopped, Unregister)
         | (Running, Stop | Exec | Checkpoint)
         | (_, Restart) => return Ok(()),
         (Crashed, Stop) => return Ok(()),
-        (Running, Start | Remove) => "stopped",
+        (Running, Start | Remove) | (Running | Crashed, Unregister) => "stopped",
         (Stopped | Crashed, Exec | Checkpoint) | (Stopped, Stop) => "running",
     };
     Err(Error::WrongState {

@@ -97,6 +97,13 @@ impl Workdir {
         Ok(Workdir { root, nodename })
     }
 
+    /// The same workdir as seen by another node name (tests of several
+    /// nodes on one set of dirs).
+    pub fn with_nodename(mut self, nodename: &str) -> Workdir {
+        nodename.clone_into(&mut self.nodename);
+        self
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -4,6 +4,7 @@
 
 mod base;
 mod jail;
+mod shared;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -86,6 +87,14 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             vm::list(&wd, &reg, &a.jname, a.display.as_deref())
         }
         Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
+        Command::Junregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Jail),
+        Command::Bunregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Vm),
+        Command::Jregister(a) => {
+            shared::register(ctx, &a.jname, EnvKind::Jail, a.force, a.lease_time)
+        }
+        Command::Bregister(a) => {
+            shared::register(ctx, &a.jname, EnvKind::Vm, a.force, a.lease_time)
+        }
     }
 }
 

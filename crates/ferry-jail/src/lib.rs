@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use ferry_core::base::{self, WRITABLE_DIRS};
 use ferry_core::envdef::{self, HookCtx};
-use ferry_core::envfs::{self, EPOCH};
+use ferry_core::envfs;
 use ferry_core::hook::{HookKind, Phase as HookPhase};
+use ferry_core::lease;
 use ferry_core::model::{self, Action};
 use ferry_core::net::Attachment;
 use ferry_core::registry::{EnvRow, Registry};
@@ -53,6 +54,24 @@ pub fn row(cfg: &JailConfig) -> EnvRow {
         ip4_addr: cfg.args.ip4_addr.render(),
         astart: cfg.args.astart,
     }
+}
+
+/// The registry row of a jail whose definition another node wrote, when it
+/// can run here (its base exists on this node).
+pub fn row_of(wd: &Workdir, def: &ferry_core::rcconf::Definition) -> Result<EnvRow> {
+    let j = def.get("jname").map(ferry_core::error::jname).transpose()?;
+    let path = j
+        .as_ref()
+        .map_or_else(|| wd.rcconf_dir(), |j| wd.unregistered_rcconf(j));
+    let cfg = JailConfig::from_definition(def, wd, &path)?;
+    if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {
+        return Err(Error::Refused(format!(
+            "{} needs base {}, which this node does not have",
+            cfg.jname(),
+            cfg.args.base
+        )));
+    }
+    Ok(row(&cfg))
 }
 
 /// Fill a new jail's data dir from its base.
@@ -111,6 +130,8 @@ pub fn start(wd: &Workdir, j: &Jname) -> Result<()> {
     let (st, rt) = runtime::state(wd, j)?;
     model::check(j, st, Action::Start)?;
     let cfg = load(wd, j)?;
+    // Only the lease holder may run the env (DESIGN §5, I2).
+    let epoch = lease::held(wd, j)?;
     cfg.hooks.check()?;
     if let Some(rt) = rt {
         teardown(wd, j, Some(&cfg), &rt)?;
@@ -128,14 +149,14 @@ pub fn start(wd: &Workdir, j: &Jname) -> Result<()> {
     });
     let mut rt = Runtime {
         net,
-        ..Runtime::starting(EPOCH)
+        ..Runtime::starting(epoch)
     };
     // Recorded before anything is set up, so a crash from here on is undone.
     runtime::write(wd, j, &rt)?;
     let ctx = HookCtx {
         wd,
         jname: j,
-        epoch: EPOCH,
+        epoch,
     };
     match cfg
         .hooks

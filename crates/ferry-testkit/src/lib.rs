@@ -22,6 +22,32 @@ pub struct TestWorkdir {
     bridges: Mutex<Vec<String>>,
 }
 
+/// Several nodes on one machine sharing their shared dirs.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// Dropped first: each node unmounts its view of the shared dirs.
+    pub nodes: Vec<TestWorkdir>,
+    shared: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// `n` nodes (`n1`, `n2` ...) on a plain shared directory.
+    pub fn plain(bin: &str, n: usize) -> TestCluster {
+        let shared = tempfile::Builder::new()
+            .prefix("ferry-s")
+            .tempdir_in("/tmp")
+            .expect("shared dir");
+        let nodes = (1..=n)
+            .map(|i| TestWorkdir::node(bin, &format!("n{i}"), shared.path()))
+            .collect();
+        TestCluster { nodes, shared }
+    }
+
+    pub fn shared(&self) -> &Path {
+        self.shared.path()
+    }
+}
+
 /// What one `ferry` run gave.
 #[derive(Debug)]
 pub struct Run {
@@ -57,6 +83,38 @@ impl TestWorkdir {
         t
     }
 
+    /// A node of a cluster: its own workdir whose four shared dirs are bind
+    /// mounts of the dirs in `shared` (a plain shared directory, the
+    /// embedded default), initialized as `nodename`, with a busybox base.
+    pub fn node(bin: &str, nodename: &str, shared: &Path) -> TestWorkdir {
+        preflight();
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-n")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        for d in ferry_core::workdir::SHARED_DIRS {
+            let (src, dst) = (shared.join(d), dir.path().join(d));
+            fs::create_dir_all(&src).expect("shared dir");
+            fs::create_dir_all(&dst).expect("mount point");
+            nix::mount::mount(
+                Some(&src),
+                &dst,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .expect("bind mount");
+        }
+        let t = TestWorkdir {
+            bin: PathBuf::from(bin),
+            dir,
+            bridges: Mutex::new(Vec::new()),
+        };
+        t.ok(&["initenv", &format!("nodename={nodename}")]);
+        t.ok(&["base", "mode=create", "name=busybox"]);
+        t
+    }
+
     /// An initialized workdir with a busybox base named `busybox`.
     pub fn with_base(bin: &str) -> TestWorkdir {
         let t = TestWorkdir::new(bin);
@@ -84,11 +142,17 @@ impl TestWorkdir {
 
     /// Run `ferry --workdir <root> args...`.
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    /// Run with extra environment variables (e.g. `FERRY_CRASH_AT`).
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(&self.bin)
             .arg("--workdir")
             .arg(self.root())
             .args(args)
             .env_remove("workdir")
+            .envs(env.iter().copied())
             .output()
             .expect("run ferry");
         Run::from(out)

@@ -15,8 +15,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_core::envdef::{self, HookCtx};
-use ferry_core::envfs::{self, EPOCH};
+use ferry_core::envfs;
 use ferry_core::hook::{HookKind, Phase as HookPhase};
+use ferry_core::lease;
 use ferry_core::model::{self, Action};
 use ferry_core::registry::{EnvRow, Registry};
 use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
@@ -37,19 +38,34 @@ pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
     cfg.args.vm_machine.0 = qemu::resolve_machine(&cfg.args.vm_machine.0)?;
     check_vnc_unique(wd, reg, cfg)?;
     let def = config::to_definition(&cfg.args, wd.root())?;
-    let row = EnvRow {
+    envfs::create(wd, reg, &vm_row(cfg), &cfg.hooks, &def, || {
+        make_disk(wd, cfg)
+    })?;
+    if cfg.args.runasap {
+        start(wd, reg, cfg.jname(), None)?;
+    }
+    Ok(())
+}
+
+/// The registry row of a VM whose definition another node wrote.
+pub fn row_of(wd: &Workdir, def: &ferry_core::rcconf::Definition) -> Result<EnvRow> {
+    let j = def.get("jname").map(ferry_core::error::jname).transpose()?;
+    let path = j
+        .as_ref()
+        .map_or_else(|| wd.rcconf_dir(), |j| wd.unregistered_rcconf(j));
+    let cfg = VmConfig::from_definition(def, wd, &path)?;
+    Ok(vm_row(&cfg))
+}
+
+fn vm_row(cfg: &VmConfig) -> EnvRow {
+    EnvRow {
         jname: cfg.jname().clone(),
         kind: EnvKind::Vm,
         base: None,
         host_hostname: String::new(),
         ip4_addr: String::new(),
         astart: cfg.args.astart,
-    };
-    envfs::create(wd, reg, &row, &cfg.hooks, &def, || make_disk(wd, cfg))?;
-    if cfg.args.runasap {
-        start(wd, reg, cfg.jname(), None)?;
     }
-    Ok(())
 }
 
 fn make_disk(wd: &Workdir, cfg: &VmConfig) -> Result<()> {
@@ -146,6 +162,8 @@ pub fn start(wd: &Workdir, reg: &Registry, j: &Jname, checkpoint: Option<&str>) 
     let (st, rt) = runtime::state(wd, j)?;
     model::check(j, st, Action::Start)?;
     let cfg = load(wd, j)?;
+    // Only the lease holder may run the env (DESIGN §5, I2).
+    let epoch = lease::held(wd, j)?;
     cfg.hooks.check()?;
     let sock = qemu::qmp_socket(wd, j);
     qemu::check_socket_path(&sock)?;
@@ -171,14 +189,14 @@ pub fn start(wd: &Workdir, reg: &Registry, j: &Jname, checkpoint: Option<&str>) 
     let mut rt = Runtime {
         net,
         accel: Some(accel.clone()),
-        ..Runtime::starting(EPOCH)
+        ..Runtime::starting(epoch)
     };
     // Recorded before anything is set up, so a crash from here on is undone.
     runtime::write(wd, j, &rt)?;
     let ctx = HookCtx {
         wd,
         jname: j,
-        epoch: EPOCH,
+        epoch,
     };
     let launched = cfg.hooks.with_mounts(&ctx, HookPhase::Start, true, || {
         launch(wd, &cfg, &rt, &accel, checkpoint)

@@ -85,7 +85,7 @@ fn a_tmpfs_hook_is_mounted_while_the_jail_runs_and_unmounted_after_stop() {
     let c = calls(&t);
     let sys = t.root().join("jails-system/hk");
     let want = format!(
-        "mnt_start start t1 0 j=hk d={} f={} r={} s={}",
+        "mnt_start start t1 1 j=hk d={} f={} r={} s={}",
         data.display(),
         t.root().join("jails-fstab/hk").display(),
         t.root().join("jails-rcconf").display(),

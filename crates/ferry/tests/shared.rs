@@ -1,0 +1,250 @@
+//! Zero-copy registration between nodes sharing their shared dirs (the
+//! plain shared directory variant): moving jails and VMs, owner leases,
+//! distinct refusals, crashes at every step, forced takeover.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use ferry_core::heartbeat;
+use ferry_testkit::{assert_same, snapshot, TestCluster, TestWorkdir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn owner(t: &TestWorkdir, j: &str) -> String {
+    fs::read_to_string(t.root().join("jails-system").join(j).join("owner")).unwrap_or_default()
+}
+
+#[test]
+fn a_jail_moves_between_nodes_without_copying() {
+    let c = TestCluster::plain(BIN, 2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n1.ok(&["jcreate", "jname=mover", "runasap=1"]);
+    n1.ok(&[
+        "jexec",
+        "jname=mover",
+        "sh",
+        "-c",
+        "echo written-on-n1 > /root/proof",
+    ]);
+    let proof = n1.root().join("jails-data/mover-data/root/proof");
+    let inode = fs::metadata(&proof).unwrap().ino();
+    assert_eq!(owner(n1, "mover"), "node=n1\nepoch=1\n");
+
+    n1.fails(4, &["junregister", "jname=mover"]); // running
+    n1.ok(&["jstop", "jname=mover"]);
+    n2.fails(5, &["jregister", "jname=mover"]); // still registered, owned by n1
+    n2.fails(5, &["junregister", "jname=mover"]);
+    let data_before = snapshot(&n1.root().join("jails-data"));
+    n1.ok(&["junregister", "jname=mover"]);
+    assert!(n1.root().join("jails-rcconf/rc.conf_mover").is_file());
+    assert!(!n1.root().join("jails-system/mover/rc.conf_mover").exists());
+    assert!(n1.jls().is_empty());
+    assert_eq!(owner(n1, "mover"), "node=\nepoch=1\n");
+    n1.fails(4, &["junregister", "jname=mover"]); // already unregistered
+    n1.fails(3, &["jstart", "jname=mover"]);
+
+    n2.ok(&["jregister", "jname=mover"]);
+    n2.fails(4, &["jregister", "jname=mover"]); // already registered
+    assert_eq!(owner(n2, "mover"), "node=n2\nepoch=2\n");
+    assert!(!n2.root().join("jails-rcconf/rc.conf_mover").exists());
+    assert_same(
+        &data_before,
+        &snapshot(&n2.root().join("jails-data")),
+        "registering",
+    );
+    assert_eq!(
+        fs::metadata(n2.root().join("jails-data/mover-data/root/proof"))
+            .unwrap()
+            .ino(),
+        inode
+    );
+    n2.ok(&["jstart", "jname=mover"]);
+    assert_eq!(
+        n2.ok(&["jexec", "jname=mover", "cat", "/root/proof"]),
+        "written-on-n1\n"
+    );
+    n1.fails(5, &["jregister", "jname=mover"]);
+    n2.ok(&["jstop", "jname=mover"]);
+    n2.ok(&["jremove", "jname=mover"]);
+    n1.fails(3, &["jregister", "jname=mover"]);
+    n1.fails(3, &["jregister", "jname=nothing*"]);
+}
+
+#[test]
+fn globs_move_many_and_one_failure_does_not_stop_the_others() {
+    let c = TestCluster::plain(BIN, 2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    for j in ["w1", "w2", "w3"] {
+        n1.ok(&["jcreate", &format!("jname={j}")]);
+    }
+    n1.ok(&["jstart", "jname=w2"]);
+    let r = n1.run(&["junregister", "jname=w*", "--json"]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let codes: Vec<i64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, [0, 4, 0]);
+    // Garble one unregistered definition: its register fails, the other goes through.
+    let rc = n1.root().join("jails-rcconf/rc.conf_w3");
+    let garbled = fs::read_to_string(&rc)
+        .unwrap()
+        .replace("baserw=\"0\";", "baserw=\"$(reboot)\";");
+    fs::write(&rc, &garbled).unwrap();
+    let before = snapshot(c.shared());
+    let r = n2.run(&["jregister", "jname=w*", "--json"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let res = v["results"].as_array().unwrap();
+    assert_eq!(
+        (res[0]["jname"].as_str(), res[0]["code"].as_i64()),
+        (Some("w1"), Some(0))
+    );
+    assert_eq!(
+        (res[1]["jname"].as_str(), res[1]["code"].as_i64()),
+        (Some("w3"), Some(2))
+    );
+    assert_eq!(
+        fs::read_to_string(&rc).unwrap(),
+        garbled,
+        "the garbled definition was changed"
+    );
+    assert!(before.contains_key("jails-rcconf/rc.conf_w3"));
+    assert!(n2.jls().contains_key("w1") && !n2.jls().contains_key("w3"));
+    n1.ok(&["jstop", "jname=w2"]);
+}
+
+#[test]
+fn a_crash_at_any_step_of_register_or_unregister_is_finished_by_the_next_command() {
+    let c = TestCluster::plain(BIN, 2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n1.ok(&["jcreate", "jname=c1"]);
+    let defs = |t: &TestWorkdir| {
+        (
+            t.root().join("jails-system/c1/rc.conf_c1").exists(),
+            t.root().join("jails-rcconf/rc.conf_c1").exists(),
+        )
+    };
+    for step in 1..=5 {
+        let at = format!("unregister:{step}");
+        let r = n1.run_env(&["junregister", "jname=c1"], &[("FERRY_CRASH_AT", &at)]);
+        assert_ne!(r.code, 0, "{at}: no crash");
+        let (reg, unreg) = defs(n1);
+        assert!(reg || unreg, "{at}: the definition is lost");
+        // The next command on the env finishes the interrupted one.
+        let r = n1.run(&["junregister", "jname=c1"]);
+        assert!(r.code == 0 || r.code == 4, "{at}: {}{}", r.stdout, r.stderr);
+        assert_eq!(defs(n1), (false, true), "{at}");
+        assert!(n1.jls().is_empty(), "{at}: row left");
+        assert!(
+            owner(n1, "c1").starts_with("node=\n"),
+            "{at}: lease not released"
+        );
+
+        let at = format!("register:{step}");
+        let r = n2.run_env(&["jregister", "jname=c1"], &[("FERRY_CRASH_AT", &at)]);
+        assert_ne!(r.code, 0, "{at}: no crash");
+        let (reg, unreg) = defs(n2);
+        assert!(reg || unreg, "{at}: the definition is lost");
+        if step >= 2 {
+            // n2 took the lease before it crashed: nobody else may register.
+            n1.fails(5, &["jregister", "jname=c1"]);
+        }
+        let r = n2.run(&["jregister", "jname=c1"]);
+        assert!(r.code == 0 || r.code == 4, "{at}: {}{}", r.stdout, r.stderr);
+        assert_eq!(defs(n2), (true, false), "{at}");
+        assert!(n2.jls().contains_key("c1"), "{at}: no row");
+        assert!(owner(n2, "c1").starts_with("node=n2\n"), "{at}");
+        n2.ok(&["junregister", "jname=c1"]);
+        n1.ok(&["jregister", "jname=c1"]);
+    }
+}
+
+#[test]
+fn concurrent_registers_of_one_env_have_exactly_one_winner() {
+    let c = TestCluster::plain(BIN, 2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n1.ok(&["jcreate", "jname=race"]);
+    n1.ok(&["junregister", "jname=race"]);
+    for round in 0..15 {
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| n1.run(&["jregister", "jname=race"]).code);
+            let b = s.spawn(|| n2.run(&["jregister", "jname=race"]).code);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let winners = [a, b].iter().filter(|c| **c == 0).count();
+        assert_eq!(winners, 1, "round {round}: codes {a} {b}");
+        let winner = if a == 0 { n1 } else { n2 };
+        assert!(winner.jls().contains_key("race"));
+        let loser = if a == 0 { n2 } else { n1 };
+        assert!(!loser.jls().contains_key("race"));
+        winner.ok(&["junregister", "jname=race"]);
+    }
+}
+
+#[test]
+fn force_takes_over_only_from_a_node_whose_heartbeat_is_still() {
+    let c = TestCluster::plain(BIN, 2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n1.ok(&["jcreate", "jname=orphan"]);
+    n2.fails(5, &["jregister", "jname=orphan"]);
+    // n1 is alive: its heartbeat moves while n2 watches.
+    let w1 = n1.workdir();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                heartbeat::beat(&w1).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let e = n2.fails(5, &["jregister", "jname=orphan", "force=1", "lease_time=2"]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(e.contains("alive"), "{e}");
+    });
+    assert!(owner(n1, "orphan").starts_with("node=n1\n"));
+    // n1 is dead now: its heartbeat stays still for the lease time.
+    let began = Instant::now();
+    n2.ok(&["jregister", "jname=orphan", "force=1", "lease_time=1"]);
+    assert!(began.elapsed() >= Duration::from_secs(1));
+    assert_eq!(owner(n2, "orphan"), "node=n2\nepoch=2\n");
+    n2.ok(&["jstart", "jname=orphan"]);
+    // The old owner still has its registry row, but not the lease: it may not start the env.
+    let e = n1.fails(5, &["jstart", "jname=orphan"]);
+    assert!(e.contains("owned by node n2"), "{e}");
+    n2.ok(&["jstop", "jname=orphan"]);
+}
+
+#[test]
+fn a_node_whose_shared_dirs_are_not_the_pools_is_refused() {
+    let c = TestCluster::plain(BIN, 1);
+    let n1 = &c.nodes[0];
+    n1.ok(&["jcreate", "jname=pooled"]);
+    n1.ok(&["junregister", "jname=pooled"]);
+    // A node that sees jails-system and jails-rcconf but has its own jails-data.
+    let other = tempfile::Builder::new()
+        .prefix("ferry-o")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let rogue = TestWorkdir::node(BIN, "rogue", other.path());
+    for d in ["jails-system", "jails-rcconf"] {
+        nix::mount::umount2(&rogue.root().join(d), nix::mount::MntFlags::MNT_DETACH).unwrap();
+        nix::mount::mount(
+            Some(&c.shared().join(d)),
+            &rogue.root().join(d),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+    }
+    let before = snapshot(c.shared());
+    let e = rogue.fails(6, &["jregister", "jname=pooled"]);
+    assert!(e.contains("jails-data") && e.contains("mounted"), "{e}");
+    assert_same(&before, &snapshot(c.shared()), "a refused register");
+    n1.ok(&["jregister", "jname=pooled"]);
+}
