@@ -248,3 +248,39 @@ fn a_node_whose_shared_dirs_are_not_the_pools_is_refused() {
     assert_same(&before, &snapshot(c.shared()), "a refused register");
     n1.ok(&["jregister", "jname=pooled"]);
 }
+
+#[test]
+fn a_vm_moves_between_nodes_and_boots_from_the_same_disk() {
+    let c = TestCluster::plain(BIN, 2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let g = ferry_testkit::test_guest();
+    n1.ok(&[
+        "bcreate",
+        "jname=vmove",
+        "vm_ram=128m",
+        "imgsize=16m",
+        &format!("vm_kernel={}", g.join("vmlinuz").display()),
+        &format!("vm_initrd={}", g.join("initrd.img").display()),
+        "vm_cmdline=console=ttyS0 panic=-1 quiet",
+        "vm_nic=none",
+    ]);
+    let disk = n1.root().join("jails-data/vmove-data/dsk1.vhd");
+    let inode = fs::metadata(&disk).unwrap().ino();
+    n1.fails(3, &["junregister", "jname=vmove"]); // a VM, not a jail
+    n1.ok(&["bunregister", "jname=vmove"]);
+    n2.fails(3, &["jregister", "jname=vmove*"]); // the glob skips VMs
+    n2.ok(&["bregister", "jname=vmove"]);
+    assert_eq!(owner(n2, "vmove"), "node=n2\nepoch=2\n");
+    assert_eq!(
+        fs::metadata(n2.root().join("jails-data/vmove-data/dsk1.vhd"))
+            .unwrap()
+            .ino(),
+        inode
+    );
+    n2.ok(&["bstart", "jname=vmove"]);
+    ferry_testkit::wait_counter(n2, "vmove", "the moved VM does not count", |c| {
+        !c.is_empty()
+    });
+    n1.fails(5, &["bregister", "jname=vmove"]);
+    n2.ok(&["bstop", "jname=vmove"]);
+}
