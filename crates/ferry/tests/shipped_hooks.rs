@@ -33,15 +33,15 @@ impl Drop for Dirs {
 }
 
 fn dirs(conf: &str) -> Dirs {
-    let t = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().expect("temp dir");
     let d = |n: &str| {
         let p = t.path().join(n);
-        fs::create_dir_all(&p).unwrap();
+        fs::create_dir_all(&p).expect("dir");
         p
     };
     let (data, fstab, rcconf, system) = (d("data"), d("fstab"), d("rcconf"), d("system"));
     let conf_path = t.path().join("nfs.conf");
-    fs::write(&conf_path, conf).unwrap();
+    fs::write(&conf_path, conf).expect("conf");
     Dirs {
         _t: t,
         data,
@@ -68,7 +68,7 @@ fn run(d: &Dirs, kind: &str, jname: &str, extra_env: &[(&str, &str)]) -> Output 
         .env("FERRY_NFS_CONF", &d.conf)
         .envs(extra_env.iter().copied())
         .output()
-        .unwrap()
+        .expect("run the hook")
 }
 
 const GOOD: &str = "# CBSD-style settings\nserver=nfs1.example.org\nroot=/export/pool1\nmount_rcconf=1\nmount_fstab=1\noptions=rw,hard\ntimeout=5\n";
