@@ -3,6 +3,8 @@
 //! may have left (containers, network namespaces, bridges, mounts, files),
 //! also when the test panicked.
 
+pub mod gluster;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -27,6 +29,8 @@ pub struct TestWorkdir {
 pub struct TestCluster {
     /// Dropped first: each node unmounts its view of the shared dirs.
     pub nodes: Vec<TestWorkdir>,
+    /// Then the volume, which unmounts its FUSE mounts.
+    gluster: Option<gluster::GlusterVolume>,
     shared: tempfile::TempDir,
 }
 
@@ -40,11 +44,47 @@ impl TestCluster {
         let nodes = (1..=n)
             .map(|i| TestWorkdir::node(bin, &format!("n{i}"), shared.path()))
             .collect();
-        TestCluster { nodes, shared }
+        TestCluster {
+            nodes,
+            shared,
+            gluster: None,
+        }
     }
 
-    pub fn shared(&self) -> &Path {
-        self.shared.path()
+    /// `n` nodes on one GlusterFS volume: each node FUSE-mounts the volume
+    /// once and binds its four shared dirs from that mount.
+    pub fn glusterfs(bin: &str, n: usize) -> TestCluster {
+        let volume = gluster::GlusterVolume::create().expect("GlusterFS volume");
+        let shared = tempfile::Builder::new()
+            .prefix("ferry-g")
+            .tempdir_in("/tmp")
+            .expect("mount dirs");
+        let mut nodes = Vec::with_capacity(n);
+        for i in 1..=n {
+            let mnt = shared.path().join(format!("n{i}"));
+            fs::create_dir_all(&mnt).expect("mount point");
+            volume.mount(&mnt).expect("mount the volume");
+            nodes.push(TestWorkdir::node(bin, &format!("n{i}"), &mnt));
+        }
+        TestCluster {
+            nodes,
+            shared,
+            gluster: Some(volume),
+        }
+    }
+
+    /// The volume of a GlusterFS cluster.
+    pub fn volume(&self) -> Option<&gluster::GlusterVolume> {
+        self.gluster.as_ref()
+    }
+
+    /// Where the shared dirs are: the plain shared directory, or the first
+    /// node's mount of the volume.
+    pub fn shared(&self) -> PathBuf {
+        match self.gluster {
+            Some(_) => self.shared.path().join("n1"),
+            None => self.shared.path().to_path_buf(),
+        }
     }
 }
 

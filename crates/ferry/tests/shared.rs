@@ -95,7 +95,7 @@ fn globs_move_many_and_one_failure_does_not_stop_the_others() {
         .unwrap()
         .replace("baserw=\"0\";", "baserw=\"$(reboot)\";");
     fs::write(&rc, &garbled).unwrap();
-    let before = snapshot(c.shared());
+    let before = snapshot(&c.shared());
     let r = n2.run(&["jregister", "jname=w*", "--json"]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -242,10 +242,10 @@ fn a_node_whose_shared_dirs_are_not_the_pools_is_refused() {
         )
         .unwrap();
     }
-    let before = snapshot(c.shared());
+    let before = snapshot(&c.shared());
     let e = rogue.fails(6, &["jregister", "jname=pooled"]);
     assert!(e.contains("jails-data") && e.contains("mounted"), "{e}");
-    assert_same(&before, &snapshot(c.shared()), "a refused register");
+    assert_same(&before, &snapshot(&c.shared()), "a refused register");
     n1.ok(&["jregister", "jname=pooled"]);
 }
 
@@ -283,4 +283,75 @@ fn a_vm_moves_between_nodes_and_boots_from_the_same_disk() {
     });
     n1.fails(5, &["bregister", "jname=vmove"]);
     n2.ok(&["bstop", "jname=vmove"]);
+}
+
+#[test]
+fn on_glusterfs_a_jail_and_a_vm_move_without_copying_and_one_register_wins() {
+    let c = TestCluster::glusterfs(BIN, 2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n1.ok(&["jcreate", "jname=gj", "runasap=1"]);
+    n1.ok(&[
+        "jexec",
+        "jname=gj",
+        "sh",
+        "-c",
+        "echo on-gluster > /root/proof",
+    ]);
+    n1.ok(&["jstop", "jname=gj"]);
+    let inode = fs::metadata(n1.root().join("jails-data/gj-data/root/proof"))
+        .unwrap()
+        .ino();
+    n1.ok(&["junregister", "jname=gj"]);
+    n2.ok(&["jregister", "jname=gj"]);
+    assert_eq!(
+        fs::metadata(n2.root().join("jails-data/gj-data/root/proof"))
+            .unwrap()
+            .ino(),
+        inode
+    );
+    n2.ok(&["jstart", "jname=gj"]);
+    assert_eq!(
+        n2.ok(&["jexec", "jname=gj", "cat", "/root/proof"]),
+        "on-gluster\n"
+    );
+    n1.fails(5, &["jregister", "jname=gj"]);
+    n2.ok(&["jstop", "jname=gj"]);
+
+    let g = ferry_testkit::test_guest();
+    n1.ok(&[
+        "bcreate",
+        "jname=gv",
+        "vm_ram=128m",
+        "imgsize=16m",
+        &format!("vm_kernel={}", g.join("vmlinuz").display()),
+        &format!("vm_initrd={}", g.join("initrd.img").display()),
+        "vm_cmdline=console=ttyS0 panic=-1 quiet",
+        "vm_nic=none",
+    ]);
+    n1.ok(&["bunregister", "jname=gv"]);
+    n2.ok(&["bregister", "jname=gv"]);
+    n2.ok(&["bstart", "jname=gv"]);
+    ferry_testkit::wait_counter(
+        n2,
+        "gv",
+        "the VM moved onto GlusterFS does not count",
+        |c| !c.is_empty(),
+    );
+    n2.ok(&["bstop", "jname=gv"]);
+
+    n2.ok(&["junregister", "jname=gj"]);
+    for round in 0..10 {
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| n1.run(&["jregister", "jname=gj"]).code);
+            let b = s.spawn(|| n2.run(&["jregister", "jname=gj"]).code);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(
+            [a, b].iter().filter(|c| **c == 0).count(),
+            1,
+            "round {round}: codes {a} {b}"
+        );
+        let winner = if a == 0 { n1 } else { n2 };
+        winner.ok(&["junregister", "jname=gj"]);
+    }
 }
