@@ -109,6 +109,7 @@ impl Hooks {
                 rcconf_dir: &rcconf,
                 system_dir: &system,
                 node: wd.nodename(),
+                workdir: wd.root(),
                 epoch: ctx.epoch,
                 log: &log,
                 timeout: self.timeout,

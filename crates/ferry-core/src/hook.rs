@@ -108,6 +108,8 @@ pub struct HookRun<'a> {
     pub system_dir: &'a Path,
     /// This node's name, `FERRY_NODE`.
     pub node: &'a str,
+    /// The workdir, `FERRY_WORKDIR` (hooks find their settings under it).
+    pub workdir: &'a Path,
     /// The owner lease's epoch, `FERRY_EPOCH`.
     pub epoch: u64,
     /// The env's hook log; created with mode 0640 if missing, never a symlink.
@@ -385,6 +387,7 @@ pub fn run(hook: &Path, run: &HookRun<'_>) -> Result<HookOutcome, HookError> {
         .env_clear()
         .env("PATH", HOOK_PATH)
         .env("FERRY_NODE", run.node)
+        .env("FERRY_WORKDIR", run.workdir)
         .env("FERRY_EPOCH", run.epoch.to_string())
         .env("FERRY_PHASE", run.phase.as_str())
         .env("FERRY_JNAME", run.jname)
@@ -646,6 +649,7 @@ mod tests {
                 rcconf_dir: &self.rcconf,
                 system_dir: &self.system,
                 node: "n1",
+                workdir: Path::new("/usr/jails"),
                 epoch: 3,
                 log: &self.log,
                 timeout: Some(Duration::from_secs(10)),

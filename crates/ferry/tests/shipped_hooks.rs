@@ -13,6 +13,8 @@ fn hook(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../share/hooks")
         .join(name)
+        .canonicalize()
+        .expect("shipped hook")
 }
 
 struct Dirs {
@@ -170,4 +172,70 @@ fn nfs4_hook_is_idempotent_around_existing_mounts() {
             m.display()
         );
     }
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+#[test]
+fn glusterfs_hook_mounts_a_jails_data_from_the_volume_while_it_runs() {
+    let vol = ferry_testkit::gluster::GlusterVolume::create().expect("GlusterFS volume");
+    let t = TestWorkdir::with_base(BIN);
+    fs::create_dir_all(t.root().join("etc")).unwrap();
+    fs::write(
+        t.root().join("etc/glusterfs.conf"),
+        format!(
+            "server={}\nvolume={}\nroot=envs\n",
+            vol.server(),
+            vol.name()
+        ),
+    )
+    .unwrap();
+    let h = format!("{}", hook("glusterfs").display());
+    t.ok(&[
+        "jcreate",
+        "jname=gh",
+        &format!("mnt_start={h}"),
+        &format!("mnt_stop={h}"),
+    ]);
+    let top = tempfile::tempdir().unwrap();
+    vol.mount(top.path()).unwrap();
+    let on_volume = top.path().join("envs/gh-data");
+    assert!(
+        on_volume.join("etc/hostname").is_file(),
+        "jcreate did not write the jail's files to the volume"
+    );
+    let data = t.root().join("jails-data/gh-data");
+    let mounted = || TestWorkdir::mounts_under(&data).iter().any(|m| m == &data);
+    assert!(!mounted(), "still mounted after create");
+    for round in 0..2 {
+        t.ok(&["jstart", "jname=gh"]);
+        assert!(mounted(), "round {round}: not mounted while running");
+        t.ok(&[
+            "jexec",
+            "jname=gh",
+            "sh",
+            "-c",
+            &format!("echo {round} > /root/round{round}"),
+        ]);
+        assert_eq!(
+            fs::read_to_string(on_volume.join(format!("root/round{round}"))).unwrap(),
+            format!("{round}\n")
+        );
+        t.ok(&["jstop", "jname=gh"]);
+        assert!(!mounted(), "round {round}: still mounted after stop");
+    }
+    let log = fs::read_to_string(t.root().join("jails-system/gh/hook.log")).unwrap();
+    assert!(
+        log.contains(&format!("mounted {}", vol.spec(Some("envs/gh-data")))),
+        "{log}"
+    );
+    t.ok(&["jremove", "jname=gh"]);
+    assert!(!mounted());
+    assert!(
+        fs::read_dir(&on_volume)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+        "jremove left data on the volume"
+    );
+    vol.unmount(top.path()).unwrap();
 }
