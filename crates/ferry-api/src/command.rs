@@ -19,6 +19,7 @@ pub enum Area {
     Jails,
     Vms,
     Shared,
+    Cluster,
 }
 
 impl Area {
@@ -28,6 +29,7 @@ impl Area {
             Area::Jails => "jails",
             Area::Vms => "VMs",
             Area::Shared => "shared storage",
+            Area::Cluster => "cluster",
         }
     }
 }
@@ -383,6 +385,17 @@ commands! {
         /// Take over from an owner node whose heartbeat stays still for lease_time.
         force: bool = Default("0"),
         /// Seconds an owner's heartbeat must stay still before force=1 takes over.
+        lease_time: u64 = Default("30"),
+    }
+
+    /// The node daemon (cbsdd): beats this node's heartbeat, stops envs whose
+    /// lease another node took (self-fencing) or all of them when the
+    /// heartbeat cannot be written for lease_time, starts astart envs.
+    /// Runs until SIGTERM or SIGINT.
+    Daemon(DaemonArgs) = "daemon" in Cluster, listing = false {
+        /// Seconds between heartbeats and lease checks.
+        heartbeat: u64 = Default("2"),
+        /// Seconds of failed heartbeats after which this node stops all its envs.
         lease_time: u64 = Default("30"),
     }
 

@@ -10,7 +10,13 @@ pub fn overview() -> String {
         "ferry: jails and VMs on shared storage, CBSD-style.\n\n\
          Usage: ferry [--workdir DIR] [--json] <command> [key=value ...]\n\n",
     );
-    for area in [Area::Setup, Area::Jails, Area::Vms, Area::Shared] {
+    for area in [
+        Area::Setup,
+        Area::Jails,
+        Area::Vms,
+        Area::Shared,
+        Area::Cluster,
+    ] {
         let _ = writeln!(out, "{}:", area.title());
         for c in COMMANDS.iter().filter(|c| c.area == area) {
             let _ = writeln!(out, "  {:<10} {}", c.name, c.summary());

@@ -3,6 +3,7 @@
 //! later). Handlers are short: open, call the engine, shape the outcome.
 
 mod base;
+mod daemon;
 mod jail;
 mod shared;
 mod vm;
@@ -87,6 +88,7 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             vm::list(&wd, &reg, &a.jname, a.display.as_deref())
         }
         Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
+        Command::Daemon(a) => daemon::run(ctx, a),
         Command::Junregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Jail),
         Command::Bunregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Vm),
         Command::Jregister(a) => {

@@ -355,3 +355,91 @@ fn on_glusterfs_a_jail_and_a_vm_move_without_copying_and_one_register_wins() {
         winner.ok(&["junregister", "jname=gj"]);
     }
 }
+
+/// A `ferry daemon` of one node, killed on drop.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(t: &TestWorkdir) -> Daemon {
+        let child = std::process::Command::new(BIN)
+            .arg("--workdir")
+            .arg(t.root())
+            .args(["daemon", "heartbeat=1", "lease_time=5"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        Daemon(child)
+    }
+
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, and it must exit cleanly.
+    fn terminate(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = self.0.wait().expect("wait");
+        assert!(
+            status.success(),
+            "the daemon did not stop cleanly: {status}"
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_dead_owner_is_taken_over_and_fences_itself_when_it_comes_back() {
+    let c = TestCluster::plain(BIN, 2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n1.ok(&["jcreate", "jname=guarded", "astart=1"]);
+    // The daemon starts astart envs and beats the heartbeat.
+    let d = Daemon::start(n1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n1.status("guarded") != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not start the astart jail"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = n2.fails(
+        5,
+        &["jregister", "jname=guarded", "force=1", "lease_time=3"],
+    );
+    assert!(e.contains("alive"), "{e}");
+
+    // n1's daemon dies (the node is gone): its heartbeat stops moving.
+    d.kill();
+    n2.ok(&["jregister", "jname=guarded", "force=1", "lease_time=3"]);
+    assert_eq!(owner(n2, "guarded"), "node=n2\nepoch=2\n");
+    n2.ok(&["jstart", "jname=guarded"]);
+
+    // n1 comes back: its daemon sees the lease superseded and stops its copy.
+    let d = Daemon::start(n1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n1.jls().contains_key("guarded") {
+        assert!(Instant::now() < deadline, "n1 did not fence itself");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !n1.root().join("jails/guarded").exists(),
+        "n1's copy is still set up"
+    );
+    assert_eq!(
+        n2.status("guarded"),
+        "running",
+        "fencing touched the new owner's copy"
+    );
+    assert_eq!(owner(n2, "guarded"), "node=n2\nepoch=2\n");
+    d.terminate();
+    n2.ok(&["jstop", "jname=guarded"]);
+}

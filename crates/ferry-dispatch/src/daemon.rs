@@ -1,0 +1,127 @@
+//! `ferry daemon`, the node daemon (CBSD's cbsdd): the heartbeat and the
+//! self-fencing half of the split-brain guard (DESIGN §5, I2), and astart.
+//! The task queue and the broker arrive with the cluster issue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_api::command::DaemonArgs;
+use ferry_api::Outcome;
+use ferry_core::lease::{self, Lease};
+use ferry_core::lock::EnvLock;
+use ferry_core::registry::{EnvRow, Registry};
+use ferry_core::{heartbeat, EnvKind, EnvState, Error, Result, Workdir};
+
+use crate::Context;
+
+pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Error::Failed(format!("cannot handle signal {sig}: {e}")))?;
+    }
+    let interval = Duration::from_secs(a.heartbeat.max(1));
+    let lease_time = Duration::from_secs(a.lease_time.max(1));
+    tracing::info!(node = wd.nodename(), ?interval, "daemon started");
+    let mut last_beat = Instant::now();
+    let mut first = true;
+    while !stop.load(Ordering::SeqCst) {
+        match heartbeat::beat(&wd) {
+            Ok(_) => last_beat = Instant::now(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the heartbeat");
+                if last_beat.elapsed() >= lease_time {
+                    // Others may take our envs over now: stop them all first.
+                    fence_all(&wd, &reg);
+                }
+            }
+        }
+        fence_superseded(&wd, &reg);
+        if first {
+            autostart(&wd, &reg);
+            first = false;
+        }
+        let until = Instant::now() + interval;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    tracing::info!("daemon stopped");
+    Ok(Outcome::message(format!(
+        "daemon of {} stopped",
+        wd.nodename()
+    )))
+}
+
+fn stop_env(wd: &Workdir, row: &EnvRow) -> Result<()> {
+    let _lock = EnvLock::acquire(wd, &row.jname)?;
+    let running = match row.kind {
+        EnvKind::Jail => ferry_jail::state(wd, &row.jname)?,
+        EnvKind::Vm => ferry_vm::state(wd, &row.jname)?,
+    } != EnvState::Stopped;
+    if !running {
+        return Ok(());
+    }
+    match row.kind {
+        EnvKind::Jail => ferry_jail::stop(wd, &row.jname),
+        EnvKind::Vm => ferry_vm::stop(wd, &row.jname),
+    }
+}
+
+/// Stop every env registered here whose lease now names another node, and
+/// forget it locally: the other node owns it.
+fn fence_superseded(wd: &Workdir, reg: &Registry) {
+    let Ok(rows) = reg.list() else { return };
+    for row in rows {
+        let superseded = match lease::read(wd, &row.jname) {
+            Ok(Some(Lease {
+                node: Some(node), ..
+            })) => node != wd.nodename(),
+            _ => false,
+        };
+        if !superseded {
+            continue;
+        }
+        tracing::warn!(jname = %row.jname, "lease taken by another node: stopping (self-fencing)");
+        match stop_env(wd, &row) {
+            Ok(()) => {
+                let _ = reg.remove(&row.jname);
+            }
+            Err(e) => tracing::error!(jname = %row.jname, error = %e, "self-fencing failed"),
+        }
+    }
+}
+
+/// Stop every env here (the heartbeat could not be renewed for the lease time).
+fn fence_all(wd: &Workdir, reg: &Registry) {
+    let Ok(rows) = reg.list() else { return };
+    for row in rows {
+        if let Err(e) = stop_env(wd, &row) {
+            tracing::error!(jname = %row.jname, error = %e, "self-fencing failed");
+        }
+    }
+}
+
+/// Start the `astart=1` envs this node owns.
+fn autostart(wd: &Workdir, reg: &Registry) {
+    let Ok(rows) = reg.list() else { return };
+    for row in rows.into_iter().filter(|r| r.astart) {
+        let Ok(_lock) = EnvLock::acquire(wd, &row.jname) else {
+            continue;
+        };
+        let r = match row.kind {
+            EnvKind::Jail if ferry_jail::state(wd, &row.jname).ok() == Some(EnvState::Stopped) => {
+                ferry_jail::start(wd, &row.jname)
+            }
+            EnvKind::Vm if ferry_vm::state(wd, &row.jname).ok() == Some(EnvState::Stopped) => {
+                ferry_vm::start(wd, reg, &row.jname, None)
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(jname = %row.jname, error = %e, "astart failed");
+        }
+    }
+}
