@@ -398,7 +398,15 @@ impl Drop for Daemon {
 
 #[test]
 fn a_dead_owner_is_taken_over_and_fences_itself_when_it_comes_back() {
-    let c = TestCluster::plain(BIN, 2);
+    dead_owner_is_taken_over(&TestCluster::plain(BIN, 2));
+}
+
+#[test]
+fn on_glusterfs_a_dead_owner_is_taken_over_and_fences_itself() {
+    dead_owner_is_taken_over(&TestCluster::glusterfs(BIN, 2));
+}
+
+fn dead_owner_is_taken_over(c: &TestCluster) {
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     n1.ok(&["jcreate", "jname=guarded", "astart=1"]);
     // The daemon starts astart envs and beats the heartbeat.
