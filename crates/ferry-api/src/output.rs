@@ -50,6 +50,26 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// An empty listing with these columns, narrowed to a CBSD-style
+    /// `display=` list when one is given.
+    pub fn new(columns: &[&str], display: Option<&str>) -> Result<Listing, String> {
+        let mut l = Listing {
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            rows: Vec::new(),
+        };
+        if let Some(d) = display {
+            l.select(d)?;
+        }
+        Ok(l)
+    }
+
+    /// Add a row; `row` must be a JSON object (anything else is skipped).
+    pub fn push(&mut self, row: Value) {
+        if let Value::Object(m) = row {
+            self.rows.push(m);
+        }
+    }
+
     /// Keep only the columns named in a CBSD-style `display=` list.
     pub fn select(&mut self, display: &str) -> Result<(), String> {
         let wanted: Vec<String> = display.split(',').map(|c| c.trim().to_owned()).collect();

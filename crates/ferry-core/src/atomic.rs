@@ -5,19 +5,33 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Atomically replace `path` with `contents`, with the given mode.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+/// A temp file beside `path` holding `contents` with `mode`, flushed to
+/// disk when `durable`.
+fn staged(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    durable: bool,
+) -> io::Result<tempfile::NamedTempFile> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = parent_dir(path)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".ferry-tmp.")
-        .tempfile_in(dir)?;
+        .tempfile_in(parent_dir(path)?)?;
     tmp.write_all(contents)?;
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
+    Ok(tmp)
+}
+
+/// Atomically and durably replace `path` with `contents`, with the given mode.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    staged(path, contents, mode, true)?
+        .persist(path)
+        .map_err(|e| e.error)?;
+    sync_dir(parent_dir(path)?)
 }
 
 /// Atomically replace `path` with `contents`, without forcing it to disk:
@@ -25,15 +39,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// mix, but a power loss may lose the change. For records that only
 /// describe running processes (a power loss ends those too).
 pub fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = parent_dir(path)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ferry-tmp.")
-        .tempfile_in(dir)?;
-    tmp.write_all(contents)?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    staged(path, contents, mode, false)?
+        .persist(path)
+        .map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -41,18 +49,9 @@ pub fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// whether it was created. Used for files that must never be overwritten
 /// (`dir.id`): the link is atomic, so two racing writers cannot both win.
 pub fn create_once(path: &Path, contents: &[u8], mode: u32) -> io::Result<bool> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = parent_dir(path)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ferry-tmp.")
-        .tempfile_in(dir)?;
-    tmp.write_all(contents)?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    match tmp.persist_noclobber(path) {
+    match staged(path, contents, mode, true)?.persist_noclobber(path) {
         Ok(_) => {
-            sync_dir(dir)?;
+            sync_dir(parent_dir(path)?)?;
             Ok(true)
         }
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),

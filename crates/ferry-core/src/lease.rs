@@ -8,8 +8,6 @@
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 
-use nix::fcntl::{fcntl, FcntlArg};
-
 use crate::atomic;
 use crate::error::{Error, Result};
 use crate::name::Jname;
@@ -82,20 +80,9 @@ impl LeaseLock {
             .truncate(false)
             .open(&path)
             .map_err(Error::io("cannot open lease lock", &path))?;
-        let fl = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: 0,
-            l_len: 0,
-            l_pid: 0,
-        };
-        loop {
-            match fcntl(&file, FcntlArg::F_SETLKW(&fl)) {
-                Ok(_) => return Ok(LeaseLock { _file: file }),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Error::io("cannot lock lease", &path)(e.into())),
-            }
-        }
+        crate::lock::lock_range(&file, crate::lock::Kind::Posix, 0, 0)
+            .map_err(Error::io("cannot lock lease", &path))?;
+        Ok(LeaseLock { _file: file })
     }
 }
 

@@ -42,20 +42,40 @@ impl EnvLock {
             .open(&path)
             .map_err(Error::io("cannot open lock file", &path))?;
         // 2^40 slots: a collision only makes two envs wait for each other.
-        let offset = (fnv1a(j.as_str().as_bytes()) & ((1 << 40) - 1)) as libc::off_t;
-        let fl = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: offset,
-            l_len: 1,
-            l_pid: 0,
+        let offset = (fnv1a(j.as_str().as_bytes()) & ((1 << 40) - 1)) as i64;
+        lock_range(&file, Kind::Ofd, offset, 1).map_err(Error::io("cannot lock", &path))?;
+        Ok(EnvLock { _file: file })
+    }
+}
+
+/// Which kind of fcntl record lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    /// Classic POSIX lock (per process; what network file systems honour).
+    Posix,
+    /// Open-file-description lock (per open file; excludes threads too).
+    Ofd,
+}
+
+/// Block until an exclusive record lock on `len` bytes at `start` of
+/// `file` is held (`len` 0: to the end of the file, however large).
+pub(crate) fn lock_range(file: &File, kind: Kind, start: i64, len: i64) -> std::io::Result<()> {
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: start as libc::off_t,
+        l_len: len as libc::off_t,
+        l_pid: 0,
+    };
+    loop {
+        let r = match kind {
+            Kind::Posix => fcntl(file, FcntlArg::F_SETLKW(&fl)),
+            Kind::Ofd => fcntl(file, FcntlArg::F_OFD_SETLKW(&fl)),
         };
-        loop {
-            match fcntl(&file, FcntlArg::F_OFD_SETLKW(&fl)) {
-                Ok(_) => return Ok(EnvLock { _file: file }),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Error::io("cannot lock", &path)(e.into())),
-            }
+        match r {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

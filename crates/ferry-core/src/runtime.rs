@@ -133,6 +133,45 @@ pub fn state(wd: &Workdir, j: &Jname) -> Result<(EnvState, Option<Runtime>)> {
     Ok((state, Some(rt)))
 }
 
+/// Begin stopping `j`: it must be running or crashed. A running env's
+/// record is marked `Stopping` first. Returns the state it was in and its
+/// record.
+pub fn begin_stop(wd: &Workdir, j: &Jname) -> Result<(EnvState, Runtime)> {
+    let (st, rt) = state(wd, j)?;
+    crate::model::check(j, st, crate::model::Action::Stop)?;
+    let mut rt = rt.ok_or_else(|| Error::Failed(format!("{j} has no runtime record")))?;
+    if st == EnvState::Running {
+        rt.phase = Phase::Stopping;
+        write(wd, j, &rt)?;
+    }
+    Ok((st, rt))
+}
+
+/// The last steps of every teardown, once the engine's own resources are
+/// gone: `mnt_stop` (phase `stop`, when the env's hooks are known), then
+/// the record goes. A failing `mnt_stop` keeps the record, so the next
+/// stop tries again.
+pub fn finish_teardown(
+    wd: &Workdir,
+    j: &Jname,
+    hooks: Option<&crate::envdef::Hooks>,
+    rt: &Runtime,
+) -> Result<()> {
+    if let Some(hooks) = hooks {
+        let ctx = crate::envdef::HookCtx {
+            wd,
+            jname: j,
+            epoch: rt.epoch,
+        };
+        hooks.run(
+            &ctx,
+            crate::hook::HookKind::MntStop,
+            crate::hook::Phase::Stop,
+        )?;
+    }
+    clear(wd, j)
+}
+
 /// Whether `pid` is alive (not a zombie) and is the process started at `start`.
 pub fn process_alive(pid: i32, start: u64) -> bool {
     sys::proc_stat(pid).is_some_and(|p| p.is_live() && p.starttime == start)

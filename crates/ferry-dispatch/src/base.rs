@@ -15,21 +15,15 @@ pub fn run(wd: &Workdir, reg: &Registry, a: BaseArgs) -> Result<Outcome> {
     };
     match a.mode {
         BaseMode::List => {
-            let mut l = Listing {
-                columns: ["name", "from", "path", "created"]
-                    .map(String::from)
-                    .to_vec(),
-                rows: Vec::new(),
-            };
+            let mut l =
+                Listing::new(&["name", "from", "path", "created"], None).map_err(Error::Failed)?;
             for b in base::list(wd)? {
                 let (from, path) = match &b.source {
                     BaseSource::Busybox { binary } => ("busybox", binary),
                     BaseSource::Dir { path } => ("dir", path),
                 };
                 let row = json!({"name": b.name, "from": from, "path": path, "created": ferry_core::sys::utc_timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(b.created))});
-                if let serde_json::Value::Object(m) = row {
-                    l.rows.push(m);
-                }
+                l.push(row);
             }
             Ok(Outcome::Listing(l))
         }

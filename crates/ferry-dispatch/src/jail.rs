@@ -51,14 +51,8 @@ pub fn list(
     sel: &NameSelector,
     display: Option<&str>,
 ) -> Result<Outcome> {
-    let mut l = Listing {
-        columns: COLUMNS.map(String::from).to_vec(),
-        rows: Vec::new(),
-    };
-    if let Some(d) = display {
-        l.select(d)
-            .map_err(|reason| Error::bad_value("display", d, reason))?;
-    }
+    let mut l = Listing::new(&COLUMNS, display)
+        .map_err(|reason| Error::bad_value("display", display.unwrap_or(""), reason))?;
     for row in reg.list()? {
         if row.kind != EnvKind::Jail || !sel.matches(row.jname.as_str()) {
             continue;
@@ -79,9 +73,7 @@ pub fn list(
             "astart": row.astart,
             "status": state.display(),
         });
-        if let Value::Object(m) = v {
-            l.rows.push(m);
-        }
+        l.push(v);
     }
     Ok(Outcome::Listing(l))
 }

@@ -53,14 +53,8 @@ pub fn list(
     sel: &NameSelector,
     display: Option<&str>,
 ) -> Result<Outcome> {
-    let mut l = Listing {
-        columns: COLUMNS.map(String::from).to_vec(),
-        rows: Vec::new(),
-    };
-    if let Some(d) = display {
-        l.select(d)
-            .map_err(|reason| Error::bad_value("display", d, reason))?;
-    }
+    let mut l = Listing::new(&COLUMNS, display)
+        .map_err(|reason| Error::bad_value("display", display.unwrap_or(""), reason))?;
     for row in reg.list()? {
         if row.kind != EnvKind::Vm || !sel.matches(row.jname.as_str()) {
             continue;
@@ -91,9 +85,7 @@ pub fn list(
             "qemu": live.qemu_status,
             "status": live.state.display(),
         });
-        if let Value::Object(m) = v {
-            l.rows.push(m);
-        }
+        l.push(v);
     }
     Ok(Outcome::Listing(l))
 }
@@ -105,23 +97,20 @@ pub fn checkpoint(ctx: &Context, a: BcheckpointArgs) -> Result<Outcome> {
     let _lock = EnvLock::acquire(&wd, j)?;
     match a.mode {
         CheckpointMode::List => {
-            let mut l = Listing {
-                columns: [
+            let mut l = Listing::new(
+                &[
                     "name",
                     "created",
                     "bytes",
                     "vm_machine",
                     "vm_ram",
                     "disk_snapshot",
-                ]
-                .map(String::from)
-                .to_vec(),
-                rows: Vec::new(),
-            };
+                ],
+                None,
+            )
+            .map_err(Error::Failed)?;
             for c in ferry_vm::checkpoint::list(&wd, j)? {
-                if let Ok(Value::Object(m)) = serde_json::to_value(&c) {
-                    l.rows.push(m);
-                }
+                l.push(serde_json::to_value(&c).unwrap_or_default());
             }
             Ok(Outcome::Listing(l))
         }

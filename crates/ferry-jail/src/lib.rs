@@ -18,7 +18,7 @@ use std::time::Duration;
 use ferry_core::base::{self, WRITABLE_DIRS};
 use ferry_core::envdef::{self, HookCtx};
 use ferry_core::envfs;
-use ferry_core::hook::{HookKind, Phase as HookPhase};
+use ferry_core::hook::Phase as HookPhase;
 use ferry_core::lease;
 use ferry_core::model::{self, Action};
 use ferry_core::net::Attachment;
@@ -313,29 +313,15 @@ fn teardown(wd: &Workdir, j: &Jname, cfg: Option<&JailConfig>, rt: &Runtime) -> 
     if let Some(net) = &rt.net {
         net.attachment().down()?;
     }
-    if let Some(cfg) = cfg {
-        let ctx = HookCtx {
-            wd,
-            jname: j,
-            epoch: rt.epoch,
-        };
-        cfg.hooks.run(&ctx, HookKind::MntStop, HookPhase::Stop)?;
-    }
-    runtime::clear(wd, j)
+    runtime::finish_teardown(wd, j, cfg.map(|c| &c.hooks), rt)
 }
 
 /// Stop a running jail: SIGTERM, SIGKILL after `stop_timeout`, then tear
 /// down. A jail whose processes died is cleaned up the same way.
 pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
-    let (st, rt) = runtime::state(wd, j)?;
-    model::check(j, st, Action::Stop)?;
-    let Some(mut rt) = rt else {
-        return Err(Error::Failed(format!("{j} has no runtime record")));
-    };
+    let (st, rt) = runtime::begin_stop(wd, j)?;
     let cfg = load(wd, j);
     if st == EnvState::Running {
-        rt.phase = Phase::Stopping;
-        runtime::write(wd, j, &rt)?;
         let timeout = cfg
             .as_ref()
             .map_or(Duration::from_secs(10), JailConfig::stop_timeout);

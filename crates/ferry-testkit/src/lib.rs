@@ -463,3 +463,26 @@ fn preflight() {
         "busybox not found: apt-get install busybox-static"
     );
 }
+
+/// Small helpers the benchmarks share.
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    /// How long `f` took.
+    pub fn timed(f: impl FnOnce()) -> Duration {
+        let t = Instant::now();
+        f();
+        t.elapsed()
+    }
+
+    /// The median of some durations (the upper one of an even count).
+    pub fn median(mut v: Vec<Duration>) -> Duration {
+        v.sort();
+        v[v.len() / 2]
+    }
+
+    /// Milliseconds, for printing.
+    pub fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1000.0
+    }
+}

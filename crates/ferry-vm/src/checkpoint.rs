@@ -9,7 +9,6 @@
 use std::fs::{self, File};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -220,23 +219,9 @@ pub(crate) fn revert_disks(wd: &Workdir, cfg: &VmConfig, name: &str) -> Result<(
 }
 
 fn qemu_img(args: &[&str], disk: &std::path::Path) -> Result<()> {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .arg(disk)
-        .output()
-        .map_err(Error::io(
-            "cannot run qemu-img (install qemu-utils)",
-            "qemu-img",
-        ))?;
-    if !out.status.success() {
-        return Err(Error::Failed(format!(
-            "qemu-img {} {} failed: {}",
-            args.join(" "),
-            disk.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    all.push(disk.as_os_str());
+    qemu::img(&all)
 }
 
 /// Feed a QEMU started with `-incoming defer` the checkpoint's state and

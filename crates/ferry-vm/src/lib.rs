@@ -11,12 +11,11 @@ pub mod qmp;
 
 use std::fs;
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_core::envdef::{self, HookCtx};
 use ferry_core::envfs;
-use ferry_core::hook::{HookKind, Phase as HookPhase};
+use ferry_core::hook::Phase as HookPhase;
 use ferry_core::lease;
 use ferry_core::model::{self, Action};
 use ferry_core::registry::{EnvRow, Registry};
@@ -72,23 +71,15 @@ fn make_disk(wd: &Workdir, cfg: &VmConfig) -> Result<()> {
     let Some(disk) = cfg.disk(wd) else {
         return Ok(());
     };
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", cfg.disk_format()])
-        .arg(&disk)
-        .arg(cfg.args.imgsize.0.to_string())
-        .output()
-        .map_err(Error::io(
-            "cannot run qemu-img (install qemu-utils)",
-            "qemu-img",
-        ))?;
-    if !out.status.success() {
-        return Err(Error::Failed(format!(
-            "qemu-img create {} failed: {}",
-            disk.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    let size = cfg.args.imgsize.0.to_string();
+    qemu::img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        cfg.disk_format().as_ref(),
+        disk.as_os_str(),
+        size.as_ref(),
+    ])
 }
 
 /// No two VMs registered here share a VNC port.
@@ -300,29 +291,15 @@ pub(crate) fn teardown(
     if let Some(net) = &rt.net {
         ferry_core::net::remove_link(&net.host_if)?;
     }
-    if let Some(cfg) = cfg {
-        let ctx = HookCtx {
-            wd,
-            jname: j,
-            epoch: rt.epoch,
-        };
-        cfg.hooks.run(&ctx, HookKind::MntStop, HookPhase::Stop)?;
-    }
-    runtime::clear(wd, j)
+    runtime::finish_teardown(wd, j, cfg.map(|c| &c.hooks), rt)
 }
 
 /// Stop a VM: ACPI power-down, QMP `quit` after `stop_timeout`, SIGKILL as
 /// a last resort; then tear down.
 pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
-    let (st, rt) = runtime::state(wd, j)?;
-    model::check(j, st, Action::Stop)?;
-    let Some(mut rt) = rt else {
-        return Err(Error::Failed(format!("{j} has no runtime record")));
-    };
+    let (st, rt) = runtime::begin_stop(wd, j)?;
     let cfg = load(wd, j);
     if st == EnvState::Running {
-        rt.phase = Phase::Stopping;
-        runtime::write(wd, j, &rt)?;
         let timeout = cfg
             .as_ref()
             .map_or(Duration::from_secs(30), VmConfig::stop_timeout);

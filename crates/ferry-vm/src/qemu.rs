@@ -288,6 +288,29 @@ pub fn spawn(wd: &Workdir, cfg: &VmConfig, accel: &str, incoming: bool) -> Resul
     read_pid(&pid_path).ok_or_else(|| Error::Failed(format!("QEMU wrote no pid file for {j}")))
 }
 
+/// Run `qemu-img` with these arguments; its stderr becomes the error.
+pub fn img<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .map_err(Error::io(
+            "cannot run qemu-img (install qemu-utils)",
+            "qemu-img",
+        ))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    Err(Error::Failed(format!(
+        "qemu-img {} failed: {}",
+        shown.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
 pub fn read_pid(p: &Path) -> Option<i32> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }

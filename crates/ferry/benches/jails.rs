@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ferry_api::{Command as FerryCommand, RawArgs};
 use ferry_core::registry::Registry;
 use ferry_core::Jname;
+use ferry_testkit::bench::{median, ms, timed};
 use ferry_testkit::TestWorkdir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -27,21 +28,6 @@ fn main() {
         .unwrap_or(30);
     lifecycle(rounds);
     jls_10k(10);
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn runc(root: &Path, args: &[&str]) {

@@ -1,5 +1,6 @@
 //! `junregister jname='*'` then `jregister jname='*'` of 1,000 jails
-//! between two nodes on a plain shared directory, against the floor
+//! between two nodes, on a plain shared directory and on GlusterFS,
+//! against the floor
 //! measured in the same run on the same file system: 1,000 × (write a file
 //! of the definition's size, fsync, rename).
 //!
@@ -8,11 +9,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::time::{Duration, Instant};
 
 use ferry_api::{Command as FerryCommand, RawArgs};
 use ferry_core::envdef::Hooks;
 use ferry_core::registry::Registry;
+use ferry_testkit::bench::{ms, timed};
 use ferry_testkit::TestCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -22,7 +23,11 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(1000);
-    let c = TestCluster::plain(BIN, 2);
+    measure("plain shared directory", &TestCluster::plain(BIN, 2), n);
+    measure("GlusterFS", &TestCluster::glusterfs(BIN, 2), n);
+}
+
+fn measure(what: &str, c: &TestCluster, n: usize) {
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let wd = n1.workdir();
     let reg = Registry::open(&wd.db_dir()).expect("registry");
@@ -67,8 +72,7 @@ fn main() {
         n2.ok(&["jregister", "jname=*"]);
     });
     assert_eq!(n2.jls().len(), n);
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("{n} jails, definitions of {def_len} bytes, plain shared directory:");
+    println!("{n} jails, definitions of {def_len} bytes, {what}:");
     println!("  floor (write, fsync, rename) x {n}: {:8.1} ms", ms(floor));
     println!(
         "  junregister jname='*':            {:8.1} ms   {:.2}x the floor",
@@ -80,10 +84,4 @@ fn main() {
         ms(register),
         ms(register) / ms(floor)
     );
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::registry::Registry;
 use ferry_core::{Jname, Workdir};
+use ferry_testkit::bench::{median, ms, timed};
 use ferry_testkit::{guest_counters, test_guest, TestWorkdir};
 use ferry_vm::qmp::Qmp;
 
@@ -128,19 +129,4 @@ fn wait_booted(t: &TestWorkdir, jname: &str) {
         assert!(Instant::now() < deadline, "{} never counted", log.display());
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
