@@ -4,10 +4,8 @@ use ferry_api::command::JcreateArgs;
 use ferry_api::{Listing, Outcome};
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::Registry;
-use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
+use ferry_core::{EnvKind, Error, NameSelector, Result, Workdir};
 use serde_json::{json, Value};
-
-use crate::{per_env, select, Context};
 
 pub fn create(wd: &Workdir, reg: &Registry, a: JcreateArgs) -> Result<Outcome> {
     let j = a.jname.clone();
@@ -20,19 +18,6 @@ pub fn create(wd: &Workdir, reg: &Registry, a: JcreateArgs) -> Result<Outcome> {
     } else {
         format!("{j} created")
     }))
-}
-
-/// Apply a lifecycle operation to every jail the selector names.
-pub fn each(
-    ctx: &Context,
-    sel: &NameSelector,
-    done: &str,
-    op: fn(&Workdir, &Jname) -> Result<()>,
-) -> Result<Outcome> {
-    let (wd, reg) = ctx.open()?;
-    let names = select(&reg, EnvKind::Jail, sel)?;
-    drop(reg);
-    Ok(per_env(&wd, names, done, op))
 }
 
 pub const COLUMNS: [&str; 7] = [

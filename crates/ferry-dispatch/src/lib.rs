@@ -52,16 +52,16 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             let (wd, reg) = ctx.open()?;
             jail::create(&wd, &reg, a)
         }
-        Command::Jstart(a) => jail::each(ctx, &a.jname, "started", ferry_jail::start),
-        Command::Jstop(a) => jail::each(ctx, &a.jname, "stopped", ferry_jail::stop),
-        Command::Jrestart(a) => jail::each(ctx, &a.jname, "restarted", ferry_jail::restart),
-        Command::Jremove(a) => {
-            let (wd, reg) = ctx.open()?;
-            let names = select(&reg, EnvKind::Jail, &a.jname)?;
-            Ok(per_env(&wd, names, "removed", |wd, j| {
-                ferry_jail::remove(wd, &reg, j)
-            }))
-        }
+        Command::Jstart(a) => each(ctx, EnvKind::Jail, &a.jname, "started", |wd, _, j| {
+            ferry_jail::start(wd, j)
+        }),
+        Command::Jstop(a) => each(ctx, EnvKind::Jail, &a.jname, "stopped", |wd, _, j| {
+            ferry_jail::stop(wd, j)
+        }),
+        Command::Jrestart(a) => each(ctx, EnvKind::Jail, &a.jname, "restarted", |wd, _, j| {
+            ferry_jail::restart(wd, j)
+        }),
+        Command::Jremove(a) => each(ctx, EnvKind::Jail, &a.jname, "removed", ferry_jail::remove),
         Command::Jls(a) => {
             let (wd, reg) = ctx.open()?;
             jail::list(&wd, &reg, &a.jname, a.display.as_deref())
@@ -73,16 +73,16 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         }
         Command::Bcreate(a) => vm::create(ctx, a),
         Command::Bstart(a) => {
-            let (wd, reg) = ctx.open()?;
-            let names = select(&reg, EnvKind::Vm, &a.jname)?;
             let ckp = a.checkpoint.as_ref().map(|w| w.0.as_str());
-            Ok(per_env(&wd, names, "started", |wd, j| {
-                ferry_vm::start(wd, &reg, j, ckp)
-            }))
+            each(ctx, EnvKind::Vm, &a.jname, "started", |wd, reg, j| {
+                ferry_vm::start(wd, reg, j, ckp)
+            })
         }
-        Command::Bstop(a) => vm::each(ctx, &a.jname, "stopped", |wd, _, j| ferry_vm::stop(wd, j)),
-        Command::Brestart(a) => vm::each(ctx, &a.jname, "restarted", ferry_vm::restart),
-        Command::Bremove(a) => vm::each(ctx, &a.jname, "removed", ferry_vm::remove),
+        Command::Bstop(a) => each(ctx, EnvKind::Vm, &a.jname, "stopped", |wd, _, j| {
+            ferry_vm::stop(wd, j)
+        }),
+        Command::Brestart(a) => each(ctx, EnvKind::Vm, &a.jname, "restarted", ferry_vm::restart),
+        Command::Bremove(a) => each(ctx, EnvKind::Vm, &a.jname, "removed", ferry_vm::remove),
         Command::Bls(a) => {
             let (wd, reg) = ctx.open()?;
             vm::list(&wd, &reg, &a.jname, a.display.as_deref())
@@ -147,6 +147,19 @@ pub fn select(reg: &Registry, kind: EnvKind, sel: &NameSelector) -> Result<Vec<J
         return Err(Error::NoMatch(sel.to_string()));
     }
     Ok(names)
+}
+
+/// Apply a lifecycle operation to every env of `kind` the selector names.
+fn each(
+    ctx: &Context,
+    kind: EnvKind,
+    sel: &NameSelector,
+    done: &str,
+    op: impl Fn(&Workdir, &Registry, &Jname) -> Result<()>,
+) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let names = select(&reg, kind, sel)?;
+    Ok(per_env(&wd, names, done, |wd, j| op(wd, &reg, j)))
 }
 
 /// Run `op` on each env under its lock. One env's failure does not stop the

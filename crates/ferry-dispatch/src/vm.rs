@@ -4,10 +4,10 @@ use ferry_api::command::{BcheckpointArgs, BcreateArgs, CheckpointMode};
 use ferry_api::{Listing, Outcome};
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::Registry;
-use ferry_core::{EnvKind, EnvState, Error, Jname, NameSelector, Result, Workdir};
+use ferry_core::{EnvKind, EnvState, Error, NameSelector, Result, Workdir};
 use serde_json::{json, Value};
 
-use crate::{per_env, select, Context};
+use crate::{select, Context};
 
 pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -21,18 +21,6 @@ pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     } else {
         format!("{j} created")
     }))
-}
-
-/// Apply a lifecycle operation to every VM the selector names.
-pub fn each(
-    ctx: &Context,
-    sel: &NameSelector,
-    done: &str,
-    op: fn(&Workdir, &Registry, &Jname) -> Result<()>,
-) -> Result<Outcome> {
-    let (wd, reg) = ctx.open()?;
-    let names = select(&reg, EnvKind::Vm, sel)?;
-    Ok(per_env(&wd, names, done, |wd, j| op(wd, &reg, j)))
 }
 
 pub const COLUMNS: [&str; 9] = [

@@ -214,6 +214,26 @@ impl TestWorkdir {
         r.stderr
     }
 
+    /// `bcreate` a small VM that boots the test guest (no NIC), with extra
+    /// `key=value` arguments.
+    #[track_caller]
+    pub fn bcreate_guest(&self, jname: &str, extra: &[&str]) {
+        let g = test_guest();
+        let mut args: Vec<String> = vec![
+            "bcreate".into(),
+            format!("jname={jname}"),
+            "vm_ram=128m".into(),
+            "imgsize=16m".into(),
+            format!("vm_kernel={}", g.join("vmlinuz").display()),
+            format!("vm_initrd={}", g.join("initrd.img").display()),
+            "vm_cmdline=console=ttyS0 panic=-1 quiet".into(),
+            "vm_nic=none".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&refs);
+    }
+
     /// `jls --json`, keyed by name.
     pub fn jls(&self) -> BTreeMap<String, Value> {
         let out = self.ok(&["jls", "--json"]);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ferry_core::registry::Registry;
 use ferry_core::{Jname, Workdir};
 use ferry_testkit::bench::{median, ms, timed};
-use ferry_testkit::{guest_counters, test_guest, TestWorkdir};
+use ferry_testkit::{guest_counters, TestWorkdir};
 use ferry_vm::qmp::Qmp;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -26,18 +26,8 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(10);
     let t = TestWorkdir::new(BIN);
-    let g = test_guest();
     for name in ["bench", "raw"] {
-        t.ok(&[
-            "bcreate",
-            &format!("jname={name}"),
-            "vm_ram=128m",
-            "imgsize=16m",
-            &format!("vm_kernel={}", g.join("vmlinuz").display()),
-            &format!("vm_initrd={}", g.join("initrd.img").display()),
-            "vm_cmdline=console=ttyS0 panic=-1 quiet",
-            "vm_nic=none",
-        ]);
+        t.bcreate_guest(name, &[]);
     }
     let wd = Workdir::open(t.root()).expect("workdir");
     let reg = Registry::open(&wd.db_dir()).expect("registry");

@@ -253,17 +253,7 @@ fn a_node_whose_shared_dirs_are_not_the_pools_is_refused() {
 fn a_vm_moves_between_nodes_and_boots_from_the_same_disk() {
     let c = TestCluster::plain(BIN, 2);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
-    let g = ferry_testkit::test_guest();
-    n1.ok(&[
-        "bcreate",
-        "jname=vmove",
-        "vm_ram=128m",
-        "imgsize=16m",
-        &format!("vm_kernel={}", g.join("vmlinuz").display()),
-        &format!("vm_initrd={}", g.join("initrd.img").display()),
-        "vm_cmdline=console=ttyS0 panic=-1 quiet",
-        "vm_nic=none",
-    ]);
+    n1.bcreate_guest("vmove", &[]);
     let disk = n1.root().join("jails-data/vmove-data/dsk1.vhd");
     let inode = fs::metadata(&disk).unwrap().ino();
     n1.fails(3, &["junregister", "jname=vmove"]); // a VM, not a jail
@@ -317,17 +307,7 @@ fn on_glusterfs_a_jail_and_a_vm_move_without_copying_and_one_register_wins() {
     n1.fails(5, &["jregister", "jname=gj"]);
     n2.ok(&["jstop", "jname=gj"]);
 
-    let g = ferry_testkit::test_guest();
-    n1.ok(&[
-        "bcreate",
-        "jname=gv",
-        "vm_ram=128m",
-        "imgsize=16m",
-        &format!("vm_kernel={}", g.join("vmlinuz").display()),
-        &format!("vm_initrd={}", g.join("initrd.img").display()),
-        "vm_cmdline=console=ttyS0 panic=-1 quiet",
-        "vm_nic=none",
-    ]);
+    n1.bcreate_guest("gv", &[]);
     n1.ok(&["bunregister", "jname=gv"]);
     n2.ok(&["bregister", "jname=gv"]);
     n2.ok(&["bstart", "jname=gv"]);

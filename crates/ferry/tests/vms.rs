@@ -5,31 +5,13 @@ use std::fs;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use ferry_testkit::{assert_same, test_guest, wait_counter, TestWorkdir};
+use ferry_testkit::{assert_same, wait_counter, TestWorkdir};
 use ferry_vm::qmp::Qmp;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
-/// `bcreate` arguments for a small VM booting the test guest.
-fn guest_args(jname: &str) -> Vec<String> {
-    let g = test_guest();
-    vec![
-        format!("jname={jname}"),
-        "vm_ram=128m".into(),
-        "imgsize=16m".into(),
-        format!("vm_kernel={}", g.join("vmlinuz").display()),
-        format!("vm_initrd={}", g.join("initrd.img").display()),
-        "vm_cmdline=console=ttyS0 panic=-1 quiet".into(),
-        "vm_nic=none".into(),
-    ]
-}
-
 fn bcreate(t: &TestWorkdir, jname: &str, extra: &[&str]) {
-    let mut args: Vec<String> = vec!["bcreate".into()];
-    args.extend(guest_args(jname));
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    t.ok(&refs);
+    t.bcreate_guest(jname, extra);
 }
 
 fn bls(t: &TestWorkdir, jname: &str) -> serde_json::Value {
