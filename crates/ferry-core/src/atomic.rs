@@ -34,6 +34,18 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     sync_dir(parent_dir(path)?)
 }
 
+/// Atomically replace `path` with `contents`, its bytes on disk before the
+/// rename, the rename itself not forced (no directory fsync): a crash
+/// leaves the old or the new file, whole; a power loss may undo the rename,
+/// which journaling file systems (ext4, XFS, GlusterFS bricks on them)
+/// only ever do in order, together with every later change.
+pub fn write_synced(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    staged(path, contents, mode, true)?
+        .persist(path)
+        .map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// Atomically replace `path` with `contents`, without forcing it to disk:
 /// a crash of the writing process leaves the old or the new file, never a
 /// mix, but a power loss may lose the change. For records that only
@@ -68,6 +80,11 @@ pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
         sync_dir(from_dir)?;
     }
     Ok(())
+}
+
+/// Flush the whole file system holding `dir` (`syncfs`).
+pub fn sync_fs(dir: &Path) -> io::Result<()> {
+    nix::unistd::syncfs(File::open(dir)?).map_err(io::Error::from)
 }
 
 /// fsync a directory so that renames and creations in it are durable.

@@ -18,7 +18,13 @@ pub fn load_registered(wd: &Workdir, j: &Jname) -> Result<Definition> {
 
 /// Load a definition file, mapping a missing file to "not found".
 pub fn load(wd: &Workdir, j: &Jname, path: &Path) -> Result<Definition> {
-    match Definition::load(path, wd.root()) {
+    load_raw(wd, j, path).map(|(_, def)| def)
+}
+
+/// Load a definition file and keep its bytes, mapping a missing file to
+/// "not found".
+pub fn load_raw(wd: &Workdir, j: &Jname, path: &Path) -> Result<(Vec<u8>, Definition)> {
+    match Definition::load_raw(path, wd.root()) {
         Ok(d) => Ok(d),
         Err(LoadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Err(Error::EnvNotFound(j.clone()))

@@ -88,7 +88,7 @@ impl LeaseLock {
 
 fn write(wd: &Workdir, j: &Jname, lease: &Lease) -> Result<()> {
     let p = owner_path(wd, j);
-    atomic::write_atomic(&p, lease.render().as_bytes(), 0o644)
+    atomic::write_synced(&p, lease.render().as_bytes(), 0o644)
         .map_err(Error::io("cannot write owner lease", &p))
 }
 

@@ -256,6 +256,11 @@ impl Definition {
 
     /// Read and parse a file.
     pub fn load(path: &Path, workdir: &Path) -> Result<Definition, LoadError> {
+        Self::load_raw(path, workdir).map(|(_, def)| def)
+    }
+
+    /// Read and parse a file, keeping its bytes (to copy it exactly).
+    pub fn load_raw(path: &Path, workdir: &Path) -> Result<(Vec<u8>, Definition), LoadError> {
         let io_err = |source| LoadError::Io {
             path: path.to_owned(),
             source,
@@ -279,7 +284,8 @@ impl Definition {
                 kind: ParseErrorKind::TooLarge(size),
             }));
         }
-        Self::parse_bytes(&bytes, workdir).map_err(parse_err)
+        let def = Self::parse_bytes(&bytes, workdir).map_err(parse_err)?;
+        Ok((bytes, def))
     }
 
     /// Render and write atomically (mode 0644). Refuses, writing nothing, a

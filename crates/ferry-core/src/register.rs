@@ -1,12 +1,33 @@
 //! Zero-copy registration (DESIGN §3, §5): an env moves between nodes by
-//! moving only its definition between `jails-system/<jname>/` (registered)
-//! and `jails-rcconf/` (unregistered), taking or releasing its owner lease
-//! and its registry row. Data, system dir and fstab never move.
+//! moving only its definition between `jails-system/<jname>/` (registered,
+//! "S") and `jails-rcconf/` (unregistered, "U"), taking or releasing its
+//! owner lease ("L") and its row in this node's registry ("R"). Data,
+//! system dir and fstab never move.
 //!
-//! Both operations are journaled in `jails-system/<jname>/.journal` before
-//! their first step, and every step is idempotent, so after a crash at any
-//! instant the next operation on the env (on the node that wrote the
-//! journal) rolls it forward.
+//! There is no journal. The two operations go through states that are told
+//! apart by what is on disk, and never through the same one:
+//!
+//! ```text
+//! register:    take L → copy U to S → remove U → insert R
+//! unregister:  copy S to U → release L → remove R → remove S
+//!
+//!  L        R  S  U   left by                           finished by
+//!  ours     -  -  U   register, after taking L          copy, remove U, insert R
+//!  ours     -  S  U   register, after the copy          the same (copied again from U)
+//!  ours     -  S  -   register, after removing U        insert R
+//!  ours     R  S  U   unregister, after the copy        release, remove R, remove S
+//!  free     R  S  U   unregister, after releasing L     remove R, remove S
+//!  free     -  S  U   unregister, after removing R      remove S (or any node's register)
+//! ```
+//!
+//! So after a crash at any instant the next register or unregister of the
+//! env on this node, or [`settle`] when the daemon starts, finishes the
+//! operation that was interrupted. A row whose lease another node holds is
+//! stale (that node took the env over) and is dropped.
+//!
+//! Only two writes per operation are forced to disk: the definition copy
+//! and the lease. Their renames, and the removals, are not: they are
+//! ordered by the file system's journal (see [`atomic::write_synced`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,7 +45,7 @@ use crate::workdir::Workdir;
 
 /// What only the engine can tell: whether a definition is valid for this
 /// node, and the registry row it makes.
-pub type RowOf<'a> = &'a dyn Fn(&Workdir, &Definition) -> Result<EnvRow>;
+pub type RowOf<'a> = &'a (dyn Fn(&Workdir, &Definition) -> Result<EnvRow> + Sync);
 
 /// How `register` treats a lease held by another node.
 #[derive(Debug, Clone, Copy)]
@@ -35,37 +56,22 @@ pub struct Takeover {
 }
 
 /// Test-only crash injection: with `FERRY_CRASH_AT=<op>:<step>` in the
-/// environment, the process aborts (as if killed) at that step.
+/// environment the process aborts (as if killed) at that step;
+/// `<op>:<step>:<n>` aborts the `n`th time the step is reached (in a glob).
 fn crashpoint(op: &str, step: u32) {
-    if let Ok(at) = std::env::var("FERRY_CRASH_AT") {
-        if at == format!("{op}:{step}") {
-            std::process::abort();
-        }
-    }
-}
-
-fn journal_path(wd: &Workdir, j: &Jname) -> std::path::PathBuf {
-    wd.system_dir(j).join(".journal")
-}
-
-fn write_journal(wd: &Workdir, j: &Jname, op: &str) -> Result<()> {
-    let p = journal_path(wd, j);
-    atomic::write_atomic(
-        &p,
-        format!("op={op}\nnode={}\n", wd.nodename()).as_bytes(),
-        0o644,
-    )
-    .map_err(Error::io("cannot write journal", &p))
-}
-
-fn read_journal(wd: &Workdir, j: &Jname) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(journal_path(wd, j)).ok()?;
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(str::to_owned)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    let Ok(at) = std::env::var("FERRY_CRASH_AT") else {
+        return;
     };
-    Some((field("op=")?, field("node=")?))
+    let mut parts = at.split(':');
+    if parts.next() != Some(op) || parts.next() != Some(step.to_string().as_str()) {
+        return;
+    }
+    let nth: u32 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    if SEEN.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+        std::process::abort();
+    }
 }
 
 fn remove(p: &Path) -> Result<()> {
@@ -76,55 +82,109 @@ fn remove(p: &Path) -> Result<()> {
     }
 }
 
-/// Copy a definition byte for byte, durably (the copy is complete or absent).
-fn copy_definition(from: &Path, to: &Path) -> Result<()> {
-    let bytes = std::fs::read(from).map_err(Error::io("cannot read definition", from))?;
-    atomic::write_atomic(to, &bytes, 0o644).map_err(Error::io("cannot write definition", to))
+/// Read a definition, `None` if the file does not exist.
+fn read_definition(wd: &Workdir, j: &Jname, p: &Path) -> Result<Option<(Vec<u8>, Definition)>> {
+    match crate::envdef::load_raw(wd, j, p) {
+        Ok(d) => Ok(Some(d)),
+        Err(Error::EnvNotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// Finish a register or unregister of `j` that this node started and did
-/// not complete. Another node's journal is left alone.
-pub fn recover(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -> Result<()> {
-    let Some((op, node)) = read_journal(wd, j) else {
-        return Ok(());
-    };
-    if node != wd.nodename() {
-        return Ok(());
-    }
-    tracing::info!(jname = %j, op, "finishing an interrupted operation");
-    match op.as_str() {
-        "unregister" => unregister_steps(wd, reg, j),
-        "register" => match lease::acquire(wd, j) {
-            Ok(_) => register_steps(wd, reg, j, row_of),
-            // Someone else holds it now: our register never happened.
-            Err(Error::NotOwner { .. }) => remove(&journal_path(wd, j)),
-            Err(e) => Err(e),
-        },
-        other => Err(Error::bad_value("journal", other, "unknown operation")),
-    }
+/// Write a definition copy: whole or absent, its bytes on disk.
+fn write_definition(to: &Path, bytes: &[u8]) -> Result<()> {
+    atomic::write_synced(to, bytes, 0o644).map_err(Error::io("cannot write definition", to))
+}
+
+fn ours(wd: &Workdir, lease: Option<&Lease>) -> bool {
+    lease.and_then(|l| l.node.as_deref()) == Some(wd.nodename())
+}
+
+fn theirs(wd: &Workdir, lease: Option<&Lease>) -> bool {
+    lease
+        .and_then(|l| l.node.as_deref())
+        .is_some_and(|n| n != wd.nodename())
+}
+
+fn released(lease: Option<&Lease>) -> bool {
+    lease.is_some_and(|l| l.node.is_none())
 }
 
 /// Why `j` is not registered here.
-fn not_here(wd: &Workdir, j: &Jname) -> Result<Error> {
-    if wd.unregistered_rcconf(j).exists() {
-        return Ok(Error::WrongState {
+fn not_here(wd: &Workdir, j: &Jname, lease: Option<Lease>) -> Error {
+    match lease {
+        Some(Lease {
+            node: Some(node),
+            epoch,
+        }) if node != wd.nodename() => Error::NotOwner {
+            jname: j.clone(),
+            node,
+            epoch,
+        },
+        _ if wd.unregistered_rcconf(j).exists() => Error::WrongState {
             jname: j.clone(),
             state: "unregistered",
             action: "unregister",
             needs: "registered here",
-        });
+        },
+        _ => Error::EnvNotFound(j.clone()),
     }
-    match lease::read(wd, j)? {
-        Some(Lease {
-            node: Some(node),
-            epoch,
-        }) if node != wd.nodename() => Ok(Error::NotOwner {
-            jname: j.clone(),
-            node,
-            epoch,
-        }),
-        _ => Ok(Error::EnvNotFound(j.clone())),
+}
+
+/// Finish whatever register or unregister of `j` this node left
+/// interrupted, if any (see the module's table). Returns whether `j` is
+/// registered here afterwards.
+pub fn settle(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -> Result<bool> {
+    let lease = lease::read(wd, j)?;
+    let rc = wd.unregistered_rcconf(j);
+    if reg.get(j)?.is_some() {
+        if theirs(wd, lease.as_ref()) {
+            // Taken over: the daemon stops the env if it runs, then drops the row.
+            return Ok(false);
+        }
+        if !rc.exists() {
+            return Ok(true);
+        }
+        tracing::info!(jname = %j, "finishing an interrupted unregister");
+        finish_unregister(wd, reg, j)?;
+        return Ok(false);
     }
+    if ours(wd, lease.as_ref()) {
+        tracing::info!(jname = %j, "finishing an interrupted register");
+        finish_register(wd, reg, j, row_of)?;
+        return Ok(true);
+    }
+    if released(lease.as_ref()) && rc.exists() && wd.registered_rcconf(j).exists() {
+        remove(&wd.registered_rcconf(j))?;
+    }
+    Ok(false)
+}
+
+/// Finish every interrupted operation of this node: envs with a row here,
+/// and envs whose lease names this node without a row (the daemon does
+/// this when it starts). Returns the errors met, by env.
+pub fn settle_all(wd: &Workdir, reg: &Registry, row_of: RowOf<'_>) -> Vec<(Jname, Error)> {
+    let mut names: Vec<Jname> = reg
+        .list()
+        .map(|rows| rows.into_iter().map(|r| r.jname).collect())
+        .unwrap_or_default();
+    let system = wd.root().join("jails-system");
+    for e in std::fs::read_dir(&system).into_iter().flatten().flatten() {
+        let Some(j) = e.file_name().to_str().and_then(|n| Jname::new(n).ok()) else {
+            continue;
+        };
+        if !names.contains(&j) && ours(wd, lease::read(wd, &j).ok().flatten().as_ref()) {
+            names.push(j);
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|j| {
+            let r =
+                crate::lock::EnvLock::acquire(wd, &j).and_then(|_lock| settle(wd, reg, &j, row_of));
+            r.err().map(|e| (j, e))
+        })
+        .collect()
 }
 
 /// Unregister a stopped env registered on this node.
@@ -135,9 +195,19 @@ pub fn unregister(
     kind: EnvKind,
     row_of: RowOf<'_>,
 ) -> Result<()> {
-    recover(wd, reg, j, row_of)?;
+    let (sys, rc) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
     let Some(row) = reg.get(j)? else {
-        return Err(not_here(wd, j)?);
+        let lease = lease::read(wd, j)?;
+        if ours(wd, lease.as_ref()) {
+            // A register of ours was interrupted: finish it, then go on.
+            finish_register(wd, reg, j, row_of)?;
+            return unregister(wd, reg, j, kind, row_of);
+        }
+        if released(lease.as_ref()) && rc.exists() && sys.exists() {
+            // An unregister of ours was interrupted after removing the row.
+            return remove(&sys);
+        }
+        return Err(not_here(wd, j, lease));
     };
     if row.kind != kind {
         return Err(Error::WrongKind {
@@ -148,32 +218,44 @@ pub fn unregister(
     }
     let (state, _) = runtime::state(wd, j)?;
     model::check(j, state, Action::Unregister)?;
-    lease::held(wd, j)?;
-    write_journal(wd, j, "unregister")?;
+    let lease = lease::read(wd, j)?;
+    if theirs(wd, lease.as_ref()) {
+        // Taken over by another node: our row is stale.
+        reg.remove(j)?;
+        return Err(not_here(wd, j, lease));
+    }
+    match read_definition(wd, j, &sys)? {
+        Some((bytes, _)) => write_definition(&rc, &bytes)?,
+        None if rc.exists() => {}
+        None => return Err(Error::EnvNotFound(j.clone())),
+    }
     crashpoint("unregister", 1);
-    unregister_steps(wd, reg, j)
+    finish_unregister(wd, reg, j)
 }
 
-fn unregister_steps(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
-    let (registered, unregistered) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
-    if registered.exists() {
-        copy_definition(&registered, &unregistered)?;
-    }
+/// The rest of an unregister once the definition is in `jails-rcconf/`.
+/// If another node holds the lease, only the stale row goes.
+fn finish_unregister(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
+    let theirs = match lease::release(wd, j) {
+        Ok(()) => None,
+        Err(e @ Error::NotOwner { .. }) => Some(e),
+        Err(e) => return Err(e),
+    };
     crashpoint("unregister", 2);
     reg.remove(j)?;
     crashpoint("unregister", 3);
-    match lease::release(wd, j) {
-        Ok(()) | Err(Error::NotOwner { .. }) => {}
-        Err(e) => return Err(e),
+    if let Some(e) = theirs {
+        return Err(e);
+    }
+    if wd.unregistered_rcconf(j).exists() {
+        remove(&wd.registered_rcconf(j))?;
     }
     crashpoint("unregister", 4);
-    remove(&registered)?;
-    crashpoint("unregister", 5);
-    runtime::clear(wd, j)?;
-    remove(&journal_path(wd, j))
+    runtime::clear(wd, j)
 }
 
-/// Register an unregistered env on this node, taking its lease.
+/// Register an unregistered env on this node, taking its lease. Returns
+/// the epoch this node holds.
 pub fn register(
     wd: &Workdir,
     reg: &Registry,
@@ -182,8 +264,8 @@ pub fn register(
     takeover: Takeover,
     row_of: RowOf<'_>,
 ) -> Result<u64> {
-    recover(wd, reg, j, row_of)?;
-    if reg.get(j)?.is_some() {
+    let (sys, rc) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
+    if reg.get(j)?.is_some() && settle(wd, reg, j, row_of)? {
         return Err(Error::WrongState {
             jname: j.clone(),
             state: "registered here",
@@ -191,33 +273,31 @@ pub fn register(
             needs: "unregistered",
         });
     }
-    let unregistered = wd.unregistered_rcconf(j);
-    let lease_now = lease::read(wd, j)?;
-    let owner = lease_now.as_ref().and_then(|l| l.node.clone());
-    let forced = match (&owner, takeover.force) {
-        (Some(node), _) if node == wd.nodename() => None,
-        (Some(node), true) => Some(node.clone()),
-        (Some(node), false) => {
-            let epoch = lease_now.as_ref().map_or(0, |l| l.epoch);
-            return Err(Error::NotOwner {
-                jname: j.clone(),
-                node: node.clone(),
-                epoch,
-            });
+    // The definition: unregistered, or left registered by a dead owner
+    // (forced takeover), or already in place (our own register, interrupted).
+    let (source, forced) = match read_definition(wd, j, &rc)? {
+        Some((_, def)) => (def, None),
+        None => {
+            let lease = lease::read(wd, j)?;
+            if ours(wd, lease.as_ref()) && sys.exists() {
+                finish_register(wd, reg, j, row_of)?;
+                return Ok(lease.map_or(0, |l| l.epoch));
+            }
+            match lease {
+                Some(l) if theirs(wd, Some(&l)) => {
+                    if !takeover.force {
+                        return Err(not_here(wd, j, Some(l)));
+                    }
+                    let (_, def) = read_definition(wd, j, &sys)?
+                        .ok_or_else(|| Error::EnvNotFound(j.clone()))?;
+                    (def, Some(l))
+                }
+                _ => return Err(Error::EnvNotFound(j.clone())),
+            }
         }
-        (None, _) => None,
-    };
-    // The definition: unregistered, or (forced takeover) left registered by the dead owner.
-    let source = if unregistered.exists() {
-        unregistered.clone()
-    } else if forced.is_some() && wd.registered_rcconf(j).exists() {
-        wd.registered_rcconf(j)
-    } else {
-        return Err(Error::EnvNotFound(j.clone()));
     };
     check_pool(wd, j)?;
-    let def = crate::envdef::load(wd, j, &source)?;
-    let row = row_of(wd, &def)?;
+    let row = row_of(wd, &source)?;
     if row.kind != kind {
         return Err(Error::WrongKind {
             jname: j.clone(),
@@ -225,48 +305,59 @@ pub fn register(
             wanted: kind.as_str(),
         });
     }
-    if let Some(node) = &forced {
-        if !heartbeat::still_for(wd, node, takeover.lease_time)? {
-            return Err(Error::NotOwner {
-                jname: j.clone(),
-                node: format!(
-                    "{node} (alive: its heartbeat moved within {}s)",
-                    takeover.lease_time.as_secs()
-                ),
-                epoch: lease_now.as_ref().map_or(0, |l| l.epoch),
-            });
-        }
-    }
-    write_journal(wd, j, "register")?;
+    let epoch = match forced {
+        Some(from) => take_from_dead(wd, j, &from, takeover.lease_time)?,
+        None => match lease::acquire(wd, j) {
+            // Held by another node whose copy is in jails-rcconf: an
+            // unregister of theirs was interrupted before the release.
+            Err(Error::NotOwner { node, epoch, .. }) if takeover.force => {
+                let from = Lease {
+                    node: Some(node),
+                    epoch,
+                };
+                take_from_dead(wd, j, &from, takeover.lease_time)?
+            }
+            r => r?,
+        },
+    };
     crashpoint("register", 1);
-    let epoch = match (&forced, &lease_now) {
-        (Some(_), Some(from)) => lease::take_over(wd, j, from),
-        _ => lease::acquire(wd, j),
-    };
-    let epoch = match epoch {
-        Ok(e) => e,
-        Err(e) => {
-            remove(&journal_path(wd, j))?;
-            return Err(e);
-        }
-    };
-    crashpoint("register", 2);
-    register_steps(wd, reg, j, row_of)?;
+    finish_register(wd, reg, j, row_of)?;
     Ok(epoch)
 }
 
-fn register_steps(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -> Result<()> {
-    let (registered, unregistered) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
-    if unregistered.exists() {
-        copy_definition(&unregistered, &registered)?;
+/// Take the lease from its owner, once that owner's heartbeat has been
+/// still for `lease_time`.
+fn take_from_dead(wd: &Workdir, j: &Jname, from: &Lease, lease_time: Duration) -> Result<u64> {
+    let node = from.node.clone().unwrap_or_default();
+    if !heartbeat::still_for(wd, &node, lease_time)? {
+        return Err(Error::NotOwner {
+            jname: j.clone(),
+            node: format!(
+                "{node} (alive: its heartbeat moved within {}s)",
+                lease_time.as_secs()
+            ),
+            epoch: from.epoch,
+        });
     }
+    lease::take_over(wd, j, from)
+}
+
+/// The rest of a register once this node holds the lease: the definition
+/// copied from `jails-rcconf/` (when it is still there), then removed from
+/// it, then the row.
+fn finish_register(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -> Result<()> {
+    let (sys, rc) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
+    let def = match read_definition(wd, j, &rc)? {
+        Some((bytes, def)) => {
+            write_definition(&sys, &bytes)?;
+            crashpoint("register", 2);
+            remove(&rc)?;
+            def
+        }
+        None => crate::envdef::load(wd, j, &sys)?,
+    };
     crashpoint("register", 3);
-    let def = crate::envdef::load(wd, j, &registered)?;
-    reg.upsert(&row_of(wd, &def)?)?;
-    crashpoint("register", 4);
-    remove(&unregistered)?;
-    crashpoint("register", 5);
-    remove(&journal_path(wd, j))
+    reg.upsert(&row_of(wd, &def)?)
 }
 
 /// The pool ids an env was created with, stored in its system dir.

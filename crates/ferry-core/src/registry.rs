@@ -66,6 +66,16 @@ impl Registry {
         Ok(Registry { conn, path })
     }
 
+    /// Commit without waiting for the disk (SQLite `synchronous=NORMAL`
+    /// in WAL mode: a power loss may undo the last commits, never tear
+    /// one). For rows that can be rebuilt from shared storage, as
+    /// registration's are (see `register::settle`).
+    pub fn relaxed(&self) -> Result<()> {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(self.err())
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
         move |source| Error::Registry {
             path: self.path.clone(),

@@ -25,6 +25,10 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     let interval = Duration::from_secs(a.heartbeat.max(1));
     let lease_time = Duration::from_secs(a.lease_time.max(1));
     tracing::info!(node = wd.nodename(), ?interval, "daemon started");
+    // Finish what a crash left of registers and unregisters here.
+    for (j, e) in ferry_core::register::settle_all(&wd, &reg, &crate::shared::row_any) {
+        tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted operation");
+    }
     let mut last_beat = Instant::now();
     let mut first = true;
     while !stop.load(Ordering::SeqCst) {

@@ -170,25 +170,78 @@ fn per_env(
     done: &str,
     op: impl Fn(&Workdir, &Jname) -> Result<()>,
 ) -> Outcome {
-    let results: Vec<EnvResult> = names
+    let results = names
         .iter()
         .map(|j| {
             let r = ferry_core::lock::EnvLock::acquire(wd, j).and_then(|_lock| op(wd, j));
-            match r {
-                Ok(()) => EnvResult {
-                    jname: j.to_string(),
-                    code: exit::OK,
-                    message: format!("{j} {done}"),
-                },
-                Err(e) => EnvResult {
-                    jname: j.to_string(),
-                    code: exit::for_kind(e.kind()),
-                    message: error_chain(&e),
-                },
-            }
+            env_result(j, done, r)
         })
         .collect();
     Outcome::PerEnv { results }
+}
+
+/// How many envs [`per_env_parallel`] works on at once.
+const WORKERS: usize = 16;
+
+/// Like [`per_env`], `op` running on up to [`WORKERS`] envs at once, each
+/// worker with its own registry connection: for operations whose time goes
+/// to round trips to shared storage, which overlap. Results keep the order
+/// of `names`; an env for which `op` returns `Ok(false)` (not one it
+/// applies to) is left out of them.
+fn per_env_parallel(
+    wd: &Workdir,
+    names: Vec<Jname>,
+    done: &str,
+    op: impl Fn(&Workdir, &Registry, &Jname) -> Result<bool> + Sync,
+) -> Vec<EnvResult> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<EnvResult>>> =
+        names.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let work = || {
+        let reg = Registry::open(&wd.db_dir()).and_then(|r| r.relaxed().map(|()| r));
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(j) = names.get(i) else { break };
+            let r = match &reg {
+                Ok(reg) => {
+                    ferry_core::lock::EnvLock::acquire(wd, j).and_then(|_lock| op(wd, reg, j))
+                }
+                Err(e) => Err(Error::Failed(format!("cannot open the registry: {e}"))),
+            };
+            if let Ok(mut slot) = slots[i].lock() {
+                *slot = match r {
+                    Ok(false) => None,
+                    r => Some(env_result(j, done, r.map(|_| ()))),
+                };
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..WORKERS.min(names.len()) {
+            s.spawn(work);
+        }
+        work();
+    });
+    slots
+        .into_iter()
+        .filter_map(|slot| slot.into_inner().ok().flatten())
+        .collect()
+}
+
+fn env_result(j: &Jname, done: &str, r: Result<()>) -> EnvResult {
+    match r {
+        Ok(()) => EnvResult {
+            jname: j.to_string(),
+            code: exit::OK,
+            message: format!("{j} {done}"),
+        },
+        Err(e) => EnvResult {
+            jname: j.to_string(),
+            code: exit::for_kind(e.kind()),
+            message: error_chain(&e),
+        },
+    }
 }
 
 /// An error and all its causes on one line, each said once.

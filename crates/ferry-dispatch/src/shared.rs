@@ -4,26 +4,38 @@
 use std::time::Duration;
 
 use ferry_api::Outcome;
-use ferry_core::register::{self, RowOf, Takeover};
-use ferry_core::{EnvKind, Error, Jname, NameSelector, Result};
+use ferry_core::register::{self, Takeover};
+use ferry_core::{EnvKind, Error, NameSelector, Result};
 
-use crate::{per_env, select, Context};
+use crate::{per_env_parallel, select, Context};
 
-fn row_of(kind: EnvKind) -> RowOf<'static> {
-    match kind {
-        EnvKind::Jail => &ferry_jail::row_of,
-        EnvKind::Vm => &ferry_vm::row_of,
+/// The kind a definition declares (CBSD's `emulator`).
+fn kind_of(def: &ferry_core::rcconf::Definition) -> EnvKind {
+    match def.get("emulator") {
+        None | Some("jail") => EnvKind::Jail,
+        Some(_) => EnvKind::Vm,
     }
 }
 
-/// The kind an unregistered definition declares (CBSD's `emulator`);
-/// `None` when it cannot be read, so that a glob reports it as an error
-/// instead of skipping it.
-fn emulator_kind(wd: &ferry_core::Workdir, j: &Jname) -> Option<EnvKind> {
-    let def = ferry_core::rcconf::Definition::load(&wd.unregistered_rcconf(j), wd.root()).ok()?;
-    match def.get("emulator") {
-        None | Some("jail") => Some(EnvKind::Jail),
-        Some(_) => Some(EnvKind::Vm),
+/// The row of a definition of either kind.
+pub(crate) fn row_any(
+    wd: &ferry_core::Workdir,
+    def: &ferry_core::rcconf::Definition,
+) -> Result<ferry_core::registry::EnvRow> {
+    match kind_of(def) {
+        EnvKind::Jail => ferry_jail::row_of(wd, def),
+        EnvKind::Vm => ferry_vm::row_of(wd, def),
+    }
+}
+
+/// Push what a batch changed on shared storage to disk with one `syncfs`
+/// per file system, where the file system implements it (FUSE mounts
+/// such as GlusterFS's may not; their bricks' journals order the changes).
+fn flush(wd: &ferry_core::Workdir) {
+    for d in [wd.rcconf_dir(), wd.root().join("jails-system")] {
+        if let Err(e) = ferry_core::atomic::sync_fs(&d) {
+            tracing::warn!(dir = %d.display(), error = %e, "syncfs failed");
+        }
     }
 }
 
@@ -35,9 +47,12 @@ pub fn unregister(ctx: &Context, sel: &NameSelector, kind: EnvKind) -> Result<Ou
         NameSelector::One(j) => vec![j.clone()],
         NameSelector::Glob(_) => select(&reg, kind, sel)?,
     };
-    Ok(per_env(&wd, names, "unregistered", |wd, j| {
-        register::unregister(wd, &reg, j, kind, row_of(kind))
-    }))
+    drop(reg);
+    let results = per_env_parallel(&wd, names, "unregistered", |wd, reg, j| {
+        register::unregister(wd, reg, j, kind, &row_any).map(|()| true)
+    });
+    flush(&wd);
+    Ok(Outcome::PerEnv { results })
 }
 
 pub fn register(
@@ -48,24 +63,26 @@ pub fn register(
     lease_time: u64,
 ) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
-    let names: Vec<Jname> = match sel {
+    let glob = matches!(sel, NameSelector::Glob(_));
+    let names = match sel {
         NameSelector::One(j) => vec![j.clone()],
-        NameSelector::Glob(_) => {
-            let n: Vec<Jname> = register::unregistered_names(&wd, |name| sel.matches(name))?
-                .into_iter()
-                .filter(|j| emulator_kind(&wd, j).is_none_or(|k| k == kind))
-                .collect();
-            if n.is_empty() {
-                return Err(Error::NoMatch(sel.to_string()));
-            }
-            n
-        }
+        NameSelector::Glob(_) => register::unregistered_names(&wd, |name| sel.matches(name))?,
     };
     let takeover = Takeover {
         force,
         lease_time: Duration::from_secs(lease_time),
     };
-    Ok(per_env(&wd, names, "registered", |wd, j| {
-        register::register(wd, &reg, j, kind, takeover, row_of(kind)).map(|_| ())
-    }))
+    drop(reg);
+    let results = per_env_parallel(&wd, names, "registered", |wd, reg, j| {
+        match register::register(wd, reg, j, kind, takeover, &row_any) {
+            // A glob of jails passes over the VMs, and the other way round.
+            Err(Error::WrongKind { .. }) if glob => Ok(false),
+            r => r.map(|_| true),
+        }
+    });
+    flush(&wd);
+    if results.is_empty() {
+        return Err(Error::NoMatch(sel.to_string()));
+    }
+    Ok(Outcome::PerEnv { results })
 }
