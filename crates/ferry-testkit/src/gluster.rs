@@ -1172,75 +1172,6 @@ mod tests {
         assert!(setup < Duration::from_secs(60) && teardown < Duration::from_secs(60));
     }
 
-    /// A test node: a network namespace on a bridge of this one.
-    struct Node {
-        ns: String,
-        bridge: String,
-        port: String,
-        host_addr: String,
-    }
-
-    fn ip(args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    impl Node {
-        fn new() -> Node {
-            let r = random_u64().unwrap();
-            let tag = format!("{:06x}", r & 0xff_ffff);
-            let net = format!("10.213.{}", (r >> 24) % 250 + 1);
-            let n = Node {
-                ns: format!("fgl{tag}"),
-                bridge: format!("fgb{tag}"),
-                port: format!("fgh{tag}"),
-                host_addr: format!("{net}.1"),
-            };
-            let peer = format!("fgn{tag}");
-            ip(&["netns", "add", &n.ns]);
-            ip(&["link", "add", &n.bridge, "type", "bridge"]);
-            ip(&["addr", "add", &format!("{net}.1/24"), "dev", &n.bridge]);
-            ip(&["link", "set", &n.bridge, "up"]);
-            ip(&[
-                "link", "add", &n.port, "type", "veth", "peer", "name", &peer,
-            ]);
-            ip(&["link", "set", &n.port, "master", &n.bridge, "up"]);
-            ip(&["link", "set", &peer, "netns", &n.ns]);
-            ip(&[
-                "-n",
-                &n.ns,
-                "addr",
-                "add",
-                &format!("{net}.2/24"),
-                "dev",
-                &peer,
-            ]);
-            ip(&["-n", &n.ns, "link", "set", &peer, "up"]);
-            ip(&["-n", &n.ns, "link", "set", "lo", "up"]);
-            n
-        }
-
-        fn link(&self, up: bool) {
-            ip(&["link", "set", &self.port, if up { "up" } else { "down" }]);
-        }
-    }
-
-    impl Drop for Node {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-            let _ = Command::new("ip")
-                .args(["link", "del", &self.port])
-                .output();
-            let _ = Command::new("ip")
-                .args(["link", "del", &self.bridge])
-                .output();
-        }
-    }
-
     /// The split-brain guard's premise: a node cut off the storage loses its
     /// lock within a bounded time, and never writes through it again.
     #[test]
@@ -1249,9 +1180,9 @@ mod tests {
         let (a, b) = (dirs.path().join("a"), dirs.path().join("b"));
         fs::create_dir(&a).unwrap();
         fs::create_dir(&b).unwrap();
-        let node = Node::new();
-        let vol = GlusterVolume::create_at(&node.host_addr).unwrap();
-        vol.mount_in_netns(&node.ns, &a).unwrap();
+        let net = crate::net::TestNet::new(1);
+        let vol = GlusterVolume::create_at(net.host_addr()).unwrap();
+        vol.mount_in_netns(&net.node(0).ns, &a).unwrap();
         vol.mount(&b).unwrap();
         fs::write(a.join("lease"), "").unwrap();
         let mut holder = Holder::spawn(&a.join("lease"), false);
@@ -1260,7 +1191,7 @@ mod tests {
         let f = open_rw(&b.join("lease"));
         assert!(fcntl(&f, FcntlArg::F_SETLK(&wrlock())).is_err());
 
-        node.link(false);
+        net.link(0, false);
         let cut = Instant::now();
         let (tx, rx) = mpsc::channel();
         let waiter = std::thread::spawn(move || {
@@ -1278,7 +1209,7 @@ mod tests {
         eprintln!("lock taken through b {:?} after the cut", got - cut);
         let _held = waiter.join().unwrap();
 
-        node.link(true);
+        net.link(0, true);
         let back = Instant::now();
         // (Not a stat of `lease`: glusterfs serves it through the holder's
         // open fd, which now fails.)

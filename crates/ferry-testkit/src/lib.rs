@@ -4,6 +4,7 @@
 //! also when the test panicked.
 
 pub mod gluster;
+pub mod net;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,6 +23,8 @@ pub struct TestWorkdir {
     bin: PathBuf,
     dir: tempfile::TempDir,
     bridges: Mutex<Vec<String>>,
+    /// The network namespace this node's commands run in, if any.
+    netns: Option<String>,
 }
 
 /// Several nodes on one machine sharing their shared dirs.
@@ -31,46 +34,69 @@ pub struct TestCluster {
     pub nodes: Vec<TestWorkdir>,
     /// Then the volume, which unmounts its FUSE mounts.
     gluster: Option<gluster::GlusterVolume>,
+    /// Then the nodes' network namespaces.
+    net: Option<net::TestNet>,
     shared: tempfile::TempDir,
+}
+
+/// What a [`TestCluster`]'s shared dirs are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// One plain directory, bind-mounted into every node (the embedded default).
+    Plain,
+    /// One GlusterFS volume, FUSE-mounted once per node.
+    GlusterFS,
 }
 
 impl TestCluster {
     /// `n` nodes (`n1`, `n2` ...) on a plain shared directory.
     pub fn plain(bin: &str, n: usize) -> TestCluster {
-        let shared = tempfile::Builder::new()
-            .prefix("ferry-s")
-            .tempdir_in("/tmp")
-            .expect("shared dir");
-        let nodes = (1..=n)
-            .map(|i| TestWorkdir::node(bin, &format!("n{i}"), shared.path()))
-            .collect();
-        TestCluster {
-            nodes,
-            shared,
-            gluster: None,
-        }
+        TestCluster::new(bin, n, Storage::Plain, false)
     }
 
     /// `n` nodes on one GlusterFS volume: each node FUSE-mounts the volume
     /// once and binds its four shared dirs from that mount.
     pub fn glusterfs(bin: &str, n: usize) -> TestCluster {
-        let volume = gluster::GlusterVolume::create().expect("GlusterFS volume");
+        TestCluster::new(bin, n, Storage::GlusterFS, false)
+    }
+
+    /// `n` nodes on `storage`; with `netns`, each node runs its commands in
+    /// its own network namespace with its own address (see [`net::TestNet`];
+    /// the storage mounts stay in the host's namespace).
+    pub fn new(bin: &str, n: usize, storage: Storage, netns: bool) -> TestCluster {
+        let net = netns.then(|| net::TestNet::new(n));
+        let volume = (storage == Storage::GlusterFS)
+            .then(|| gluster::GlusterVolume::create().expect("GlusterFS volume"));
         let shared = tempfile::Builder::new()
-            .prefix("ferry-g")
+            .prefix("ferry-s")
             .tempdir_in("/tmp")
-            .expect("mount dirs");
-        let mut nodes = Vec::with_capacity(n);
-        for i in 1..=n {
-            let mnt = shared.path().join(format!("n{i}"));
-            fs::create_dir_all(&mnt).expect("mount point");
-            volume.mount(&mnt).expect("mount the volume");
-            nodes.push(TestWorkdir::node(bin, &format!("n{i}"), &mnt));
-        }
+            .expect("shared dir");
+        let nodes = (1..=n)
+            .map(|i| {
+                let dir = match &volume {
+                    Some(v) => {
+                        let mnt = shared.path().join(format!("n{i}"));
+                        fs::create_dir_all(&mnt).expect("mount point");
+                        v.mount(&mnt).expect("mount the volume");
+                        mnt
+                    }
+                    None => shared.path().to_path_buf(),
+                };
+                let ns = net.as_ref().map(|t| t.node(i - 1).ns.clone());
+                TestWorkdir::node_in(bin, &format!("n{i}"), &dir, ns)
+            })
+            .collect();
         TestCluster {
             nodes,
+            gluster: volume,
+            net,
             shared,
-            gluster: Some(volume),
         }
+    }
+
+    /// The nodes' network namespaces, if they have their own.
+    pub fn net(&self) -> Option<&net::TestNet> {
+        self.net.as_ref()
     }
 
     /// The volume of a GlusterFS cluster.
@@ -85,6 +111,42 @@ impl TestCluster {
             Some(_) => self.shared.path().join("n1"),
             None => self.shared.path().to_path_buf(),
         }
+    }
+}
+
+/// A running `ferry daemon`, killed on drop.
+#[derive(Debug)]
+pub struct Daemon(std::process::Child);
+
+impl Daemon {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, and it must exit cleanly.
+    #[track_caller]
+    pub fn terminate(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = self.0.wait().expect("wait");
+        assert!(
+            status.success(),
+            "the daemon did not stop cleanly: {status}"
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -118,6 +180,7 @@ impl TestWorkdir {
             bin: PathBuf::from(bin),
             dir,
             bridges: Mutex::new(Vec::new()),
+            netns: None,
         };
         t.ok(&["initenv", "nodename=t1"]);
         t
@@ -127,6 +190,11 @@ impl TestWorkdir {
     /// mounts of the dirs in `shared` (a plain shared directory, the
     /// embedded default), initialized as `nodename`, with a busybox base.
     pub fn node(bin: &str, nodename: &str, shared: &Path) -> TestWorkdir {
+        TestWorkdir::node_in(bin, nodename, shared, None)
+    }
+
+    /// A node whose commands run in the network namespace `netns`.
+    pub fn node_in(bin: &str, nodename: &str, shared: &Path, netns: Option<String>) -> TestWorkdir {
         preflight();
         let dir = tempfile::Builder::new()
             .prefix("ferry-n")
@@ -149,6 +217,7 @@ impl TestWorkdir {
             bin: PathBuf::from(bin),
             dir,
             bridges: Mutex::new(Vec::new()),
+            netns,
         };
         t.ok(&["initenv", &format!("nodename={nodename}")]);
         t.ok(&["base", "mode=create", "name=busybox"]);
@@ -187,15 +256,48 @@ impl TestWorkdir {
 
     /// Run with extra environment variables (e.g. `FERRY_CRASH_AT`).
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let out = Command::new(&self.bin)
-            .arg("--workdir")
-            .arg(self.root())
-            .args(args)
-            .env_remove("workdir")
+        let out = self
+            .command(args)
             .envs(env.iter().copied())
             .output()
             .expect("run ferry");
         Run::from(out)
+    }
+
+    /// `ferry --workdir <root> args...` as a command to spawn, in this
+    /// node's network namespace if it has one.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        c.arg("--workdir")
+            .arg(self.root())
+            .args(args)
+            .env_remove("workdir");
+        c
+    }
+
+    /// Start `ferry daemon args...` for this node; it is killed on drop.
+    pub fn daemon(&self, args: &[&str]) -> Daemon {
+        let mut all = vec!["daemon"];
+        all.extend_from_slice(args);
+        let child = self
+            .command(&all)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        Daemon(child)
+    }
+
+    /// The network namespace this node runs in, if it has its own.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// Run and require exit 0; returns stdout.

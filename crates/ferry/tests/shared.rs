@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use ferry_core::heartbeat;
-use ferry_testkit::{assert_same, snapshot, TestCluster, TestWorkdir};
+use ferry_testkit::{assert_same, snapshot, Storage, TestCluster, TestWorkdir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -203,7 +203,7 @@ fn a_crash_in_the_middle_of_a_glob_loses_nothing_and_the_daemon_finishes_it() {
         .filter(|j| owner(n2, j).starts_with("node=n2\n"))
         .count();
     assert!(held > n2.jls().len(), "no register was left half done");
-    let d = Daemon::start(n2);
+    let d = n2.daemon(&["heartbeat=1", "lease_time=5"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while n2.jls().len() < held && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -336,8 +336,21 @@ fn a_vm_moves_between_nodes_and_boots_from_the_same_disk() {
 
 #[test]
 fn on_glusterfs_a_jail_and_a_vm_move_without_copying_and_one_register_wins() {
-    let c = TestCluster::glusterfs(BIN, 2);
+    // Each node in its own network namespace, as the cluster tests run them.
+    let c = TestCluster::new(BIN, 2, Storage::GlusterFS, true);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let net = c.net().expect("namespaces");
+    for (i, n) in [n1, n2].into_iter().enumerate() {
+        let inv = ferry_core::registry::Registry::open(&n.workdir().db_dir())
+            .and_then(|r| r.inventory("node"))
+            .expect("inventory")
+            .unwrap_or_default();
+        assert!(
+            inv.contains(&net.node(i).addr) && !inv.contains(&net.node(1 - i).addr),
+            "node {} records {inv}",
+            i + 1
+        );
+    }
     n1.ok(&["jcreate", "jname=gj", "runasap=1"]);
     n1.ok(&[
         "jexec",
@@ -395,46 +408,6 @@ fn on_glusterfs_a_jail_and_a_vm_move_without_copying_and_one_register_wins() {
     }
 }
 
-/// A `ferry daemon` of one node, killed on drop.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(t: &TestWorkdir) -> Daemon {
-        let child = std::process::Command::new(BIN)
-            .arg("--workdir")
-            .arg(t.root())
-            .args(["daemon", "heartbeat=1", "lease_time=5"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the daemon");
-        Daemon(child)
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    /// SIGTERM, and it must exit cleanly.
-    fn terminate(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let status = self.0.wait().expect("wait");
-        assert!(
-            status.success(),
-            "the daemon did not stop cleanly: {status}"
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_dead_owner_is_taken_over_and_fences_itself_when_it_comes_back() {
     dead_owner_is_taken_over(&TestCluster::plain(BIN, 2));
@@ -449,7 +422,7 @@ fn dead_owner_is_taken_over(c: &TestCluster) {
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     n1.ok(&["jcreate", "jname=guarded", "astart=1"]);
     // The daemon starts astart envs and beats the heartbeat.
-    let d = Daemon::start(n1);
+    let d = n1.daemon(&["heartbeat=1", "lease_time=5"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while n1.status("guarded") != "running" {
         assert!(
@@ -471,7 +444,7 @@ fn dead_owner_is_taken_over(c: &TestCluster) {
     n2.ok(&["jstart", "jname=guarded"]);
 
     // n1 comes back: its daemon sees the lease superseded and stops its copy.
-    let d = Daemon::start(n1);
+    let d = n1.daemon(&["heartbeat=1", "lease_time=5"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while n1.jls().contains_key("guarded") {
         assert!(Instant::now() < deadline, "n1 did not fence itself");
