@@ -29,6 +29,7 @@ const COLUMNS: &[&str] = &[
     "created",
     "started",
     "finished",
+    "daemon",
     "pid",
     "command",
     "reason",
@@ -100,7 +101,7 @@ pub fn check_node(wd: &Workdir, node: &str) -> Result<()> {
 
 fn submit(ctx: &Context, a: &TaskArgs) -> Result<Outcome> {
     let words = &a.cmd;
-    let joined = shell_words::join(words);
+    let joined = show(words);
     let Some(first) = words.first() else {
         return Err(Error::bad_value(
             "cmd",
@@ -158,8 +159,9 @@ fn row(t: &TaskRow) -> serde_json::Value {
         "created": t.created,
         "started": t.started,
         "finished": t.finished,
+        "daemon": t.claimer.as_ref().map(|c| c.pid),
         "pid": t.runner.map(|(pid, _)| pid),
-        "command": shell_words::join(&t.words),
+        "command": show(&t.words),
         "reason": t.reason,
         "log": t.log,
     })
@@ -279,7 +281,7 @@ fn run_claimed(ctx: &Context, id: u64, run: u32) -> Result<Outcome> {
     println!(
         "--- {} task {id} run {run} pid {me}: {}",
         stamp(),
-        shell_words::join(&words)
+        show(&words)
     );
     let code = match Command::parse_words(&words) {
         Ok(cmd) if !NOT_QUEUEABLE.contains(&cmd.name()) => match dispatch(ctx, cmd) {
@@ -306,6 +308,28 @@ fn run_claimed(ctx: &Context, id: u64, run: u32) -> Result<Outcome> {
     store.finish(id, run, code)?;
     remove_log_if_flushed(&wd, &store, id);
     Ok(Outcome::Exited { status: code })
+}
+
+/// A command line for people: words joined by spaces, quoted only where
+/// a word would otherwise read wrongly.
+fn show(words: &[String]) -> String {
+    let plain = |w: &str| {
+        !w.is_empty()
+            && !w
+                .chars()
+                .any(|c| c.is_whitespace() || "'\"\\$`;&|<>()*?[]#~".contains(c))
+    };
+    words
+        .iter()
+        .map(|w| {
+            if plain(w) {
+                w.clone()
+            } else {
+                shell_words::quote(w).into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The outcome as the CLI would print it, into the task's log.
