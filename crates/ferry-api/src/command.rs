@@ -419,9 +419,9 @@ commands! {
         tasks: u32 = Default("2"),
     }
 
-    /// The local task queue (CBSD's task): deferred ferry commands that the
-    /// node daemon runs, each in its own process, with its output in
-    /// var/log/tasks/<id>.log.
+    /// The local task queue (CBSD's task): queue, list, cancel or flush deferred commands.
+    /// The node daemon runs each queued ferry command in its own process, its
+    /// output in var/log/tasks/ID.log.
     /// mode=new queues the ferry command given as the trailing words
     /// (e.g. `ferry task mode=new after=3 jstart jname=web1`) and prints its id;
     /// mode=list lists the tasks; mode=cancel cancels a pending task, or stops a
@@ -537,6 +537,29 @@ mod tests {
             keys.dedup();
             assert_eq!(keys.len(), args.len(), "{}", spec.name);
         }
+    }
+
+    #[test]
+    fn a_task_carries_a_whole_command_line() {
+        let Command::Task(t) =
+            parse(&["task", "mode=new", "after=3", "jstart", "jname=web1"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((t.mode, t.after), (TaskMode::New, Some(3)));
+        assert_eq!(t.cmd, ["jstart", "jname=web1"]);
+        assert!(matches!(
+            Command::parse_words(&t.cmd).unwrap(),
+            Command::Jstart(_)
+        ));
+        assert!(Command::parse_words(&[]).is_err());
+        assert!(parse(&["task", "mode=cancel", "id=abc"]).is_err());
+        assert!(parse(&["task", "autoflush=3"]).is_err());
+        let raw = RawArgs::from_json(&serde_json::json!({"mode": "new", "cmd": ["jls"]})).unwrap();
+        let Command::Task(t) = Command::parse("task", raw).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.cmd, ["jls"]);
     }
 
     #[test]
