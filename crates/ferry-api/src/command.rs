@@ -124,6 +124,13 @@ macro_rules! commands {
                 }
             }
 
+            /// Type a whole ferry command line given word by word (the
+            /// command word first), e.g. the words of a queued task.
+            pub fn parse_words(words: &[String]) -> Result<Command, ArgError> {
+                let (name, args) = words.split_first().ok_or(ArgError::Missing { key: "cmd" })?;
+                Command::parse(name, RawArgs::from_words(args.iter().cloned())?)
+            }
+
             /// The command's word.
             pub fn name(&self) -> &'static str {
                 match self { $( Command::$variant(_) => $name, )+ }
@@ -179,6 +186,17 @@ crate::keyword_enum! {
 crate::keyword_enum! {
     /// What `bcheckpoint` does.
     pub enum CheckpointMode { Create = "create", List = "list", Destroyall = "destroyall" }
+}
+
+crate::keyword_enum! {
+    /// What `task` does.
+    pub enum TaskMode { New = "new", List = "list", Cancel = "cancel", Flush = "flush", Run = "run" }
+}
+
+crate::keyword_enum! {
+    /// CBSD's `autoflush`: 0 keep the record, 1 remove it once the task is
+    /// done, 2 remove it once the task finished whatever the result.
+    pub enum TaskAutoflush { Keep = "0", OnSuccess = "1", Always = "2" }
 }
 
 commands! {
@@ -397,6 +415,44 @@ commands! {
         heartbeat: u64 = Default("2"),
         /// Seconds of failed heartbeats after which this node stops all its envs.
         lease_time: u64 = Default("30"),
+        /// How many queued tasks this daemon runs at once (0: it runs none).
+        tasks: u32 = Default("2"),
+    }
+
+    /// The local task queue (CBSD's task): queue, list, cancel or flush deferred commands.
+    /// The node daemon runs each queued ferry command in its own process, its
+    /// output in var/log/tasks/ID.log.
+    /// mode=new queues the ferry command given as the trailing words
+    /// (e.g. `ferry task mode=new after=3 jstart jname=web1`) and prints its id;
+    /// mode=list lists the tasks; mode=cancel cancels a pending task, or stops a
+    /// running one; mode=flush removes finished records (all, or id=).
+    /// mode=run is internal: the daemon's runner of one claimed task.
+    Task(TaskArgs) = "task" in Cluster, listing = true {
+        /// new, list, cancel, flush (or run, internal to the daemon).
+        mode: TaskMode = Default("list"),
+        /// The task (cancel, flush, run).
+        id: Option<u64> = Optional,
+        /// The node to run on (new; default: this node).
+        node: Option<Jname> = Optional,
+        /// A task that must finish successfully first (new); if it does not,
+        /// this one is cancelled.
+        after: Option<u64> = Optional,
+        /// 0 keep the record, 1 remove it once done, 2 remove it once finished (new).
+        autoflush: TaskAutoflush = Default("0"),
+        /// 1: run again if the run was interrupted (its runner died), up to 3 runs (new).
+        retry: bool = Default("0"),
+        /// The run number a runner is started for (internal, mode=run).
+        run: Option<u32> = Optional,
+        /// Comma-separated columns to show (list).
+        display: Option<String> = Optional,
+        /// The ferry command to queue, word by word (new).
+        cmd: Vec<String> = Rest,
+    }
+
+    /// List the local task queue (the same as `task mode=list`).
+    Taskls(TasklsArgs) = "taskls" in Cluster, listing = true {
+        /// Comma-separated columns to show (CBSD's display=).
+        display: Option<String> = Optional,
     }
 
     /// Create, list or destroy checkpoints of a VM (RAM, devices and disks).
@@ -481,6 +537,29 @@ mod tests {
             keys.dedup();
             assert_eq!(keys.len(), args.len(), "{}", spec.name);
         }
+    }
+
+    #[test]
+    fn a_task_carries_a_whole_command_line() {
+        let Command::Task(t) =
+            parse(&["task", "mode=new", "after=3", "jstart", "jname=web1"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((t.mode, t.after), (TaskMode::New, Some(3)));
+        assert_eq!(t.cmd, ["jstart", "jname=web1"]);
+        assert!(matches!(
+            Command::parse_words(&t.cmd).unwrap(),
+            Command::Jstart(_)
+        ));
+        assert!(Command::parse_words(&[]).is_err());
+        assert!(parse(&["task", "mode=cancel", "id=abc"]).is_err());
+        assert!(parse(&["task", "autoflush=3"]).is_err());
+        let raw = RawArgs::from_json(&serde_json::json!({"mode": "new", "cmd": ["jls"]})).unwrap();
+        let Command::Task(t) = Command::parse("task", raw).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.cmd, ["jls"]);
     }
 
     #[test]

@@ -95,6 +95,25 @@ pub enum Error {
     },
     #[error(transparent)]
     Hook(#[from] crate::hook::HookError),
+    #[error("no task {0}")]
+    TaskNotFound(u64),
+    #[error("task {id} is {state}; {action} needs it {needs}")]
+    TaskState {
+        id: u64,
+        state: &'static str,
+        action: &'static str,
+        needs: &'static str,
+    },
+    #[error(
+        "unknown node {0:?}; this node is {1:?} (other nodes become known with `node mode=add`)"
+    )]
+    UnknownNode(String, String),
+    #[error("task store {path}")]
+    TaskStore {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
@@ -112,16 +131,21 @@ impl Error {
             Error::EnvNotFound(_)
             | Error::WrongKind { .. }
             | Error::NoMatch(_)
-            | Error::BaseNotFound(_) => ErrorKind::NotFound,
+            | Error::BaseNotFound(_)
+            | Error::TaskNotFound(_)
+            | Error::UnknownNode(..) => ErrorKind::NotFound,
             Error::EnvExists(_)
             | Error::WrongState { .. }
             | Error::BaseExists(_)
-            | Error::BaseInUse { .. } => ErrorKind::WrongState,
+            | Error::BaseInUse { .. }
+            | Error::TaskState { .. } => ErrorKind::WrongState,
             Error::NotOwner { .. } => ErrorKind::NotOwner,
             Error::NotInitialized(_) | Error::Refused(_) => ErrorKind::Refused,
-            Error::Io { .. } | Error::Registry { .. } | Error::Hook(_) | Error::Failed(_) => {
-                ErrorKind::Failed
-            }
+            Error::Io { .. }
+            | Error::Registry { .. }
+            | Error::TaskStore { .. }
+            | Error::Hook(_)
+            | Error::Failed(_) => ErrorKind::Failed,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod register;
 pub mod registry;
 pub mod runtime;
 pub mod sys;
+pub mod task;
 pub mod workdir;
 
 pub use error::{Error, ErrorKind, Result};

@@ -10,6 +10,8 @@ pub struct ProcStat {
     /// One-letter state (`R`, `S`, `Z` ...).
     pub state: char,
     pub pgrp: i32,
+    /// The session id (the pid of the session's leader).
+    pub session: i32,
     /// Start time in clock ticks since boot: with the pid, it names one
     /// process for good (a recycled pid has another start time).
     pub starttime: u64,
@@ -30,6 +32,7 @@ pub fn parse_proc_stat(stat: &str) -> Option<ProcStat> {
     Some(ProcStat {
         state: fields.first()?.chars().next()?,
         pgrp: fields.get(2)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
         // Field 22 of the whole line; the state is field 3.
         starttime: fields.get(19)?.parse().ok()?,
     })
@@ -100,6 +103,49 @@ pub fn signal(pid: i32, start: u64, sig: nix::sys::signal::Signal) -> bool {
     Signal::from_named_raw(sig as i32).is_some_and(|s| pidfd_send_signal(&fd, s).is_ok())
 }
 
+/// Whether process `pid` is alive and is the one started at `start`.
+pub fn is_alive(pid: i32, start: u64) -> bool {
+    proc_stat(pid).is_some_and(|p| p.is_live() && p.starttime == start)
+}
+
+/// The live processes of session `sid`, with their start times.
+pub fn session_members(sid: i32) -> Vec<(i32, u64)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .filter(|(_, p)| p.session == sid && p.is_live())
+        .map(|(pid, p)| (pid, p.starttime))
+        .collect()
+}
+
+/// Send `sig` to every live process of session `sid` (each through a
+/// pidfd after checking its start time, so a recycled pid is spared).
+/// Returns how many were signalled.
+pub fn signal_session(sid: i32, sig: nix::sys::signal::Signal) -> usize {
+    session_members(sid)
+        .into_iter()
+        .filter(|(pid, start)| signal(*pid, *start, sig))
+        .count()
+}
+
+/// Wait up to `limit` until session `sid` has no live process left.
+pub fn wait_session_gone(sid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if session_members(sid).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `2026-11-21T11:40:26Z`. Times before 1970 print as the epoch.
 pub fn utc_timestamp(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -145,7 +191,10 @@ mod tests {
     fn parses_proc_stat_with_awkward_comm() {
         let tail = "1 40 40 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 777 0";
         let p = parse_proc_stat(&format!("42 (a) b (c)) S {tail}")).unwrap();
-        assert_eq!((p.state, p.pgrp, p.starttime), ('S', 40, 777));
+        assert_eq!(
+            (p.state, p.pgrp, p.session, p.starttime),
+            ('S', 40, 40, 777)
+        );
         assert!(!parse_proc_stat(&format!("42 (sh) Z {tail}"))
             .unwrap()
             .is_live());

@@ -1,6 +1,7 @@
 //! `ferry daemon`, the node daemon (CBSD's cbsdd): the heartbeat and the
-//! self-fencing half of the split-brain guard (DESIGN §5, I2), and astart.
-//! The task queue and the broker arrive with the cluster issue.
+//! self-fencing half of the split-brain guard (DESIGN §5, I2), astart, and
+//! the local task queue (`queue.rs`). The broker arrives with the cluster
+//! issue.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,11 @@ use ferry_core::lock::EnvLock;
 use ferry_core::registry::{EnvRow, Registry};
 use ferry_core::{heartbeat, EnvKind, EnvState, Error, Result, Workdir};
 
+use crate::queue::Queue;
 use crate::Context;
+
+/// How often the task queue is looked at.
+const TICK: Duration = Duration::from_millis(100);
 
 pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -24,35 +29,52 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     }
     let interval = Duration::from_secs(a.heartbeat.max(1));
     let lease_time = Duration::from_secs(a.lease_time.max(1));
-    tracing::info!(node = wd.nodename(), ?interval, "daemon started");
+    let mut queue = match a.tasks {
+        0 => None,
+        n => Some(Queue::open(&wd, n as usize)?),
+    };
+    tracing::info!(
+        node = wd.nodename(),
+        ?interval,
+        tasks = a.tasks,
+        "daemon started"
+    );
     // Finish what a crash left of registers and unregisters here.
     for (j, e) in ferry_core::register::settle_all(&wd, &reg, &crate::shared::row_any) {
         tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted operation");
     }
     let mut last_beat = Instant::now();
+    let mut next_beat = Instant::now();
     let mut first = true;
     while !stop.load(Ordering::SeqCst) {
-        match heartbeat::beat(&wd) {
-            Ok(_) => last_beat = Instant::now(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot write the heartbeat");
-                if last_beat.elapsed() >= lease_time {
-                    // Others may take our envs over now: stop them all first.
-                    fence_all(&wd, &reg);
+        if Instant::now() >= next_beat {
+            match heartbeat::beat(&wd) {
+                Ok(_) => last_beat = Instant::now(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the heartbeat");
+                    if last_beat.elapsed() >= lease_time {
+                        // Others may take our envs over now: stop them all first.
+                        fence_all(&wd, &reg);
+                    }
                 }
             }
+            fence_superseded(&wd, &reg);
+            if first {
+                autostart(&wd, &reg);
+                first = false;
+            }
+            next_beat = Instant::now() + interval;
         }
-        fence_superseded(&wd, &reg);
-        if first {
-            autostart(&wd, &reg);
-            first = false;
+        if let Some(q) = queue.as_mut() {
+            if let Err(e) = q.tick(!stop.load(Ordering::SeqCst)) {
+                tracing::warn!(error = %e, "task queue");
+            }
         }
-        let until = Instant::now() + interval;
-        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        std::thread::sleep(TICK);
     }
-    tracing::info!("daemon stopped");
+    // Running tasks are left to finish: each runner records its own result.
+    let left = queue.as_ref().map_or(0, Queue::running);
+    tracing::info!(running_tasks = left, "daemon stopped");
     Ok(Outcome::message(format!(
         "daemon of {} stopped",
         wd.nodename()

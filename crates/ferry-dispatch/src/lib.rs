@@ -5,7 +5,9 @@
 mod base;
 mod daemon;
 mod jail;
+mod queue;
 mod shared;
+mod task;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -89,6 +91,8 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         }
         Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
         Command::Daemon(a) => daemon::run(ctx, a),
+        Command::Task(a) => task::run(ctx, a),
+        Command::Taskls(a) => task::list(ctx, a.display.as_deref()),
         Command::Junregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Jail),
         Command::Bunregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Vm),
         Command::Jregister(a) => {

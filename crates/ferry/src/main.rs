@@ -95,17 +95,26 @@ fn run() -> i32 {
     let mut json = matches.get_flag("json");
     // After the first key=value, clap hands every word over as an argument;
     // the global flags are still honoured there, except in a command's own
-    // trailing words (jexec).
+    // trailing words (jexec, task): those start at the first word that is
+    // neither key=value nor a flag.
     let takes_words = (spec.args)().iter().any(|a| a.ty == "WORDS");
-    if !takes_words {
-        if words.iter().any(|w| w == "--help" || w == "-h") {
-            let _ = cli().find_subcommand_mut(name).map(|c| c.print_help());
-            return exit::OK;
-        }
-        let before = words.len();
-        words.retain(|w| w != "--json");
-        json |= words.len() != before;
+    let own = if takes_words {
+        words
+            .iter()
+            .position(|w| !(w.starts_with("--") || w.contains('=')) || w == "--")
+            .unwrap_or(words.len())
+    } else {
+        words.len()
+    };
+    if words[..own].iter().any(|w| w == "--help" || w == "-h") {
+        let _ = cli().find_subcommand_mut(name).map(|c| c.print_help());
+        return exit::OK;
     }
+    let trailing = words.split_off(own);
+    let before = words.len();
+    words.retain(|w| w != "--json");
+    json |= words.len() != before;
+    words.extend(trailing);
     let workdir = matches
         .get_one::<PathBuf>("workdir")
         .cloned()
