@@ -3,6 +3,7 @@
 //! may have left (containers, network namespaces, bridges, mounts, files),
 //! also when the test panicked.
 
+pub mod beanstalkd;
 pub mod gluster;
 pub mod net;
 
