@@ -194,6 +194,11 @@ crate::keyword_enum! {
 }
 
 crate::keyword_enum! {
+    /// What `node` does.
+    pub enum NodeMode { Add = "add", List = "list", Remove = "remove" }
+}
+
+crate::keyword_enum! {
     /// CBSD's `autoflush`: 0 keep the record, 1 remove it once the task is
     /// done, 2 remove it once the task finished whatever the result.
     pub enum TaskAutoflush { Keep = "0", OnSuccess = "1", Always = "2" }
@@ -206,6 +211,9 @@ commands! {
     Initenv(InitenvArgs) = "initenv" in Setup, listing = false {
         /// This node's name (default: the current one, else the host name).
         nodename: Option<Jname> = Optional,
+        /// The broker of the cluster (host:port or beanstalk://host:port),
+        /// kept in etc/broker.conf; without one the node works alone.
+        broker: Option<String> = Optional,
     }
 
     /// Create, list or remove local read-only bases for jails.
@@ -447,6 +455,27 @@ commands! {
         display: Option<String> = Optional,
         /// The ferry command to queue, word by word (new).
         cmd: Vec<String> = Rest,
+    }
+
+    /// The nodes of the cluster (CBSD's node). mode=add asks the node, over
+    /// the broker, for its inventory and records it here (no SSH keys are
+    /// copied anywhere); mode=list shows every added or beating node: alive
+    /// or dead from its heartbeat as watched by this node's daemon, its
+    /// inventory, and how many envs it owns; mode=remove forgets a node,
+    /// refused while it owns envs unless force=1.
+    Node(NodeArgs) = "node" in Cluster, listing = true {
+        /// add, list or remove.
+        mode: NodeMode = Default("list"),
+        /// The node (add, remove).
+        node: Option<Jname> = Optional,
+        /// Remove a node that still owns envs (remove).
+        force: bool = Default("0"),
+        /// Seconds a heartbeat must stay still for its node to count as dead (list).
+        lease_time: u64 = Default("30"),
+        /// Seconds to wait for the node's answer (add).
+        timeout: u64 = Default("10"),
+        /// Comma-separated columns to show (list).
+        display: Option<String> = Optional,
     }
 
     /// List the local task queue (the same as `task mode=list`).

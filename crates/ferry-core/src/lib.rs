@@ -16,6 +16,7 @@ pub mod lock;
 pub mod model;
 pub mod name;
 pub mod net;
+pub mod node;
 pub mod rcconf;
 pub mod register;
 pub mod registry;

@@ -63,6 +63,7 @@ impl Registry {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(crate::node::SCHEMA).map_err(err)?;
         Ok(Registry { conn, path })
     }
 
@@ -76,7 +77,11 @@ impl Registry {
             .map_err(self.err())
     }
 
-    fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
         move |source| Error::Registry {
             path: self.path.clone(),
             source,

@@ -19,7 +19,8 @@ pub const DEFAULT_ROOT: &str = "/usr/jails";
 pub const SHARED_DIRS: [&str; 4] = ["jails-data", "jails-system", "jails-rcconf", "jails-fstab"];
 
 /// Local dirs created by `initenv`.
-const LOCAL_DIRS: [&str; 7] = [
+const LOCAL_DIRS: [&str; 8] = [
+    "etc",
     "var/db",
     "var/log",
     "var/run",
@@ -37,6 +38,9 @@ pub const DIR_ID: &str = "dir.id";
 pub struct Workdir {
     root: PathBuf,
     nodename: String,
+    /// The `dir.id`s as first read through this value: a `Workdir` lives
+    /// for one command, and a glob of a thousand envs reads them once.
+    ids: std::sync::Arc<std::sync::OnceLock<Vec<(String, String)>>>,
 }
 
 impl Workdir {
@@ -86,7 +90,11 @@ impl Workdir {
                 host
             }
         };
-        Ok(Workdir { root, nodename })
+        Ok(Workdir {
+            root,
+            nodename,
+            ids: Default::default(),
+        })
     }
 
     /// Open an initialized workdir.
@@ -94,7 +102,11 @@ impl Workdir {
         let root = absolute(root)?;
         let nodename = read_trimmed(&root.join("nodename"))?
             .ok_or_else(|| Error::NotInitialized(root.clone()))?;
-        Ok(Workdir { root, nodename })
+        Ok(Workdir {
+            root,
+            nodename,
+            ids: Default::default(),
+        })
     }
 
     /// The same workdir as seen by another node name (tests of several
@@ -187,9 +199,13 @@ impl Workdir {
         )
     }
 
-    /// The `dir.id` of each shared dir, in [`SHARED_DIRS`] order.
+    /// The `dir.id` of each shared dir, in [`SHARED_DIRS`] order (read
+    /// once per `Workdir` value).
     pub fn dir_ids(&self) -> Result<Vec<(String, String)>> {
-        SHARED_DIRS
+        if let Some(ids) = self.ids.get() {
+            return Ok(ids.clone());
+        }
+        let ids = SHARED_DIRS
             .iter()
             .map(|d| {
                 let p = self.root.join(d).join(DIR_ID);
@@ -197,7 +213,8 @@ impl Workdir {
                     read_trimmed(&p)?.ok_or_else(|| Error::NotInitialized(self.root.clone()))?;
                 Ok(((*d).to_owned(), id))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.ids.get_or_init(|| ids).clone())
     }
 }
 

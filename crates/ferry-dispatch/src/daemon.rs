@@ -43,6 +43,12 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     for (j, e) in ferry_core::register::settle_all(&wd, &reg, &crate::shared::row_any) {
         tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted operation");
     }
+    // The node tube, on its own thread (it waits on the broker).
+    let broker = crate::cluster::broker_uri(&wd)?;
+    let server = broker.map(|uri| {
+        let (wd, stop) = (wd.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || crate::cluster::serve(&wd, &uri, &stop))
+    });
     let mut last_beat = Instant::now();
     let mut next_beat = Instant::now();
     let mut first = true;
@@ -59,6 +65,7 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
                 }
             }
             fence_superseded(&wd, &reg);
+            watch_nodes(&wd, &reg, lease_time);
             if first {
                 autostart(&wd, &reg);
                 first = false;
@@ -71,6 +78,9 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
             }
         }
         std::thread::sleep(TICK);
+    }
+    if let Some(t) = server {
+        let _ = t.join();
     }
     // Running tasks are left to finish: each runner records its own result.
     let left = queue.as_ref().map_or(0, Queue::running);
@@ -116,6 +126,22 @@ fn fence_superseded(wd: &Workdir, reg: &Registry) {
                 let _ = reg.remove(&row.jname);
             }
             Err(e) => tracing::error!(jname = %row.jname, error = %e, "self-fencing failed"),
+        }
+    }
+}
+
+/// Look at every other node's heartbeat: `node mode=list` judges them from
+/// what the daemon saw.
+fn watch_nodes(wd: &Workdir, reg: &Registry, lease_time: Duration) {
+    let mut names = ferry_core::node::beating(wd);
+    if let Ok(added) = reg.nodes() {
+        names.extend(added.into_iter().map(|n| n.name.to_string()));
+    }
+    names.sort();
+    names.dedup();
+    for n in names.iter().filter(|n| n.as_str() != wd.nodename()) {
+        if let Err(e) = ferry_core::node::observe(wd, reg, n, lease_time) {
+            tracing::warn!(node = %n, error = %e, "cannot watch the heartbeat");
         }
     }
 }

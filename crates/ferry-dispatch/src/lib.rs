@@ -3,8 +3,10 @@
 //! later). Handlers are short: open, call the engine, shape the outcome.
 
 mod base;
+mod cluster;
 mod daemon;
 mod jail;
+mod node;
 mod queue;
 mod shared;
 mod task;
@@ -45,7 +47,7 @@ impl Context {
 pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
     tracing::debug!(command = cmd.name(), "dispatch");
     match cmd {
-        Command::Initenv(a) => initenv(&ctx.workdir, a.nodename.as_ref()),
+        Command::Initenv(a) => initenv(&ctx.workdir, a.nodename.as_ref(), a.broker.as_deref()),
         Command::Base(a) => {
             let (wd, reg) = ctx.open()?;
             base::run(&wd, &reg, a)
@@ -93,6 +95,7 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Daemon(a) => daemon::run(ctx, a),
         Command::Task(a) => task::run(ctx, a),
         Command::Taskls(a) => task::list(ctx, a.display.as_deref()),
+        Command::Node(a) => node::run(ctx, a),
         Command::Junregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Jail),
         Command::Bunregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Vm),
         Command::Jregister(a) => {
@@ -104,8 +107,16 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
     }
 }
 
-fn initenv(root: &Path, nodename: Option<&Jname>) -> Result<Outcome> {
+fn initenv(root: &Path, nodename: Option<&Jname>, broker: Option<&str>) -> Result<Outcome> {
+    if let Some(uri) = broker {
+        // Checked before anything is written.
+        uri.parse::<ferry_broker::BrokerUri>()
+            .map_err(|e| Error::bad_value("broker", uri, e.to_string()))?;
+    }
     let wd = Workdir::init(root, nodename.map(Jname::as_str))?;
+    if let Some(uri) = broker {
+        cluster::set_broker(&wd, uri)?;
+    }
     let reg = Registry::open(&wd.db_dir())?;
     let mut inv = Inventory::collect(wd.nodename(), VERSION);
     if inv.qemu_version.is_some() {

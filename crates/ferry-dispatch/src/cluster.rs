@@ -1,0 +1,283 @@
+//! Node-to-node work over the broker (DESIGN §8): every node daemon
+//! watches its own node tube, `ferry.node.<node>`; a request names the tube
+//! its answer goes to. Requests and answers are small JSON objects; a
+//! request that cannot be read is buried, never run, and the daemon goes
+//! on.
+//!
+//! The broker a node uses is in `etc/broker.conf` of its workdir
+//! (`uri=host:port`, written by `initenv broker=`). Without one, the node
+//! works alone (the embedded default).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_api::Outcome;
+use ferry_broker::{Broker, BrokerUri, ConnectOptions, ReconnectPolicy, Reconnecting};
+use ferry_core::registry::Registry;
+use ferry_core::{Error, Jname, Result, Workdir};
+use serde::{Deserialize, Serialize};
+
+use crate::Context;
+
+/// A request on a node tube.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// What is asked: `inventory`.
+    pub kind: String,
+    /// Unique per request; the answer carries it back.
+    pub id: String,
+    /// The asking node.
+    pub from: String,
+    /// The tube the answer goes to.
+    pub reply: String,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Answer {
+    pub id: String,
+    /// 0 on success, else one of ferry's exit codes.
+    pub code: i32,
+    pub message: String,
+    #[serde(default)]
+    pub inventory: Option<serde_json::Value>,
+}
+
+/// Largest request a node tube accepts.
+const MAX_REQUEST: usize = 64 * 1024;
+
+fn conf_path(wd: &Workdir) -> PathBuf {
+    wd.root().join("etc/broker.conf")
+}
+
+/// The broker this node uses, if it has one.
+pub fn broker_uri(wd: &Workdir) -> Result<Option<BrokerUri>> {
+    let p = conf_path(wd);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", &p)(e)),
+    };
+    let uri = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix("uri="))
+        .ok_or_else(|| Error::bad_value("broker.conf", &p.to_string_lossy(), "no uri= line"))?;
+    uri.trim()
+        .parse()
+        .map(Some)
+        .map_err(|e: ferry_broker::Error| Error::bad_value("broker uri", uri, e.to_string()))
+}
+
+/// Record the broker this node uses (`initenv broker=`).
+pub fn set_broker(wd: &Workdir, uri: &str) -> Result<()> {
+    let parsed: BrokerUri = uri
+        .parse()
+        .map_err(|e: ferry_broker::Error| Error::bad_value("broker", uri, e.to_string()))?;
+    let p = conf_path(wd);
+    let text = format!("# the broker of this node (ferry initenv broker=)\nuri={parsed}\n");
+    ferry_core::atomic::write_atomic(&p, text.as_bytes(), 0o644)
+        .map_err(Error::io("cannot write", &p))
+}
+
+/// The tube a node daemon watches.
+pub fn node_tube(node: &str) -> String {
+    format!("ferry.node.{node}")
+}
+
+fn broker_err(what: &str) -> impl Fn(ferry_broker::Error) -> Error + '_ {
+    move |e| Error::Failed(format!("{what}: {e}"))
+}
+
+fn connect(uri: &BrokerUri, give_up_after: Duration) -> Result<Reconnecting> {
+    let policy = ReconnectPolicy {
+        give_up_after,
+        ..ReconnectPolicy::default()
+    };
+    Reconnecting::connect(uri.clone(), ConnectOptions::default(), policy)
+        .map_err(broker_err("cannot reach the broker"))
+}
+
+fn required_uri(wd: &Workdir) -> Result<BrokerUri> {
+    broker_uri(wd)?.ok_or_else(|| {
+        Error::Refused(format!(
+            "no broker configured for this node ({}); run `ferry initenv broker=HOST:PORT`",
+            conf_path(wd).display()
+        ))
+    })
+}
+
+/// Ask `node` for something over its node tube and wait for its answer.
+fn ask(wd: &Workdir, node: &Jname, kind: &str, timeout: Duration) -> Result<Answer> {
+    let uri = required_uri(wd)?;
+    let mut b = connect(&uri, timeout)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let reply = format!("ferry.reply.{}.{id}", wd.nodename());
+    let req = Request {
+        kind: kind.to_owned(),
+        id: id.clone(),
+        from: wd.nodename().to_owned(),
+        reply: reply.clone(),
+    };
+    let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
+    b.watch(&reply).map_err(broker_err("broker"))?;
+    b.ignore("default").map_err(broker_err("broker"))?;
+    b.use_tube(&node_tube(node.as_str()))
+        .map_err(broker_err("broker"))?;
+    b.put(
+        &body,
+        100,
+        Duration::ZERO,
+        timeout.max(Duration::from_secs(1)),
+    )
+    .map_err(broker_err("cannot send the request"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Failed(format!(
+                "node {node} did not answer within {}s: is its daemon running, with this broker ({uri})?",
+                timeout.as_secs()
+            )));
+        }
+        let Some(job) = b.reserve(left).map_err(broker_err("broker"))? else {
+            continue;
+        };
+        let _ = b.delete(job.id);
+        match serde_json::from_slice::<Answer>(&job.body) {
+            Ok(a) if a.id == id => return Ok(a),
+            _ => tracing::warn!(job = %job.id, "an answer that is not ours; dropped"),
+        }
+    }
+}
+
+/// `node mode=add`: fetch the node's inventory over the broker and keep it.
+pub fn add_node(ctx: &Context, node: &Jname, timeout: Duration) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    if node.as_str() == wd.nodename() {
+        return Err(Error::Refused(format!("{node} is this node")));
+    }
+    let a = ask(&wd, node, "inventory", timeout)?;
+    let inv = match (a.code, a.inventory) {
+        (0, Some(inv)) => inv,
+        (_, _) => return Err(Error::Failed(format!("node {node} refused: {}", a.message))),
+    };
+    if inv.get("nodename").and_then(|n| n.as_str()) != Some(node.as_str()) {
+        return Err(Error::Failed(format!(
+            "the daemon on {node}'s tube says it is {}",
+            inv.get("nodename").unwrap_or(&serde_json::Value::Null)
+        )));
+    }
+    reg.add_node(node, &inv.to_string())?;
+    Ok(Outcome::message(format!("node {node} added")))
+}
+
+/// The daemon's side: serve this node's tube until `stop`. Runs on its
+/// own thread; broker outages are waited out (reconnecting with backoff),
+/// and no request can stop it.
+pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool) {
+    let tube = node_tube(wd.nodename());
+    let mut b = Reconnecting::lazy(
+        uri.clone(),
+        ConnectOptions::default(),
+        ReconnectPolicy {
+            give_up_after: Duration::from_secs(5),
+            ..ReconnectPolicy::default()
+        },
+    );
+    let mut ready = false;
+    while !stop.load(Ordering::SeqCst) {
+        if !ready {
+            ready = b.watch(&tube).is_ok() && b.ignore("default").is_ok();
+            if !ready {
+                tracing::warn!(broker = %uri, "cannot watch the node tube; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        }
+        let job = match b.reserve(Duration::from_secs(1)) {
+            Ok(Some(job)) => job,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "node tube");
+                if e.is_connection_lost() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                continue;
+            }
+        };
+        match parse_request(&job.body) {
+            Ok(req) => {
+                let answer = answer(wd, &req);
+                let sent = serde_json::to_vec(&answer)
+                    .map_err(|e| e.to_string())
+                    .and_then(|body| {
+                        b.use_tube(&req.reply).map_err(|e| e.to_string())?;
+                        b.put(&body, 100, Duration::ZERO, Duration::from_secs(30))
+                            .map_err(|e| e.to_string())
+                    });
+                match sent {
+                    // Deleted only once answered: a crash before is redelivered.
+                    Ok(_) => drop(b.delete(job.id)),
+                    Err(e) => tracing::warn!(error = %e, "cannot answer {}", req.id),
+                }
+            }
+            Err(why) => {
+                tracing::warn!(job = %job.id, why, "a malformed request on the node tube; buried");
+                let _ = b.bury(job.id, 1000);
+            }
+        }
+    }
+}
+
+/// Read a request, refusing anything that is not exactly one.
+pub fn parse_request(body: &[u8]) -> std::result::Result<Request, String> {
+    if body.len() > MAX_REQUEST {
+        return Err(format!("{} bytes, more than {MAX_REQUEST}", body.len()));
+    }
+    let req: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let tube_ok = !req.reply.is_empty()
+        && req.reply.len() <= 200
+        && !req.reply.starts_with('-')
+        && req
+            .reply
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-+/;.$_()".contains(&c));
+    if !tube_ok {
+        return Err(format!("reply tube {:?} is not a tube name", req.reply));
+    }
+    Ok(req)
+}
+
+fn answer(wd: &Workdir, req: &Request) -> Answer {
+    let mut a = Answer {
+        id: req.id.clone(),
+        code: 0,
+        message: String::new(),
+        inventory: None,
+    };
+    match req.kind.as_str() {
+        "inventory" => {
+            let inv = Registry::open(&wd.db_dir())
+                .and_then(|r| r.inventory("node"))
+                .ok()
+                .flatten()
+                .and_then(|j| serde_json::from_str(&j).ok());
+            match inv {
+                Some(inv) => a.inventory = Some(inv),
+                None => {
+                    a.code = ferry_api::exit::FAILED;
+                    a.message = "no inventory: run initenv".into();
+                }
+            }
+        }
+        other => {
+            a.code = ferry_api::exit::USAGE;
+            a.message = format!("unknown request {other:?}");
+        }
+    }
+    a
+}
