@@ -252,7 +252,7 @@ impl Connection {
     /// Checks, without blocking, that the server has not closed the
     /// connection while it was idle, so that a put is not sent into a dead
     /// connection and reported ambiguous.
-    fn probe(&mut self) -> Result<()> {
+    pub(crate) fn probe(&mut self) -> Result<()> {
         if self.lost {
             return Ok(()); // command() reports it
         }
