@@ -72,8 +72,9 @@ impl Connection {
             source,
         };
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+        let timeout = opts.connect_timeout.max(Duration::from_millis(1));
         for addr in uri.host_port().to_socket_addrs().map_err(connect_err)? {
-            match TcpStream::connect_timeout(&addr, opts.connect_timeout) {
+            match TcpStream::connect_timeout(&addr, timeout) {
                 Ok(stream) => return Connection::from_stream(stream, opts).map_err(connect_err),
                 Err(e) => last = e,
             }
@@ -82,7 +83,9 @@ impl Connection {
     }
 
     /// Wraps a connected stream.
-    fn from_stream(stream: TcpStream, opts: ConnectOptions) -> io::Result<Connection> {
+    fn from_stream(stream: TcpStream, mut opts: ConnectOptions) -> io::Result<Connection> {
+        // A zero timeout would mean "none" to us but is an error to the OS.
+        opts.io_timeout = opts.io_timeout.max(Duration::from_millis(1));
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(opts.io_timeout))?;
         stream.set_write_timeout(Some(opts.io_timeout))?;
@@ -252,7 +255,7 @@ impl Connection {
     /// Checks, without blocking, that the server has not closed the
     /// connection while it was idle, so that a put is not sent into a dead
     /// connection and reported ambiguous.
-    fn probe(&mut self) -> Result<()> {
+    pub(crate) fn probe(&mut self) -> Result<()> {
         if self.lost {
             return Ok(()); // command() reports it
         }

@@ -212,9 +212,10 @@ pub trait Broker: Send {
 #[doc(hidden)]
 /// Entry points for the fuzz targets; not part of the API.
 pub mod fuzzing {
-    /// Parses one reply line (without `\r\n`) as the client would.
-    pub fn parse_reply(line: &[u8]) {
-        let _ = crate::proto::parse_reply(line);
+    /// Parses one reply line (without `\r\n`) as the client would;
+    /// returns whether it was accepted.
+    pub fn parse_reply(line: &[u8]) -> bool {
+        crate::proto::parse_reply(line).is_ok()
     }
 
     /// Parses a `stats-job` and a `stats-tube` body as the client would.

@@ -7,8 +7,10 @@
 //!   (another worker may hold them now). Their ids are remembered as stale:
 //!   `delete`, `release`, `bury` and `touch` of such an id fail with
 //!   [`Error::StaleJob`] without sending anything, so they can never act on
-//!   a job that is no longer ours. (A job reserved again on the new
-//!   connection is ours again.)
+//!   a job that is no longer ours. The same error ends such an operation
+//!   when the loss is found while it runs (a `delete` cut off midway may
+//!   have taken effect). A job reserved again on the new connection is ours
+//!   again.
 //! - **A put whose reply was lost** fails with [`Error::AmbiguousPut`] and is
 //!   not retried: the job may exist. A put that certainly did not reach the
 //!   server (the connection was found closed before sending, or the write
@@ -236,8 +238,19 @@ impl Reconnecting {
         ends: bool,
         op: impl FnOnce(&mut Connection) -> Result<()>,
     ) -> Result<()> {
-        if !self.reserved.contains(&id) && self.stale.contains(&id) {
+        let ours = self.reserved.contains(&id);
+        if !ours && self.stale.contains(&id) {
             return Err(Error::StaleJob(id));
+        }
+        if ours {
+            // A connection the server closed while we held the job (a
+            // restart) is found here, before anything is sent.
+            if let Some(c) = self.conn.as_mut() {
+                if c.probe().is_err() {
+                    self.lose();
+                    return Err(Error::StaleJob(id));
+                }
+            }
         }
         let r = self.once(op);
         match &r {
@@ -247,6 +260,9 @@ impl Reconnecting {
             Err(Error::NotFound(_)) => {
                 self.reserved.remove(&id);
             }
+            // Cut off midway: the server released the job, whatever the
+            // command did.
+            Err(e) if ours && e.is_connection_lost() => return Err(Error::StaleJob(id)),
             _ => {}
         }
         r
