@@ -38,6 +38,7 @@ use std::time::Duration;
 
 pub use conn::{ConnectOptions, Connection};
 pub use error::{Error, ServerError};
+pub use proto::check_tube;
 pub use reconnect::{ReconnectPolicy, Reconnecting};
 pub use uri::BrokerUri;
 

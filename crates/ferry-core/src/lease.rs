@@ -5,7 +5,7 @@
 //! a lock file beside it, by read-check-write-rename; readers need no lock,
 //! as the rename makes every read see a whole record.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::PathBuf;
 
 use crate::atomic;
@@ -73,12 +73,7 @@ struct LeaseLock {
 impl LeaseLock {
     fn take(wd: &Workdir, j: &Jname) -> Result<LeaseLock> {
         let path = wd.system_dir(j).join(".owner.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        let file = crate::lock::open_lock_file(&path)
             .map_err(Error::io("cannot open lease lock", &path))?;
         crate::lock::lock_range(&file, crate::lock::Kind::Posix, 0, 0)
             .map_err(Error::io("cannot lock lease", &path))?;
@@ -108,18 +103,7 @@ pub fn acquire(wd: &Workdir, j: &Jname) -> Result<u64> {
     match read(wd, j)? {
         Some(l) if l.node.as_deref() == Some(wd.nodename()) => Ok(l.epoch),
         Some(l) if l.node.is_some() => Err(not_owner(j, &l)),
-        current => {
-            let epoch = current.map_or(0, |l| l.epoch) + 1;
-            write(
-                wd,
-                j,
-                &Lease {
-                    node: Some(wd.nodename().to_owned()),
-                    epoch,
-                },
-            )?;
-            Ok(epoch)
-        }
+        current => take(wd, j, current.map_or(0, |l| l.epoch) + 1),
     }
 }
 
@@ -133,15 +117,16 @@ pub fn take_over(wd: &Workdir, j: &Jname, from: &Lease) -> Result<u64> {
             "the lease of {j} changed while its owner was being checked; try again"
         )));
     }
-    let epoch = from.epoch + 1;
-    write(
-        wd,
-        j,
-        &Lease {
-            node: Some(wd.nodename().to_owned()),
-            epoch,
-        },
-    )?;
+    take(wd, j, from.epoch + 1)
+}
+
+/// Write the lease as this node's at `epoch` (under the lease lock).
+fn take(wd: &Workdir, j: &Jname, epoch: u64) -> Result<u64> {
+    let mine = Lease {
+        node: Some(wd.nodename().to_owned()),
+        epoch,
+    };
+    write(wd, j, &mine)?;
     Ok(epoch)
 }
 

@@ -34,18 +34,22 @@ impl EnvLock {
     /// Block until this process holds the lock of `j`.
     pub fn acquire(wd: &Workdir, j: &Jname) -> Result<EnvLock> {
         let path = lock_file(wd);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(Error::io("cannot open lock file", &path))?;
+        let file = open_lock_file(&path).map_err(Error::io("cannot open lock file", &path))?;
         // 2^40 slots: a collision only makes two envs wait for each other.
         let offset = (fnv1a(j.as_str().as_bytes()) & ((1 << 40) - 1)) as i64;
         lock_range(&file, Kind::Ofd, offset, 1).map_err(Error::io("cannot lock", &path))?;
         Ok(EnvLock { _file: file })
     }
+}
+
+/// Open (creating if needed) a file that exists only to be locked.
+pub(crate) fn open_lock_file(path: &std::path::Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 /// Which kind of fcntl record lock.

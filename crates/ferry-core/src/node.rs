@@ -181,19 +181,18 @@ pub fn observe(wd: &Workdir, reg: &Registry, node: &str, lease_time: Duration) -
     let (boot, now) = boot_clock()?;
     let counter = crate::heartbeat::read(wd, node)?;
     let w = match reg.watch(node, &boot)? {
+        // Still: nothing to remember.
         Some(w) if w.counter == counter => w,
-        Some(w) => Watch {
-            counter,
-            moved: now,
-            ..w
-        },
-        None => Watch {
-            counter,
-            since: now,
-            moved: now,
-        },
+        seen => {
+            let w = Watch {
+                counter,
+                since: seen.map_or(now, |w| w.since),
+                moved: now,
+            };
+            reg.set_watch(node, &boot, w)?;
+            w
+        }
     };
-    reg.set_watch(node, &boot, w)?;
     Ok(judge(Some(w), now, lease_time))
 }
 

@@ -197,17 +197,11 @@ pub fn unregister(
 ) -> Result<()> {
     let (sys, rc) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
     let Some(row) = reg.get(j)? else {
-        let lease = lease::read(wd, j)?;
-        if ours(wd, lease.as_ref()) {
-            // A register of ours was interrupted: finish it, then go on.
-            finish_register(wd, reg, j, row_of)?;
+        // No row: an operation of ours may have been cut short.
+        if settle(wd, reg, j, row_of)? {
             return unregister(wd, reg, j, kind, row_of);
         }
-        if released(lease.as_ref()) && rc.exists() && sys.exists() {
-            // An unregister of ours was interrupted after removing the row.
-            return remove(&sys);
-        }
-        return Err(not_here(wd, j, lease));
+        return Err(not_here(wd, j, lease::read(wd, j)?));
     };
     if row.kind != kind {
         return Err(Error::WrongKind {

@@ -239,16 +239,7 @@ pub fn parse_request(body: &[u8]) -> std::result::Result<Request, String> {
         return Err(format!("{} bytes, more than {MAX_REQUEST}", body.len()));
     }
     let req: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let tube_ok = !req.reply.is_empty()
-        && req.reply.len() <= 200
-        && !req.reply.starts_with('-')
-        && req
-            .reply
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"-+/;.$_()".contains(&c));
-    if !tube_ok {
-        return Err(format!("reply tube {:?} is not a tube name", req.reply));
-    }
+    ferry_broker::check_tube(&req.reply).map_err(|e| format!("reply tube: {e}"))?;
     Ok(req)
 }
 

@@ -22,6 +22,10 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
+    // What the daemon writes to the registry (dropped rows of fenced envs,
+    // finished registers, heartbeat watches) is rebuilt from shared storage
+    // if a power loss undoes it: no fsync per write.
+    reg.relaxed()?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))

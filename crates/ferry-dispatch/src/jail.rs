@@ -1,10 +1,10 @@
 //! Jail commands.
 
 use ferry_api::command::JcreateArgs;
-use ferry_api::{Listing, Outcome};
+use ferry_api::Outcome;
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::Registry;
-use ferry_core::{EnvKind, Error, NameSelector, Result, Workdir};
+use ferry_core::{EnvKind, NameSelector, Result, Workdir};
 use serde_json::{json, Value};
 
 pub fn create(wd: &Workdir, reg: &Registry, a: JcreateArgs) -> Result<Outcome> {
@@ -36,8 +36,7 @@ pub fn list(
     sel: &NameSelector,
     display: Option<&str>,
 ) -> Result<Outcome> {
-    let mut l = Listing::new(&COLUMNS, display)
-        .map_err(|reason| Error::bad_value("display", display.unwrap_or(""), reason))?;
+    let mut l = crate::listing(&COLUMNS, display)?;
     for row in reg.list()? {
         if row.kind != EnvKind::Jail || !sel.matches(row.jname.as_str()) {
             continue;

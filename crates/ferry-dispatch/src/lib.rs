@@ -259,6 +259,12 @@ fn env_result(j: &Jname, done: &str, r: Result<()>) -> EnvResult {
     }
 }
 
+/// A listing of `columns`, the ones `display=` names (all when `None`).
+fn listing(columns: &[&'static str], display: Option<&str>) -> Result<ferry_api::Listing> {
+    ferry_api::Listing::new(columns, display)
+        .map_err(|reason| Error::bad_value("display", display.unwrap_or(""), reason))
+}
+
 /// An error and all its causes on one line, each said once.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();

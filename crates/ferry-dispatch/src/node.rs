@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ferry_api::command::{NodeArgs, NodeMode};
-use ferry_api::{Listing, Outcome};
+use ferry_api::Outcome;
 use ferry_core::node::{self, Liveness};
 use ferry_core::{Error, Jname, Result};
 
@@ -41,8 +41,7 @@ pub fn run(ctx: &Context, a: NodeArgs) -> Result<Outcome> {
 
 fn list(ctx: &Context, lease_time: Duration, display: Option<&str>) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
-    let mut l = Listing::new(COLUMNS, display)
-        .map_err(|e| Error::bad_value("display", display.unwrap_or(""), e))?;
+    let mut l = crate::listing(COLUMNS, display)?;
     let added = reg.nodes()?;
     let owned = node::owned_envs(&wd);
     let mut names: Vec<String> = added.iter().map(|n| n.name.to_string()).collect();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
 use ferry_api::command::{TaskArgs, TaskAutoflush, TaskMode};
-use ferry_api::{exit, Command, Listing, Outcome};
+use ferry_api::{exit, Command, Outcome};
 use ferry_core::task::{self, Autoflush, CancelStep, NewTask, TaskRow, TaskStore};
 use ferry_core::{sys, Error, Result, Workdir};
 use nix::sys::signal::Signal;
@@ -138,8 +138,7 @@ fn submit(ctx: &Context, a: &TaskArgs) -> Result<Outcome> {
 /// `task mode=list` and `taskls`.
 pub fn list(ctx: &Context, display: Option<&str>) -> Result<Outcome> {
     let (_, store) = open(ctx)?;
-    let mut l = Listing::new(COLUMNS, display)
-        .map_err(|e| Error::bad_value("display", display.unwrap_or(""), e))?;
+    let mut l = crate::listing(COLUMNS, display)?;
     for t in store.list()? {
         l.push(row(&t));
     }

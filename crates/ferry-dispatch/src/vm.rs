@@ -41,8 +41,7 @@ pub fn list(
     sel: &NameSelector,
     display: Option<&str>,
 ) -> Result<Outcome> {
-    let mut l = Listing::new(&COLUMNS, display)
-        .map_err(|reason| Error::bad_value("display", display.unwrap_or(""), reason))?;
+    let mut l = crate::listing(&COLUMNS, display)?;
     for row in reg.list()? {
         if row.kind != EnvKind::Vm || !sel.matches(row.jname.as_str()) {
             continue;
