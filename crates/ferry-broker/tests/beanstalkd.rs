@@ -24,6 +24,16 @@ fn put_reserve_delete_round_trip() {
     assert!(matches!(c.stats_job(id), Err(Error::NotFound(i)) if i == id));
     assert!(matches!(c.delete(id), Err(Error::NotFound(_))));
     assert!(c.reserve(Duration::ZERO).expect("reserve").is_none());
+
+    // Boxed, as later code holds it, and through a generic function.
+    fn take_one<B: Broker>(b: &mut B) -> Option<Vec<u8>> {
+        let job = b.reserve(Duration::ZERO).expect("reserve")?;
+        b.delete(job.id).expect("delete");
+        Some(job.body)
+    }
+    let mut boxed: Box<dyn Broker> = Box::new(c);
+    put(&mut *boxed, b"boxed");
+    assert_eq!(take_one(&mut boxed).as_deref(), Some(&b"boxed"[..]));
 }
 
 #[test]
@@ -334,4 +344,23 @@ fn round_trips_are_quick() {
         took < Duration::from_secs(5),
         "500 round trips took {took:?}"
     );
+}
+
+#[test]
+fn a_ten_megabyte_body_round_trips() {
+    let max = 16 << 20;
+    let b = Beanstalkd::builder()
+        .max_job_size(max)
+        .start()
+        .expect("beanstalkd");
+    let mut c = connect_with(&b, max as usize);
+    let body: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
+    let id = put(&mut c, &body);
+    let job = c
+        .reserve(Duration::from_secs(1))
+        .expect("reserve")
+        .expect("job");
+    assert_eq!(job.id, id);
+    assert!(job.body == body, "10 MB body differs");
+    c.delete(id).expect("delete");
 }
