@@ -147,9 +147,19 @@ fn touch_extends_ttr() {
             .id,
         left
     );
-    sleep(Duration::from_millis(3500));
-    let l = producer.stats_job(left).expect("stats");
+    let reserved_at = Instant::now();
+    let l = loop {
+        let l = producer.stats_job(left).expect("stats");
+        if l.state != JobState::Reserved || reserved_at.elapsed() > Duration::from_secs(8) {
+            break l;
+        }
+        sleep(Duration::from_millis(100));
+    };
     assert_eq!((l.state, l.timeouts), (JobState::Ready, 1));
+    assert!(
+        reserved_at.elapsed() >= Duration::from_millis(1500),
+        "not before its TTR"
+    );
     assert!(
         matches!(w2.touch(left), Err(Error::NotFound(_))),
         "no longer w2's"
