@@ -8,10 +8,10 @@
 //! gives a connection up after any I/O error, timeout or protocol violation,
 //! since a late or partial reply would otherwise be taken for the next one.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
@@ -23,6 +23,9 @@ use crate::{Broker, BrokerUri, Error, Job, JobId, JobStats, Peek, Result, Server
 const INLINE_BODY: usize = 16 * 1024;
 /// beanstalkd refuses `-z` above this, so no honest server announces more.
 const SERVER_MAX_JOB: u64 = 1 << 30;
+/// The slowest transfer of a body we wait for, in bytes per second, beyond
+/// the read timeout.
+const MIN_RATE: u64 = 1 << 20;
 
 /// Limits and timeouts of a [`Connection`].
 #[derive(Debug, Clone)]
@@ -148,7 +151,12 @@ impl Connection {
     /// Reads and parses one reply line.
     fn reply(&mut self) -> Result<Reply> {
         self.line.clear();
+        // The whole line within the read timeout, not each piece of it.
+        let deadline = Instant::now() + self.read_timeout;
         loop {
+            if !self.line.is_empty() && Instant::now() > deadline {
+                return Err(self.io_error(io::ErrorKind::TimedOut.into(), self.read_timeout));
+            }
             let buf = match self.stream.fill_buf() {
                 Ok(buf) => buf,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -185,23 +193,44 @@ impl Connection {
     /// Reads a body of `size` bytes and its `\r\n`; `size` must be within
     /// the caller's bound.
     fn body(&mut self, size: u64) -> Result<Vec<u8>> {
-        let n =
-            usize::try_from(size).map_err(|_| self.violation("body size out of range".into()))?;
+        let n = usize::try_from(size)
+            .ok()
+            .and_then(|n| n.checked_add(2))
+            .ok_or_else(|| self.violation("body size out of range".into()))?;
         let mut body = Vec::with_capacity(n);
-        let res = (&mut self.stream).take(size).read_to_end(&mut body);
-        match res {
-            Ok(got) if got == n => {}
-            Ok(_) => return Err(self.closed()),
-            Err(e) => return Err(self.io_error(e, self.read_timeout)),
+        self.read_bounded(size + 2, |chunk| body.extend_from_slice(chunk))?;
+        if body.ends_with(b"\r\n") {
+            body.truncate(n - 2);
+            Ok(body)
+        } else {
+            Err(self.violation("job body not followed by \\r\\n".into()))
         }
-        let mut crlf = [0u8; 2];
-        if let Err(e) = self.stream.read_exact(&mut crlf) {
-            return Err(self.io_error(e, self.read_timeout));
+    }
+
+    /// Passes the next `n` bytes to `out` in pieces, within the read timeout
+    /// plus the time [`MIN_RATE`] needs for them, so a server trickling a
+    /// body cannot hold us forever.
+    fn read_bounded(&mut self, n: u64, mut out: impl FnMut(&[u8])) -> Result<()> {
+        let deadline = Instant::now() + self.read_timeout + Duration::from_secs(n / MIN_RATE);
+        let mut left = n;
+        while left > 0 {
+            if Instant::now() > deadline {
+                return Err(self.io_error(io::ErrorKind::TimedOut.into(), self.read_timeout));
+            }
+            let buf = match self.stream.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error(e, self.read_timeout)),
+            };
+            if buf.is_empty() {
+                return Err(self.closed());
+            }
+            let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            out(&buf[..take]);
+            self.stream.consume(take);
+            left -= take as u64;
         }
-        if &crlf != b"\r\n" {
-            return Err(self.violation("job body not followed by \\r\\n".into()));
-        }
-        Ok(body)
+        Ok(())
     }
 
     /// Reads a job body bounded by `max_job_size`; a larger one (up to what
@@ -219,11 +248,8 @@ impl Connection {
                 "job {id} announced with an absurd size of {size} bytes"
             )));
         }
-        match io::copy(&mut (&mut self.stream).take(size + 2), &mut io::sink()) {
-            Ok(n) if n == size + 2 => Err(Error::BodyTooLarge { id, size, max }),
-            Ok(_) => Err(self.closed()),
-            Err(e) => Err(self.io_error(e, self.read_timeout)),
-        }
+        self.read_bounded(size + 2, |_| {})?;
+        Err(Error::BodyTooLarge { id, size, max })
     }
 
     /// Reads a stats body.

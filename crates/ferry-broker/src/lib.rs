@@ -210,6 +210,52 @@ pub trait Broker: Send {
     fn stats_tube(&mut self, tube: &str) -> Result<TubeStats>;
 }
 
+/// A boxed broker (`Box<dyn Broker>`) is a broker too.
+impl<B: Broker + ?Sized> Broker for Box<B> {
+    fn use_tube(&mut self, tube: &str) -> Result<()> {
+        (**self).use_tube(tube)
+    }
+    fn watch(&mut self, tube: &str) -> Result<u32> {
+        (**self).watch(tube)
+    }
+    fn ignore(&mut self, tube: &str) -> Result<u32> {
+        (**self).ignore(tube)
+    }
+    fn put(&mut self, body: &[u8], priority: u32, delay: Duration, ttr: Duration) -> Result<JobId> {
+        (**self).put(body, priority, delay, ttr)
+    }
+    fn reserve(&mut self, timeout: Duration) -> Result<Option<Job>> {
+        (**self).reserve(timeout)
+    }
+    fn delete(&mut self, id: JobId) -> Result<()> {
+        (**self).delete(id)
+    }
+    fn release(&mut self, id: JobId, priority: u32, delay: Duration) -> Result<()> {
+        (**self).release(id, priority, delay)
+    }
+    fn bury(&mut self, id: JobId, priority: u32) -> Result<()> {
+        (**self).bury(id, priority)
+    }
+    fn touch(&mut self, id: JobId) -> Result<()> {
+        (**self).touch(id)
+    }
+    fn peek(&mut self, which: Peek) -> Result<Option<Job>> {
+        (**self).peek(which)
+    }
+    fn kick(&mut self, bound: u32) -> Result<u32> {
+        (**self).kick(bound)
+    }
+    fn kick_job(&mut self, id: JobId) -> Result<()> {
+        (**self).kick_job(id)
+    }
+    fn stats_job(&mut self, id: JobId) -> Result<JobStats> {
+        (**self).stats_job(id)
+    }
+    fn stats_tube(&mut self, tube: &str) -> Result<TubeStats> {
+        (**self).stats_tube(tube)
+    }
+}
+
 #[doc(hidden)]
 /// Entry points for the fuzz targets; not part of the API.
 pub mod fuzzing {

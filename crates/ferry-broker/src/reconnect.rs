@@ -138,7 +138,7 @@ impl Reconnecting {
         let first = !self.connected_once;
         self.lose();
         let start = Instant::now();
-        let mut delay = self.policy.initial_delay;
+        let mut delay = self.policy.initial_delay.max(Duration::from_millis(1));
         loop {
             let left = self.policy.give_up_after.saturating_sub(start.elapsed());
             let opts = ConnectOptions {
@@ -160,7 +160,7 @@ impl Reconnecting {
                         }
                         return Ok(());
                     }
-                    Err(e) if e.is_connection_lost() => e,
+                    Err(e) if retryable(&e) => e,
                     Err(e) => return Err(e),
                 },
                 Err(e) => e,

@@ -273,3 +273,39 @@ fn random_replies_never_panic() {
         h.join().expect("fake");
     }
 }
+
+/// A fake that answers with `head`, then one byte every 50 ms for 3 s.
+fn trickle(head: &'static [u8]) -> (BrokerUri, JoinHandle<(Vec<u8>, TcpListener)>) {
+    fake(move |s| {
+        let _ = s.write_all(head);
+        for _ in 0..60 {
+            thread::sleep(Duration::from_millis(50));
+            if s.write_all(b"x").is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_trickling_server_times_out() {
+    for head in [
+        &b"RESERVED 1 1000\r\n"[..],
+        b"RESERVED 1 100000\r\n",
+        b"RESERVED 1 ",
+    ] {
+        let (uri, h) = trickle(head);
+        let mut c = Connection::connect(&uri, opts()).expect("connect");
+        let t = Instant::now();
+        let e = c.reserve(Duration::ZERO).expect_err("trickle");
+        assert!(matches!(e, Error::TimedOut(_)), "{e}");
+        // io_timeout 500 ms, and 1 MiB/s for the body: about 0.5 s.
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        drop(c);
+        h.join().expect("fake");
+    }
+}

@@ -244,7 +244,9 @@ impl Beanstalkd {
                 self.child = None;
                 break format!("exited with {status}");
             }
-            if answers(self.addr) && child.try_wait()?.is_none() {
+            // Ours must hold the listening socket: with a port probed free,
+            // another server may have won it, and would answer too.
+            if listens(child.id(), self.addr.port()) && answers(self.addr) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -271,6 +273,34 @@ impl Drop for Beanstalkd {
 
 fn pid(child: &Child) -> Pid {
     Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX))
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port`.
+fn listens(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let Some((_, p)) = f.get(1).and_then(|a| a.rsplit_once(':')) else {
+                continue;
+            };
+            if f.get(3) == Some(&"0A") && u16::from_str_radix(p, 16) == Ok(port) {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+    })
 }
 
 /// Whether a beanstalkd answers at `addr` (not just anything listening).
@@ -339,6 +369,23 @@ mod tests {
         assert!(ask(b.addr(), b"peek 1\r\n").starts_with("FOUND 1 5"));
         drop(b);
         assert!(!dir.exists(), "the fixture's binlog dir is removed");
+    }
+
+    #[test]
+    fn parallel_starts_get_their_own_servers() {
+        let servers: Vec<Beanstalkd> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(Beanstalkd::start)).collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("thread").expect("start"))
+                .collect()
+        });
+        for b in &servers {
+            assert!(listens(b.pid().expect("running"), b.addr().port()));
+        }
+        let mut ports: Vec<u16> = servers.iter().map(|b| b.addr().port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), servers.len());
     }
 
     #[test]
