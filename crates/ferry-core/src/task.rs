@@ -31,11 +31,13 @@ use crate::error::{Error, Result};
 use crate::sys;
 
 mod record;
+mod remote;
 mod settle;
 
 use settle::{end, end_unrecorded_in, get_in, is_running, now, sql};
 
 pub use record::{Autoflush, Claimer, NewTask, TaskRow, TaskState};
+pub use remote::{Accepted, RemoteClaim};
 
 /// How often a retryable task may run in all (its first run included).
 pub const MAX_RUNS: u32 = 3;
@@ -67,9 +69,21 @@ CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 CREATE INDEX IF NOT EXISTS tasks_after ON tasks(after);
 ";
 
+/// Columns added since the first schema, by `PRAGMA user_version`: the
+/// node-to-node fields (1).
+const MIGRATIONS: &[&str] = &["
+ALTER TABLE tasks ADD COLUMN request TEXT;
+ALTER TABLE tasks ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN origin TEXT;
+ALTER TABLE tasks ADD COLUMN reply TEXT;
+ALTER TABLE tasks ADD COLUMN replied INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX tasks_request ON tasks(request) WHERE request IS NOT NULL;
+CREATE UNIQUE INDEX tasks_origin ON tasks(origin) WHERE origin IS NOT NULL;
+"];
+
 const COLUMNS: &str = "id, node, after, autoflush, retry, command, state, exit_code, reason, \
      runs, created, started, finished, log, claimer, claimer_pid, claimer_start, runner_pid, \
-     runner_start, cancel_requested";
+     runner_start, cancel_requested, request, sent, origin, reply, replied";
 
 /// What [`TaskStore::claim`] hands the daemon: the task to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +130,27 @@ impl TaskStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(TaskStore { conn, path })
+        let mut store = TaskStore { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Bring an older store up to this schema, in one transaction (two
+    /// processes opening it at once migrate it once).
+    fn migrate(&mut self) -> Result<()> {
+        self.write(|tx| {
+            let version: usize = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(sql)?;
+            for m in MIGRATIONS.iter().skip(version) {
+                tx.execute_batch(m).map_err(sql)?;
+            }
+            if version < MIGRATIONS.len() {
+                tx.pragma_update(None, "user_version", MIGRATIONS.len())
+                    .map_err(sql)?;
+            }
+            Ok(())
+        })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -179,61 +213,31 @@ impl TaskStore {
 
     /// Every task, by id.
     pub fn list(&self) -> Result<Vec<TaskRow>> {
+        self.select("1", &[])
+    }
+
+    /// The tasks matching `filter` (SQL over the table's columns, with
+    /// `params`), by id.
+    fn select(&self, filter: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<TaskRow>> {
         let mut stmt = self
             .conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM tasks ORDER BY id"))
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE {filter} ORDER BY id"
+            ))
             .map_err(self.err())?;
         let rows = stmt
-            .query_map([], record::from_sql)
+            .query_map(params, record::from_sql)
             .map_err(self.err())?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.err())?;
         rows.into_iter().collect()
     }
 
-    /// The seam between the local queue and the cluster: claim the oldest
-    /// pending task that is to run on node `own` (no node, or `own`) and
-    /// whose `after` task is done (or flushed after success). Tasks for
-    /// other nodes stay here until the broker delivers them.
+    /// Claim the oldest pending task that is to run on node `own` (no
+    /// node, or `own`) and whose `after` task is done (or flushed after
+    /// success). Tasks for other nodes are [`TaskStore::claim_remote`]'s.
     pub fn claim(&mut self, own: &str, by: &Claimer) -> Result<Option<Claim>> {
-        self.write(|tx| {
-            let found: Option<(u64, u32, String)> = tx
-                .query_row(
-                    "SELECT t.id, t.runs, t.command FROM tasks t
-                     WHERE t.state = 'pending' AND (t.node IS NULL OR t.node = ?1)
-                       AND (t.after IS NULL
-                            OR NOT EXISTS (SELECT 1 FROM tasks a WHERE a.id = t.after)
-                            OR EXISTS (SELECT 1 FROM tasks a WHERE a.id = t.after AND a.state = 'done'))
-                     ORDER BY t.id LIMIT 1",
-                    [own],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
-                .map_err(sql)?;
-            let Some((id, runs, command)) = found else {
-                return Ok(None);
-            };
-            let run = runs + 1;
-            tx.execute(
-                "UPDATE tasks SET state = 'running', runs = ?2, started = ?3, finished = NULL,
-                     log = ?4, claimer = ?5, claimer_pid = ?6, claimer_start = ?7,
-                     runner_pid = NULL, runner_start = NULL, exit_code = NULL, reason = NULL
-                 WHERE id = ?1",
-                params![
-                    id,
-                    run,
-                    now(),
-                    log_rel(id),
-                    by.instance,
-                    by.pid,
-                    by.start as i64
-                ],
-            )
-            .map_err(sql)?;
-            let words = serde_json::from_str(&command)
-                .map_err(|e| Error::bad_value("command", &command, e.to_string()))?;
-            Ok(Some(Claim { id, run, words }))
-        })
+        self.write(|tx| Ok(claim_in(tx, own, false, by)?.map(|(c, _)| c)))
     }
 
     /// The runner of run `run` records itself. Refused (returns the state
@@ -413,6 +417,60 @@ impl TaskStore {
             Ok(ids)
         })
     }
+}
+
+/// Claim the oldest pending task whose `after` task is done (or flushed
+/// after success): one for node `own` (no node, or `own`), or, when
+/// `remote`, one for another node. Returns the claim and the task's node.
+fn claim_in(
+    tx: &Transaction<'_>,
+    own: &str,
+    remote: bool,
+    by: &Claimer,
+) -> Result<Option<(Claim, Option<String>)>> {
+    let nodes = if remote {
+        "t.node IS NOT NULL AND t.node != ?1"
+    } else {
+        "(t.node IS NULL OR t.node = ?1)"
+    };
+    let found: Option<(u64, u32, String, Option<String>)> = tx
+        .query_row(
+            &format!(
+                "SELECT t.id, t.runs, t.command, t.node FROM tasks t
+                 WHERE t.state = 'pending' AND {nodes}
+                   AND (t.after IS NULL
+                        OR NOT EXISTS (SELECT 1 FROM tasks a WHERE a.id = t.after)
+                        OR EXISTS (SELECT 1 FROM tasks a WHERE a.id = t.after AND a.state = 'done'))
+                 ORDER BY t.id LIMIT 1"
+            ),
+            [own],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    let Some((id, runs, command, node)) = found else {
+        return Ok(None);
+    };
+    let run = runs + 1;
+    tx.execute(
+        "UPDATE tasks SET state = 'running', runs = ?2, started = ?3, finished = NULL,
+             log = ?4, claimer = ?5, claimer_pid = ?6, claimer_start = ?7,
+             runner_pid = NULL, runner_start = NULL, exit_code = NULL, reason = NULL
+         WHERE id = ?1",
+        params![
+            id,
+            run,
+            now(),
+            log_rel(id),
+            by.instance,
+            by.pid,
+            by.start as i64
+        ],
+    )
+    .map_err(sql)?;
+    let words = serde_json::from_str(&command)
+        .map_err(|e| Error::bad_value("command", &command, e.to_string()))?;
+    Ok(Some((Claim { id, run, words }, node)))
 }
 
 /// A task's log, relative to the workdir.

@@ -140,6 +140,16 @@ pub struct TaskRow {
     /// The runner's pid and start time, once it recorded itself.
     pub runner: Option<(i32, u64)>,
     pub cancel_requested: bool,
+    /// For a task sent to another node: the id of the request that
+    /// carried it (one per run), and whether the request was put.
+    pub request: Option<String>,
+    pub sent: bool,
+    /// For a task received from another node: the request id it came
+    /// with (a redelivered request is recognised by it), the tube its
+    /// result goes to, and whether the result was put there.
+    pub origin: Option<String>,
+    pub reply: Option<String>,
+    pub replied: bool,
 }
 
 pub(super) fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRow>> {
@@ -187,5 +197,10 @@ pub(super) fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRow
         claimer,
         runner,
         cancel_requested: r.get(19)?,
+        request: r.get(20)?,
+        sent: r.get(21)?,
+        origin: r.get(22)?,
+        reply: r.get(23)?,
+        replied: r.get(24)?,
     }))
 }

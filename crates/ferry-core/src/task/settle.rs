@@ -24,9 +24,18 @@ pub(super) fn sql(source: rusqlite::Error) -> Error {
 }
 
 pub(super) fn get_in(conn: &Connection, id: u64) -> Result<Option<TaskRow>> {
+    get_by(conn, "id", &id)
+}
+
+/// The task whose (unique) `column` is `value`.
+pub(super) fn get_by(
+    conn: &Connection,
+    column: &str,
+    value: &dyn rusqlite::ToSql,
+) -> Result<Option<TaskRow>> {
     conn.query_row(
-        &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
-        [id],
+        &format!("SELECT {COLUMNS} FROM tasks WHERE {column} = ?1"),
+        [value],
         record::from_sql,
     )
     .optional()

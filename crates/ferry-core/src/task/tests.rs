@@ -177,3 +177,126 @@ fn autoflush_removes_records_as_declared() {
     assert!(matches!(s.flush(Some(next)), Err(Error::TaskState { .. })));
     assert_eq!(s.flush(None).unwrap(), [ids[1], ids[3]]);
 }
+
+fn for_node(node: &str, words: &[&str]) -> NewTask {
+    NewTask {
+        node: Some(node.into()),
+        ..task(words)
+    }
+}
+
+#[test]
+fn local_and_remote_claims_take_only_their_own_tasks() {
+    let (_t, mut s) = store();
+    let local = s.submit(&task(&["jls"])).unwrap();
+    let own = s.submit(&for_node("n1", &["bls"])).unwrap();
+    let far = s.submit(&for_node("n2", &["jstart", "jname=a"])).unwrap();
+    let r = s.claim_remote("n1", &me()).unwrap().unwrap();
+    assert_eq!((r.id, r.run, r.node.as_str()), (far, 1, "n2"));
+    assert!(s.claim_remote("n1", &me()).unwrap().is_none());
+    assert_eq!(s.claim("n1", &me()).unwrap().unwrap().id, local);
+    assert_eq!(s.claim("n1", &me()).unwrap().unwrap().id, own);
+    assert!(s.claim("n1", &me()).unwrap().is_none());
+    // Not sent until marked; a local recovery never settles it.
+    assert_eq!(s.unsent("n1").unwrap(), vec![r.clone()]);
+    s.mark_sent(r.id, r.run).unwrap();
+    assert!(s.unsent("n1").unwrap().is_empty());
+    assert!(s.recover("n1").unwrap().is_empty());
+    assert_eq!(state(&s, far), TaskState::Running);
+}
+
+#[test]
+fn a_remote_result_settles_only_the_run_it_answers() {
+    let (_t, mut s) = store();
+    let far = s
+        .submit(&NewTask {
+            retry: true,
+            ..for_node("n2", &["jstart", "jname=a"])
+        })
+        .unwrap();
+    let first = s.claim_remote("n1", &me()).unwrap().unwrap();
+    // The target is judged dead: run 1 ends, the task is queued again.
+    assert_eq!(
+        s.end_unrecorded(far, 1, "n2 is dead").unwrap(),
+        Some(TaskState::Pending)
+    );
+    let second = s.claim_remote("n1", &me()).unwrap().unwrap();
+    assert_ne!(first.request, second.request);
+    // A late answer to run 1 changes nothing.
+    assert_eq!(
+        s.settle_remote(&first.request, TaskState::Done, Some(0), "")
+            .unwrap(),
+        None
+    );
+    assert_eq!(state(&s, far), TaskState::Running);
+    assert_eq!(
+        s.settle_remote(&second.request, TaskState::Failed, Some(4), "exit code 4")
+            .unwrap(),
+        Some(far)
+    );
+    let row = s.get(far).unwrap().unwrap();
+    assert_eq!((row.state, row.exit_code), (TaskState::Failed, Some(4)));
+    // Twice is once.
+    assert_eq!(
+        s.settle_remote(&second.request, TaskState::Done, Some(0), "")
+            .unwrap(),
+        None
+    );
+    assert!(s
+        .settle_remote(&second.request, TaskState::Running, None, "")
+        .is_err());
+}
+
+#[test]
+fn a_request_delivered_twice_is_stored_once() {
+    let (_t, mut s) = store();
+    let words = vec!["jls".to_owned()];
+    let Accepted::New(id) = s
+        .accept("n2", "req-1", "ferry.tasks.n1", &words, false)
+        .unwrap()
+    else {
+        panic!("not new")
+    };
+    match s
+        .accept("n2", "req-1", "ferry.tasks.n1", &words, false)
+        .unwrap()
+    {
+        Accepted::Again(row) => assert_eq!(row.id, id),
+        a => panic!("{a:?}"),
+    }
+    assert_eq!(s.list().unwrap().len(), 1);
+    // It is an ordinary local task of n2.
+    let c = s.claim("n2", &me()).unwrap().unwrap();
+    assert_eq!(c.id, id);
+    assert!(s.unreplied().unwrap().is_empty());
+    assert!(s.finish(id, c.run, 0).unwrap());
+    let open: Vec<u64> = s.unreplied().unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(open, [id]);
+    s.mark_replied(id).unwrap();
+    assert!(s.unreplied().unwrap().is_empty());
+    assert_eq!(s.by_origin("req-1").unwrap().unwrap().id, id);
+}
+
+#[test]
+fn a_store_of_the_first_schema_is_migrated() {
+    let t = tempfile::tempdir().unwrap();
+    {
+        let c = rusqlite::Connection::open(t.path().join("tasks.sqlite")).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.execute(
+            "INSERT INTO tasks (command, state, created) VALUES ('[\"jls\"]', 'pending', 'then')",
+            [],
+        )
+        .unwrap();
+    }
+    let mut s = TaskStore::open(t.path()).unwrap();
+    let row = s.get(1).unwrap().unwrap();
+    assert_eq!(
+        (row.words, row.origin, row.replied),
+        (vec!["jls".to_owned()], None, false)
+    );
+    assert!(s.claim("n1", &me()).unwrap().is_some());
+    // Opening again migrates nothing twice.
+    drop(s);
+    TaskStore::open(t.path()).unwrap();
+}
