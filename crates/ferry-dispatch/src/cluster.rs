@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use ferry_api::Outcome;
@@ -24,7 +25,8 @@ use crate::Context;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    /// What is asked: `inventory`.
+    /// What is asked: `inventory`; `task` (run [`Request::task`] here and
+    /// answer with its result); `cancel` (cancel the task of request `id`).
     pub kind: String,
     /// Unique per request; the answer carries it back.
     pub id: String,
@@ -32,6 +34,32 @@ pub struct Request {
     pub from: String,
     /// The tube the answer goes to.
     pub reply: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRequest>,
+}
+
+/// The task a `task` request carries: ferry command words, checked by
+/// the receiving node with the same parser as the command line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    pub words: Vec<String>,
+    #[serde(default)]
+    pub retry: bool,
+}
+
+/// How a task sent to another node ended there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task's id on the node that ran it.
+    pub task: u64,
+    /// `done`, `failed`, `cancelled` or `interrupted`.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    /// The end of the task's log there.
+    #[serde(default)]
+    pub output: String,
 }
 
 /// The answer to a [`Request`].
@@ -43,6 +71,8 @@ pub struct Answer {
     pub message: String,
     #[serde(default)]
     pub inventory: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskResult>,
 }
 
 /// Largest request a node tube accepts.
@@ -88,11 +118,11 @@ pub fn node_tube(node: &str) -> String {
     format!("ferry.node.{node}")
 }
 
-fn broker_err(what: &str) -> impl Fn(ferry_broker::Error) -> Error + '_ {
+pub(crate) fn broker_err(what: &str) -> impl Fn(ferry_broker::Error) -> Error + '_ {
     move |e| Error::Failed(format!("{what}: {e}"))
 }
 
-fn connect(uri: &BrokerUri, give_up_after: Duration) -> Result<Reconnecting> {
+pub(crate) fn connect(uri: &BrokerUri, give_up_after: Duration) -> Result<Reconnecting> {
     let policy = ReconnectPolicy {
         give_up_after,
         ..ReconnectPolicy::default()
@@ -101,7 +131,7 @@ fn connect(uri: &BrokerUri, give_up_after: Duration) -> Result<Reconnecting> {
         .map_err(broker_err("cannot reach the broker"))
 }
 
-fn required_uri(wd: &Workdir) -> Result<BrokerUri> {
+pub(crate) fn required_uri(wd: &Workdir) -> Result<BrokerUri> {
     broker_uri(wd)?.ok_or_else(|| {
         Error::Refused(format!(
             "no broker configured for this node ({}); run `ferry initenv broker=HOST:PORT`",
@@ -121,6 +151,7 @@ fn ask(wd: &Workdir, node: &Jname, kind: &str, timeout: Duration) -> Result<Answ
         id: id.clone(),
         from: wd.nodename().to_owned(),
         reply: reply.clone(),
+        task: None,
     };
     let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
     b.watch(&reply).map_err(broker_err("broker"))?;
@@ -178,7 +209,7 @@ pub fn add_node(ctx: &Context, node: &Jname, timeout: Duration) -> Result<Outcom
 /// The daemon's side: serve this node's tube until `stop`. Runs on its
 /// own thread; broker outages are waited out (reconnecting with backoff),
 /// and no request can stop it.
-pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool) {
+pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, wake: &Sender<()>) {
     let tube = node_tube(wd.nodename());
     let mut b = Reconnecting::lazy(
         uri.clone(),
@@ -211,17 +242,14 @@ pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool) {
         };
         match parse_request(&job.body) {
             Ok(req) => {
-                let answer = answer(wd, &req);
-                let sent = serde_json::to_vec(&answer)
-                    .map_err(|e| e.to_string())
-                    .and_then(|body| {
-                        b.use_tube(&req.reply).map_err(|e| e.to_string())?;
-                        b.put(&body, 100, Duration::ZERO, Duration::from_secs(30))
-                            .map_err(|e| e.to_string())
-                    });
-                match sent {
-                    // Deleted only once answered: a crash before is redelivered.
-                    Ok(_) => drop(b.delete(job.id)),
+                let handled = match req.kind.as_str() {
+                    "task" => crate::remote::receive(wd, &mut b, &req, wake),
+                    "cancel" => crate::remote::cancel_received(wd, &req),
+                    _ => put_answer(&mut b, &req.reply, &answer(wd, &req)),
+                };
+                match handled {
+                    // Deleted only once handled: a crash before is redelivered.
+                    Ok(()) => drop(b.delete(job.id)),
                     Err(e) => tracing::warn!(error = %e, "cannot answer {}", req.id),
                 }
             }
@@ -240,7 +268,31 @@ pub fn parse_request(body: &[u8]) -> std::result::Result<Request, String> {
     }
     let req: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     ferry_broker::check_tube(&req.reply).map_err(|e| format!("reply tube: {e}"))?;
+    if (req.kind == "task") != req.task.is_some() {
+        return Err(format!(
+            "a request of kind {:?} {} a task",
+            req.kind,
+            if req.task.is_some() {
+                "carries"
+            } else {
+                "lacks"
+            }
+        ));
+    }
     Ok(req)
+}
+
+/// Put `answer` on `tube`.
+pub(crate) fn put_answer(
+    b: &mut impl Broker,
+    tube: &str,
+    answer: &Answer,
+) -> std::result::Result<(), String> {
+    let body = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
+    b.use_tube(tube).map_err(|e| e.to_string())?;
+    b.put(&body, 100, Duration::ZERO, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn answer(wd: &Workdir, req: &Request) -> Answer {
@@ -249,6 +301,7 @@ fn answer(wd: &Workdir, req: &Request) -> Answer {
         code: 0,
         message: String::new(),
         inventory: None,
+        task: None,
     };
     match req.kind.as_str() {
         "inventory" => {

@@ -47,12 +47,22 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     for (j, e) in ferry_core::register::settle_all(&wd, &reg, &crate::shared::row_any) {
         tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted operation");
     }
-    // The node tube, on its own thread (it waits on the broker).
+    // The node tube and the task tube, each on its own thread (they wait
+    // on the broker). A task received from another node wakes the queue.
+    let (wake, woken) = std::sync::mpsc::channel();
     let broker = crate::cluster::broker_uri(&wd)?;
-    let server = broker.map(|uri| {
-        let (wd, stop) = (wd.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || crate::cluster::serve(&wd, &uri, &stop))
-    });
+    let servers: Vec<_> = broker
+        .map(|uri| {
+            let (wd2, stop2, uri2) = (wd.clone(), Arc::clone(&stop), uri.clone());
+            let (wd, stop, wake) = (wd.clone(), Arc::clone(&stop), wake.clone());
+            [
+                std::thread::spawn(move || crate::cluster::serve(&wd, &uri, &stop, &wake)),
+                std::thread::spawn(move || crate::remote::serve(&wd2, &uri2, &stop2, lease_time)),
+            ]
+        })
+        .into_iter()
+        .flatten()
+        .collect();
     let mut last_beat = Instant::now();
     let mut next_beat = Instant::now();
     let mut first = true;
@@ -81,9 +91,11 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
                 tracing::warn!(error = %e, "task queue");
             }
         }
-        std::thread::sleep(TICK);
+        // (`wake` lives here, so this waits even without a broker.)
+        let _ = woken.recv_timeout(TICK);
     }
-    if let Some(t) = server {
+    drop(wake);
+    for t in servers {
         let _ = t.join();
     }
     // Running tasks are left to finish: each runner records its own result.

@@ -8,6 +8,7 @@ mod daemon;
 mod jail;
 mod node;
 mod queue;
+mod remote;
 mod shared;
 mod task;
 mod vm;

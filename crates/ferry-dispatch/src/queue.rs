@@ -168,7 +168,7 @@ fn log_path(wd: &Workdir, id: u64) -> PathBuf {
 
 /// The task's log, opened for appending (a retried run adds to it),
 /// created 0600 in a 0700 dir; a symlink is refused.
-fn open_log(wd: &Workdir, id: u64) -> Result<File> {
+pub(crate) fn open_log(wd: &Workdir, id: u64) -> Result<File> {
     let path = log_path(wd, id);
     let dir = wd.log_dir().join("tasks");
     fs::create_dir_all(&dir).map_err(Error::io("cannot create the task log dir", &dir))?;

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ferry_api::command::{TaskArgs, TaskAutoflush, TaskMode};
 use ferry_api::{exit, Command, Outcome};
+use ferry_core::registry::Registry;
 use ferry_core::task::{self, Autoflush, CancelStep, NewTask, TaskRow, TaskStore};
-use ferry_core::{sys, Error, Result, Workdir};
+use ferry_core::{sys, Error, Jname, Result, Workdir};
 use nix::sys::signal::Signal;
 
 use crate::{dispatch, error_chain, Context};
@@ -34,6 +35,8 @@ const COLUMNS: &[&str] = &[
     "command",
     "reason",
     "log",
+    "request",
+    "origin",
 ];
 
 /// Commands a task may not run: the queue's own and the daemon.
@@ -84,23 +87,26 @@ fn required_id(id: Option<u64>, mode: &str) -> Result<u64> {
     id.ok_or_else(|| Error::bad_value("id", "", format!("required with mode={mode}")))
 }
 
-/// The seam to node membership: whether `node` may be named as a task's
-/// target. Until `node mode=add` keeps a table of nodes, the only node
-/// known is this one; tasks for other nodes are refused here and, once
-/// nodes are known, stored here for the broker to deliver.
-pub fn check_node(wd: &Workdir, node: &str) -> Result<()> {
-    if node == wd.nodename() {
-        Ok(())
-    } else {
-        Err(Error::UnknownNode(
-            node.to_owned(),
-            wd.nodename().to_owned(),
-        ))
+/// Whether `node` may be named as a task's target: this node, or one
+/// added with `node mode=add` when this node has a broker to reach it.
+/// Returns whether it is another node.
+pub fn check_node(wd: &Workdir, reg: &Registry, node: &Jname) -> Result<bool> {
+    if node.as_str() == wd.nodename() {
+        return Ok(false);
     }
+    if reg.node(node)?.is_none() {
+        return Err(Error::UnknownNode(
+            node.to_string(),
+            wd.nodename().to_owned(),
+        ));
+    }
+    crate::cluster::required_uri(wd)?;
+    Ok(true)
 }
 
-fn submit(ctx: &Context, a: &TaskArgs) -> Result<Outcome> {
-    let words = &a.cmd;
+/// Whether `words` is a command a task may run: parsed by the command
+/// line's own parser, and not the queue's own commands.
+pub fn check_words(words: &[String]) -> Result<()> {
     let joined = show(words);
     let Some(first) = words.first() else {
         return Err(Error::bad_value(
@@ -117,10 +123,17 @@ fn submit(ctx: &Context, a: &TaskArgs) -> Result<Outcome> {
         ));
     }
     Command::parse_words(words).map_err(|e| Error::bad_value("cmd", &joined, e.to_string()))?;
+    Ok(())
+}
+
+fn submit(ctx: &Context, a: &TaskArgs) -> Result<Outcome> {
+    let words = &a.cmd;
+    check_words(words)?;
     let (wd, mut store) = open(ctx)?;
-    if let Some(node) = &a.node {
-        check_node(&wd, node.as_str())?;
-    }
+    let remote = match &a.node {
+        Some(node) => check_node(&wd, &Registry::open(&wd.db_dir())?, node)?,
+        None => false,
+    };
     let id = store.submit(&NewTask {
         node: a.node.as_ref().map(|n| n.as_str().to_owned()),
         after: a.after,
@@ -132,6 +145,12 @@ fn submit(ctx: &Context, a: &TaskArgs) -> Result<Outcome> {
         retry: a.retry,
         words: words.clone(),
     })?;
+    if remote {
+        // Sent now if it can be; else the daemon sends it.
+        if let Err(e) = crate::remote::send_now(&wd, &mut store) {
+            tracing::info!(task = id, error = %e, "left for the daemon to send");
+        }
+    }
     Ok(Outcome::message(id.to_string()))
 }
 
@@ -163,6 +182,8 @@ fn row(t: &TaskRow) -> serde_json::Value {
         "command": show(&t.words),
         "reason": t.reason,
         "log": t.log,
+        "request": t.request,
+        "origin": t.origin,
     })
 }
 
@@ -172,25 +193,46 @@ fn row(t: &TaskRow) -> serde_json::Value {
 /// SIGKILL after [`CANCEL_GRACE`]. The runner is named by pid and start
 /// time, so a recycled pid is never signalled.
 fn cancel(ctx: &Context, id: u64) -> Result<Outcome> {
-    let (wd, mut store) = open(ctx)?;
+    let wd = Workdir::open(&ctx.workdir)?;
+    cancel_in(&wd, id).map(Outcome::message)
+}
+
+/// Cancel task `id` of `wd`; returns what happened. A task sent to another
+/// node is cancelled there, and its result comes back as any other.
+pub(crate) fn cancel_in(wd: &Workdir, id: u64) -> Result<String> {
+    let mut store = TaskStore::open(&wd.db_dir())?;
     let (run, runner) = match store.request_cancel(id)? {
         CancelStep::Cancelled => {
-            remove_log_if_flushed(&wd, &store, id);
-            return Ok(Outcome::message(format!("task {id} cancelled")));
+            remove_log_if_flushed(wd, &store, id);
+            return Ok(format!("task {id} cancelled"));
         }
         CancelStep::Running { run, runner } => (run, runner),
     };
     if let Some((pid, start)) = runner {
         stop_runner(pid, start);
         let settled = store.end_unrecorded(id, run, "cancelled while running")?;
-        remove_log_if_flushed(&wd, &store, id);
-        return Ok(Outcome::message(match settled {
+        remove_log_if_flushed(wd, &store, id);
+        return Ok(match settled {
             Some(_) => format!("task {id} cancelled while running"),
             None => format!(
                 "task {id} finished before it could be cancelled: {}",
                 state_of(&store, id)
             ),
-        }));
+        });
+    }
+    let row = store.get(id)?.ok_or(Error::TaskNotFound(id))?;
+    let elsewhere = row.node.as_deref().filter(|n| *n != wd.nodename());
+    if let Some(node) = elsewhere {
+        crate::remote::send_cancel(wd, &row)?;
+        // Its runner there gets the same grace as one here.
+        let until = Instant::now() + CANCEL_GRACE + Duration::from_secs(5);
+        while Instant::now() < until && state_of(&store, id) == "running" {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Ok(format!(
+            "task {id} asked to cancel on node {node} (now {})",
+            state_of(&store, id)
+        ));
     }
     // Claimed, but its runner has not started the command: it will see the
     // cancel and not start it (or, if its daemon died, recovery settles it).
@@ -198,10 +240,10 @@ fn cancel(ctx: &Context, id: u64) -> Result<Outcome> {
     while Instant::now() < until && state_of(&store, id) == "running" {
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Outcome::message(format!(
+    Ok(format!(
         "task {id} cancelled before it ran (now {})",
         state_of(&store, id)
-    )))
+    ))
 }
 
 fn stop_runner(pid: i32, start: u64) {
@@ -306,6 +348,8 @@ fn run_claimed(ctx: &Context, id: u64, run: u32) -> Result<Outcome> {
     let _ = std::io::stdout().flush();
     store.finish(id, run, code)?;
     remove_log_if_flushed(&wd, &store, id);
+    // A task from another node: its result goes back now.
+    crate::remote::reply_now(&wd, id);
     Ok(Outcome::Exited { status: code })
 }
 

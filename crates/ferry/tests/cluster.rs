@@ -166,3 +166,246 @@ fn bad_requests_and_a_lost_broker_leave_the_daemons_serving() {
         || n1.run(&["node", "mode=add", "node=n2", "timeout=2"]).code == 0,
     );
 }
+
+/// Queue a task on `t`; returns its id.
+#[track_caller]
+fn submit(t: &TestWorkdir, args: &[&str]) -> u64 {
+    let mut all = vec!["task", "mode=new"];
+    all.extend_from_slice(args);
+    t.ok(&all)
+        .trim()
+        .parse()
+        .expect("task mode=new prints the id")
+}
+
+/// `task mode=list --json` of `t`.
+fn tasks(t: &TestWorkdir) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&t.ok(&["task", "mode=list", "--json"])).expect("JSON");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn task(t: &TestWorkdir, id: u64) -> Value {
+    tasks(t)
+        .into_iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or(Value::Null)
+}
+
+fn task_log(t: &TestWorkdir, id: u64) -> String {
+    std::fs::read_to_string(t.root().join(format!("var/log/tasks/{id}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
+    let (c, b) = cluster();
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let _d1 = n1.daemon(&["heartbeat=1"]);
+    let _d2 = n2.daemon(&["heartbeat=1"]);
+    n1.ok(&["node", "mode=add", "node=n2"]);
+
+    // Runs on n2, in n2's workdir; the result and its output come back.
+    let made = submit(n1, &["node=n2", "jcreate", "jname=made"]);
+    wait_for("the task done on n1", Duration::from_secs(20), || {
+        task(n1, made)["state"] == "done"
+    });
+    assert!(n2.ok(&["jls"]).contains("made"), "not created on n2");
+    assert!(!n1.ok(&["jls"]).contains("made"), "created on n1");
+    let there: Vec<Value> = tasks(n2);
+    assert_eq!(there.len(), 1, "{there:#?}");
+    assert_eq!(there[0]["state"], "done");
+    assert_eq!(there[0]["origin"], task(n1, made)["request"]);
+    assert!(task(n1, made)["request"].is_string());
+    let log = task_log(n1, made);
+    assert!(
+        log.contains("sent to node n2") && log.contains("ended on node n2") && log.contains("made"),
+        "{log}"
+    );
+
+    // A failure comes back with its exit code, and cancels what is after it.
+    let fails = submit(n1, &["node=n2", "jstart", "jname=absent"]);
+    let after = submit(n1, &["node=n2", &format!("after={fails}"), "jls"]);
+    wait_for("the failure on n1", Duration::from_secs(20), || {
+        task(n1, fails)["state"] == "failed"
+    });
+    assert_eq!(task(n1, fails)["exit_code"], 3, "{:#?}", task(n1, fails));
+    assert_eq!(task(n1, after)["state"], "cancelled");
+    // A local task after a remote one waits for it.
+    let first = submit(n1, &["node=n2", "jls"]);
+    let then = submit(n1, &[&format!("after={first}"), "jls"]);
+    wait_for("both done", Duration::from_secs(20), || {
+        task(n1, then)["state"] == "done"
+    });
+    assert_eq!(task(n1, first)["state"], "done");
+
+    // Unknown nodes are refused and nothing is stored.
+    let before = tasks(n1).len();
+    let err = n1.fails(3, &["task", "mode=new", "node=n3", "jls"]);
+    assert!(err.contains("unknown node"), "{err}");
+    n1.fails(2, &["task", "mode=new", "node=../n2", "jls"]);
+    assert_eq!(tasks(n1).len(), before);
+
+    // Hostile messages: a request n2 must not run gets a refusal; garbage
+    // on n1's task tube is buried. Both daemons go on.
+    let uri = b.uri().parse().expect("uri");
+    let mut raw = Connection::connect(&uri, ConnectOptions::default()).expect("connect");
+    raw.watch("probe.reply").expect("watch");
+    raw.use_tube("ferry.node.n2").expect("use");
+    let req = serde_json::json!({
+        "kind": "task", "id": "probe-1", "from": "n1", "reply": "probe.reply",
+        "task": {"words": ["daemon"]}
+    });
+    raw.put(
+        req.to_string().as_bytes(),
+        0,
+        Duration::ZERO,
+        Duration::from_secs(5),
+    )
+    .expect("put");
+    let answer = raw
+        .reserve(Duration::from_secs(10))
+        .expect("reserve")
+        .expect("an answer");
+    let answer: Value = serde_json::from_slice(&answer.body).expect("JSON");
+    assert_eq!(answer["code"], 2, "{answer}");
+    assert!(answer["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("cannot run"));
+    raw.use_tube("ferry.tasks.n1").expect("use");
+    for body in [&b"not json"[..], b"{\"id\":\"x\",\"code\":0,\"message\":\"\",\"task\":{\"task\":1,\"state\":\"running\",\"exit_code\":null,\"reason\":null}}"] {
+        raw.put(body, 0, Duration::ZERO, Duration::from_secs(5)).expect("put");
+    }
+    wait_for("garbage buried", Duration::from_secs(10), || {
+        raw.stats_tube("ferry.tasks.n1")
+            .map(|s| s.buried)
+            .unwrap_or(0)
+            == 2
+    });
+    // made, fails and first; `after` never left n1.
+    assert_eq!(tasks(n2).len(), 3, "the refused request was stored");
+    let again = submit(n1, &["node=n2", "jls"]);
+    wait_for("still served", Duration::from_secs(20), || {
+        task(n1, again)["state"] == "done"
+    });
+}
+
+#[test]
+fn a_task_sent_to_another_node_is_cancelled_there() {
+    let (c, _b) = cluster();
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let _d1 = n1.daemon(&["heartbeat=1"]);
+    let _d2 = n2.daemon(&["heartbeat=1"]);
+    n1.ok(&["node", "mode=add", "node=n2"]);
+    let hooks = n2.root().join("hooks");
+    let hook = n2.hook(
+        "slow",
+        &format!(
+            "echo $$ > {d}/$FERRY_JNAME.pid\n[ \"$FERRY_PHASE\" = start ] && exec sleep 60\nexit 0",
+            d = hooks.display()
+        ),
+    );
+    n2.ok(&[
+        "jcreate",
+        "jname=slow",
+        &format!("mnt_start={}", hook.display()),
+        "mnt_timeout=0",
+    ]);
+    let long = submit(n1, &["node=n2", "jstart", "jname=slow"]);
+    wait_for("the hook runs on n2", Duration::from_secs(20), || {
+        hooks.join("slow.pid").exists()
+    });
+    let hook_pid: i32 = std::fs::read_to_string(hooks.join("slow.pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let out = n1.ok(&["task", "mode=cancel", &format!("id={long}")]);
+    assert!(out.contains("now cancelled"), "{out}");
+    assert_eq!(tasks(n2)[0]["state"], "cancelled");
+    assert!(
+        ferry_core::sys::proc_stat(hook_pid).is_none_or(|p| !p.is_live()),
+        "the hook on n2 still runs"
+    );
+}
+
+#[test]
+fn a_broker_restarted_from_its_binlog_mid_stream_loses_no_task() {
+    let c = TestCluster::new(BIN, 2, Storage::Plain, true);
+    let host = c.net().expect("ns").host_addr().parse().expect("ip");
+    let mut b = Beanstalkd::builder()
+        .bind(host)
+        .binlog()
+        .start()
+        .expect("beanstalkd");
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    for n in &c.nodes {
+        n.ok(&["initenv", &format!("broker={}", b.uri())]);
+    }
+    let _d1 = n1.daemon(&["heartbeat=1"]);
+    let _d2 = n2.daemon(&["heartbeat=1"]);
+    n1.ok(&["node", "mode=add", "node=n2"]);
+
+    const N: usize = 30;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        if i == N / 3 {
+            // A crash: whatever was put and not yet taken is in the binlog.
+            b.kill().expect("kill beanstalkd");
+        }
+        if i == N / 2 {
+            b.restart().expect("restart beanstalkd");
+        }
+        ids.push(submit(n1, &["node=n2", "jls"]));
+    }
+    wait_for("every task done on n1", Duration::from_secs(60), || {
+        let l = tasks(n1);
+        ids.iter()
+            .all(|id| l.iter().any(|r| r["id"] == *id && r["state"] == "done"))
+    });
+    // Each ran exactly once on n2.
+    let there = tasks(n2);
+    assert_eq!(there.len(), N, "{there:#?}");
+    let mut origins: Vec<String> = there
+        .iter()
+        .map(|r| r["origin"].as_str().expect("origin").to_owned())
+        .collect();
+    origins.sort();
+    origins.dedup();
+    assert_eq!(origins.len(), N);
+    assert!(there.iter().all(|r| r["runs"] == 1 && r["state"] == "done"));
+}
+
+#[test]
+fn a_task_whose_node_dies_is_interrupted_and_a_late_result_changes_nothing() {
+    let (c, _b) = cluster();
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let _d1 = n1.daemon(&["heartbeat=1", "lease_time=3"]);
+    let d2 = n2.daemon(&["heartbeat=1", "tasks=0"]);
+    n1.ok(&["node", "mode=add", "node=n2"]);
+    // n2 takes the request but runs nothing (tasks=0), then dies.
+    let id = submit(n1, &["node=n2", "jcreate", "jname=late"]);
+    wait_for("stored on n2", Duration::from_secs(10), || {
+        tasks(n2).len() == 1
+    });
+    assert_eq!(task(n1, id)["state"], "running");
+    d2.kill();
+    let took = wait_for("interrupted on n1", Duration::from_secs(3 + 2 + 3), || {
+        task(n1, id)["state"] == "interrupted"
+    });
+    eprintln!("interrupted {took:?} after n2 died");
+    assert!(task(n1, id)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("node n2 is dead"));
+    // n2 comes back and runs it after all: its result arrives and is
+    // ignored; n1's record stays what it said.
+    let _d2 = n2.daemon(&["heartbeat=1"]);
+    wait_for("run on n2", Duration::from_secs(20), || {
+        tasks(n2)[0]["state"] == "done"
+    });
+    wait_for("the late result taken", Duration::from_secs(10), || {
+        tasks(n2)[0]["state"] == "done" && n2.ok(&["jls"]).contains("late")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(task(n1, id)["state"], "interrupted");
+}
