@@ -604,6 +604,13 @@ pub mod bench {
         v[v.len() / 2]
     }
 
+    /// The `p`th percentile of some durations (nearest rank).
+    pub fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
+        v.sort();
+        let rank = (v.len() * p).div_ceil(100).max(1);
+        v[rank.min(v.len()) - 1]
+    }
+
     /// Milliseconds, for printing.
     pub fn ms(d: Duration) -> f64 {
         d.as_secs_f64() * 1000.0
