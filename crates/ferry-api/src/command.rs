@@ -414,6 +414,20 @@ commands! {
         lease_time: u64 = Default("30"),
     }
 
+    /// Move a jail to another node cold, with zero data copy: stop it (if it
+    /// runs), unregister it here, register (and start) it there through a
+    /// task over the broker. Any failure there brings it back here as it was.
+    Jmigrate(JmigrateArgs) = "jmigrate" in Shared, listing = false {
+        /// The jail (one name, no glob).
+        jname: Jname = Required,
+        /// The node to move it to (added with node mode=add, alive).
+        node: Jname = Required,
+        /// Seconds to wait for the other node to take it.
+        timeout: u64 = Default("60"),
+        /// Seconds a heartbeat must stay still for its node to count as dead.
+        lease_time: u64 = Default("30"),
+    }
+
     /// The node daemon (cbsdd): beats this node's heartbeat, stops envs whose
     /// lease another node took (self-fencing) or all of them when the
     /// heartbeat cannot be written for lease_time, starts astart envs.

@@ -6,6 +6,7 @@ mod base;
 mod cluster;
 mod daemon;
 mod jail;
+mod migrate;
 mod node;
 mod queue;
 mod remote;
@@ -97,6 +98,7 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Task(a) => task::run(ctx, a),
         Command::Taskls(a) => task::list(ctx, a.display.as_deref()),
         Command::Node(a) => node::run(ctx, a),
+        Command::Jmigrate(a) => migrate::jmigrate(ctx, &a),
         Command::Junregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Jail),
         Command::Bunregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Vm),
         Command::Jregister(a) => {

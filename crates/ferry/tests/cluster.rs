@@ -409,3 +409,72 @@ fn a_task_whose_node_dies_is_interrupted_and_a_late_result_changes_nothing() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(task(n1, id)["state"], "interrupted");
 }
+
+#[test]
+fn jmigrate_moves_a_running_jail_and_back_and_a_failure_there_brings_it_back() {
+    use std::os::unix::fs::MetadataExt;
+    let (c, _b) = cluster();
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let _d1 = n1.daemon(&["heartbeat=1"]);
+    let _d2 = n2.daemon(&["heartbeat=1"]);
+    n1.ok(&["node", "mode=add", "node=n2"]);
+    n2.ok(&["node", "mode=add", "node=n1"]);
+    wait_for("both see each other alive", Duration::from_secs(10), || {
+        state_of(n1, "n2").as_deref() == Some("alive")
+            && state_of(n2, "n1").as_deref() == Some("alive")
+    });
+    n1.ok(&["jcreate", "jname=mover", "runasap=1"]);
+    n1.ok(&[
+        "jexec",
+        "jname=mover",
+        "sh",
+        "-c",
+        "echo from-n1 > /root/proof",
+    ]);
+    let proof = |t: &TestWorkdir| t.root().join("jails-data/mover-data/root/proof");
+    let inode = std::fs::metadata(proof(n1)).expect("proof").ino();
+
+    // Refusals: all reasons at once, nothing moved.
+    let err = n1.fails(6, &["jmigrate", "jname=nothere", "node=n1"]);
+    assert!(
+        err.contains("n1 is this node") && err.contains("not registered here"),
+        "{err}"
+    );
+    let err = n1.fails(6, &["jmigrate", "jname=mover", "node=n3"]);
+    assert!(err.contains("unknown here"), "{err}");
+    n1.fails(2, &["jmigrate", "jname=mover", "node=../n2"]);
+    n1.fails(2, &["jmigrate", "jname=mover", "node=n2", "timeout=abc"]);
+    assert_eq!(n1.status("mover"), "running");
+
+    // There, running, the same files; and back.
+    let out = n1.ok(&["jmigrate", "jname=mover", "node=n2"]);
+    assert!(out.contains("moved to n2 and started there"), "{out}");
+    assert!(!n1.jls().contains_key("mover"));
+    assert_eq!(n2.status("mover"), "running");
+    assert_eq!(std::fs::metadata(proof(n2)).expect("proof").ino(), inode);
+    assert_eq!(
+        n2.ok(&["jexec", "jname=mover", "cat", "/root/proof"]),
+        "from-n1\n"
+    );
+    n2.ok(&["jmigrate", "jname=mover", "node=n1"]);
+    assert_eq!(n1.status("mover"), "running");
+
+    // n2 cannot start it (its base is gone): it comes back here, running.
+    std::fs::rename(
+        n2.root().join("bases/busybox"),
+        n2.root().join("bases/busybox.away"),
+    )
+    .expect("hide n2's base");
+    let err = n1.fails(1, &["jmigrate", "jname=mover", "node=n2"]);
+    assert!(
+        err.contains("not moved") && err.contains("back here, running"),
+        "{err}"
+    );
+    assert_eq!(n1.status("mover"), "running");
+    assert!(!n2.jls().contains_key("mover"));
+    assert_eq!(
+        n1.ok(&["jexec", "jname=mover", "cat", "/root/proof"]),
+        "from-n1\n"
+    );
+    n1.ok(&["jstop", "jname=mover"]);
+}

@@ -1,0 +1,208 @@
+//! `jmigrate`: a jail moved cold to another node, with zero data copy.
+//!
+//! 1. Prechecks, all reported at once: the jail is registered and owned
+//!    here; the node is another one, added here, and alive; a broker is
+//!    configured.
+//! 2. Here: `jstop` (if it runs), `junregister` (the definition moves to
+//!    `jails-rcconf/`, the lease is released).
+//! 3. There, as tasks sent over the broker (tasks.md): `jregister`, then
+//!    `jstart` if it ran here. Their results come back to this node's
+//!    daemon, which must run.
+//! 4. If the other node could not register it, or gave no answer within
+//!    `timeout`, it is registered here again (and started if it ran). The
+//!    lease decides every race: if the other node took it meanwhile, it
+//!    stays there and this says so. If it registered there but did not
+//!    start, it is unregistered there and comes back here.
+//!
+//! A crash of this command at any point leaves the jail registered on one
+//! node or unregistered in `jails-rcconf/` (from where `jregister`, on
+//! either node, takes it): never lost, never running twice.
+
+use std::time::{Duration, Instant};
+
+use ferry_api::command::JmigrateArgs;
+use ferry_api::{Command, Outcome};
+use ferry_core::node::{self, Liveness};
+use ferry_core::task::{Autoflush, NewTask, TaskRow, TaskState, TaskStore};
+use ferry_core::{lease, EnvKind, EnvState, Error, Jname, Result, Workdir};
+
+use crate::{dispatch, Context};
+
+pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let (j, node) = (&a.jname, &a.node);
+    let lease_time = Duration::from_secs(a.lease_time.max(1));
+    let mut problems = Vec::new();
+    if node.as_str() == wd.nodename() {
+        problems.push(format!("{node} is this node"));
+    } else {
+        match reg.node(node)? {
+            None => problems.push(format!(
+                "node {node} is unknown here (add it with `ferry node mode=add node={node}`)"
+            )),
+            Some(_) => match node::liveness(&reg, node.as_str(), lease_time)? {
+                Liveness::Alive => {}
+                l => problems.push(format!(
+                    "node {node} is {} (its heartbeat, as this node's daemon saw it)",
+                    l.as_str()
+                )),
+            },
+        }
+    }
+    match reg.get(j)? {
+        None => problems.push(format!("{j} is not registered here")),
+        Some(row) if row.kind != EnvKind::Jail => {
+            problems.push(format!("{j} is a VM: use bmigrate"));
+        }
+        Some(_) => {
+            if let Err(e) = lease::held(&wd, j) {
+                problems.push(crate::error_chain(&e));
+            }
+        }
+    }
+    if let Err(e) = crate::cluster::required_uri(&wd) {
+        problems.push(e.to_string());
+    }
+    if !problems.is_empty() {
+        return Err(Error::Refused(format!(
+            "jmigrate {j} to {node} refused, nothing moved: {}",
+            problems.join("; ")
+        )));
+    }
+
+    let t0 = Instant::now();
+    let was_running = ferry_jail::state(&wd, j)? != EnvState::Stopped;
+    if was_running {
+        local(ctx, &["jstop", &format!("jname={j}")])?;
+    }
+    if let Err(e) = local(ctx, &["junregister", &format!("jname={j}")]) {
+        if was_running {
+            let _ = local(ctx, &["jstart", &format!("jname={j}")]);
+        }
+        return Err(e);
+    }
+    let deadline = Instant::now() + Duration::from_secs(a.timeout.max(1));
+    let mut store = TaskStore::open(&wd.db_dir())?;
+    let registered = remote(&wd, &mut store, node, &["jregister", &format!("jname={j}")])?;
+    let there = wait(&store, registered, deadline)?;
+    if there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
+        let why = outcome(there.as_ref(), node);
+        return take_back(ctx, j, node, was_running, &why);
+    }
+    if was_running {
+        let started = remote(&wd, &mut store, node, &["jstart", &format!("jname={j}")])?;
+        let there = wait(&store, started, deadline)?;
+        if there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
+            let why = outcome(there.as_ref(), node);
+            // Registered there but not running: bring it back.
+            let back = remote(
+                &wd,
+                &mut store,
+                node,
+                &["junregister", &format!("jname={j}")],
+            )?;
+            let undone = wait(&store, back, Instant::now() + Duration::from_secs(30))?;
+            if undone.map(|t| t.state) != Some(TaskState::Done) {
+                return Err(Error::Failed(format!(
+                    "{j} is registered on {node} but did not start there ({why}), and could not \
+                     be unregistered there: start it there, or unregister it there and register it here"
+                )));
+            }
+            return take_back(ctx, j, node, true, &why);
+        }
+    }
+    Ok(Outcome::message(format!(
+        "{j} moved to {node}{} in {} ms, zero data copied",
+        if was_running {
+            " and started there"
+        } else {
+            ""
+        },
+        t0.elapsed().as_millis()
+    )))
+}
+
+/// Run a ferry command here through the dispatcher; a failure is an error.
+fn local(ctx: &Context, words: &[&str]) -> Result<()> {
+    let words: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+    let cmd = Command::parse_words(&words).map_err(|e| Error::Failed(e.to_string()))?;
+    match dispatch(ctx, cmd)? {
+        Outcome::PerEnv { results } if results.iter().any(|r| r.code != 0) => Err(Error::Failed(
+            results
+                .iter()
+                .map(|r| r.message.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Queue `words` as a task for `node` and send it now.
+fn remote(wd: &Workdir, store: &mut TaskStore, node: &Jname, words: &[&str]) -> Result<u64> {
+    let id = store.submit(&NewTask {
+        node: Some(node.to_string()),
+        after: None,
+        autoflush: Autoflush::Keep,
+        retry: false,
+        words: words.iter().map(|w| (*w).to_owned()).collect(),
+    })?;
+    if let Err(e) = crate::remote::send_now(wd, store) {
+        tracing::warn!(task = id, error = %e, "left for the daemon to send");
+    }
+    Ok(id)
+}
+
+/// Wait until task `id` ended or `deadline` passed; the task as it is then
+/// (`None` if its record is gone).
+fn wait(store: &TaskStore, id: u64, deadline: Instant) -> Result<Option<TaskRow>> {
+    loop {
+        let row = store.get(id)?;
+        if row.as_ref().is_none_or(|r| r.state.is_final()) || Instant::now() >= deadline {
+            return Ok(row);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn outcome(t: Option<&TaskRow>, node: &Jname) -> String {
+    match t {
+        None => "its task record is gone".into(),
+        Some(t) if !t.state.is_final() => format!(
+            "no result from {node} in time (is the daemon running on both nodes?); task {}",
+            t.id
+        ),
+        Some(t) => format!(
+            "{} on {node}{}",
+            t.state.as_str(),
+            t.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// The move failed there (`why`): register the jail here again, and start
+/// it if it ran. The lease decides a race with a late registration there.
+fn take_back(ctx: &Context, j: &Jname, node: &Jname, start: bool, why: &str) -> Result<Outcome> {
+    match local(ctx, &["jregister", &format!("jname={j}")]) {
+        Ok(()) => {
+            if start {
+                local(ctx, &["jstart", &format!("jname={j}")]).map_err(|e| {
+                    Error::Failed(format!(
+                        "{j} not moved ({why}); registered here again but not started: {e}"
+                    ))
+                })?;
+            }
+            Err(Error::Failed(format!(
+                "{j} not moved ({why}); it is back here{}",
+                if start { ", running" } else { "" }
+            )))
+        }
+        Err(e) => Err(Error::Failed(format!(
+            "{j}: {why}; it could not be registered here again ({e}): if {node} took it after \
+             all, it is there (see `ferry jls` there)"
+        ))),
+    }
+}
