@@ -449,6 +449,7 @@ fn jmigrate_moves_a_running_jail_and_back_and_a_failure_there_brings_it_back() {
     // There, running, the same files; and back.
     let out = n1.ok(&["jmigrate", "jname=mover", "node=n2"]);
     assert!(out.contains("moved to n2 and started there"), "{out}");
+    eprintln!("{}", out.trim());
     assert!(!n1.jls().contains_key("mover"));
     assert_eq!(n2.status("mover"), "running");
     assert_eq!(std::fs::metadata(proof(n2)).expect("proof").ino(), inode);
