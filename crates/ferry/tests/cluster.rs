@@ -479,3 +479,25 @@ fn jmigrate_moves_a_running_jail_and_back_and_a_failure_there_brings_it_back() {
     );
     n1.ok(&["jstop", "jname=mover"]);
 }
+
+#[test]
+fn a_result_that_arrives_while_the_asking_daemon_is_down_is_recorded_when_it_restarts() {
+    let (c, _b) = cluster();
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let d1 = n1.daemon(&["heartbeat=1"]);
+    let _d2 = n2.daemon(&["heartbeat=1"]);
+    n1.ok(&["node", "mode=add", "node=n2"]);
+    d1.kill();
+    // Sent by the command itself; run on n2; the result waits in the tube.
+    let id = submit(n1, &["node=n2", "jcreate", "jname=waiting"]);
+    wait_for("done on n2", Duration::from_secs(20), || {
+        tasks(n2).first().is_some_and(|t| t["state"] == "done")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(task(n1, id)["state"], "running");
+    let _d1 = n1.daemon(&["heartbeat=1"]);
+    wait_for("recorded on n1", Duration::from_secs(10), || {
+        task(n1, id)["state"] == "done"
+    });
+    assert_eq!(tasks(n2).len(), 1, "run twice");
+}
