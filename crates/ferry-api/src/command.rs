@@ -414,6 +414,27 @@ commands! {
         lease_time: u64 = Default("30"),
     }
 
+    /// Live-migrate a running VM to another node over shared storage: all
+    /// prechecks at once, the destination prepared through its daemon, the
+    /// memory sent over QMP with a downtime limit, then the lease handed
+    /// over. Any failure before the handover leaves it running here.
+    Bmigrate(BmigrateArgs) = "bmigrate" in Vms, listing = false {
+        /// The VM (one name, no glob).
+        jname: Jname = Required,
+        /// The node to move it to (added with node mode=add, alive).
+        node: Jname = Required,
+        /// 1: run the prechecks only.
+        check: bool = Default("0"),
+        /// The longest the guest may be stopped for the last pass, in ms.
+        downtime_ms: u64 = Default("300"),
+        /// MiB/s the transfer may use; 0 for no limit.
+        bandwidth: u64 = Default("0"),
+        /// Seconds the transfer may take before it is cancelled.
+        timeout: u64 = Default("600"),
+        /// Seconds a heartbeat must stay still for its node to count as dead.
+        lease_time: u64 = Default("30"),
+    }
+
     /// Move a jail to another node cold, with zero data copy: stop it (if it
     /// runs), unregister it here, register (and start) it there through a
     /// task over the broker. Any failure there brings it back here as it was.

@@ -90,6 +90,16 @@ impl Hooks {
 
     /// Run one hook if it is set.
     pub fn run(&self, ctx: &HookCtx<'_>, kind: HookKind, phase: Phase) -> Result<()> {
+        self.run_as(ctx, kind, phase, false)
+    }
+
+    /// Run one hook if it is set, as a dry run (`FERRY_DRY_RUN=1`): it
+    /// checks that it could do its work, and changes nothing.
+    pub fn dry_run(&self, ctx: &HookCtx<'_>, kind: HookKind, phase: Phase) -> Result<()> {
+        self.run_as(ctx, kind, phase, true)
+    }
+
+    fn run_as(&self, ctx: &HookCtx<'_>, kind: HookKind, phase: Phase, dry_run: bool) -> Result<()> {
         let path = match kind {
             HookKind::MntStart => &self.mnt_start,
             HookKind::MntStop => &self.mnt_stop,
@@ -120,7 +130,7 @@ impl Hooks {
                 log: &log,
                 timeout: self.timeout,
                 grace: hook::DEFAULT_GRACE,
-                dry_run: false,
+                dry_run,
             },
         )?;
         Ok(())

@@ -120,6 +120,36 @@ pub fn take_over(wd: &Workdir, j: &Jname, from: &Lease) -> Result<u64> {
     take(wd, j, from.epoch + 1)
 }
 
+/// Hand the lease this node holds at `epoch` to node `to`, at epoch + 1:
+/// the commit point of a live migration. Refused if the lease is not this
+/// node's at `epoch` any more. Returns the new epoch.
+pub fn hand_over(wd: &Workdir, j: &Jname, epoch: u64, to: &str) -> Result<u64> {
+    let _lock = LeaseLock::take(wd, j)?;
+    let mine = Lease {
+        node: Some(wd.nodename().to_owned()),
+        epoch,
+    };
+    match read(wd, j)? {
+        Some(l) if l == mine => {}
+        Some(l) if l.node.is_some() => return Err(not_owner(j, &l)),
+        _ => {
+            return Err(Error::Refused(format!(
+                "{j} is not owned by {} at epoch {epoch}",
+                wd.nodename()
+            )))
+        }
+    }
+    write(
+        wd,
+        j,
+        &Lease {
+            node: Some(to.to_owned()),
+            epoch: epoch + 1,
+        },
+    )?;
+    Ok(epoch + 1)
+}
+
 /// Write the lease as this node's at `epoch` (under the lease lock).
 fn take(wd: &Workdir, j: &Jname, epoch: u64) -> Result<u64> {
     let mine = Lease {
@@ -169,6 +199,18 @@ mod tests {
         let j = Jname::new("j").unwrap();
         std::fs::create_dir_all(a.system_dir(&j)).unwrap();
         (t, a, b, j)
+    }
+
+    #[test]
+    fn a_lease_is_handed_over_only_by_its_holder_at_its_epoch() {
+        let (_t, a, b, j) = two_nodes();
+        let e = acquire(&a, &j).unwrap();
+        assert!(hand_over(&b, &j, e, "b").is_err(), "b does not hold it");
+        assert!(hand_over(&a, &j, e + 1, "b").is_err(), "wrong epoch");
+        assert_eq!(hand_over(&a, &j, e, "b").unwrap(), e + 1);
+        assert_eq!(held(&b, &j).unwrap(), e + 1);
+        assert!(held(&a, &j).is_err());
+        assert!(hand_over(&a, &j, e, "b").is_err(), "twice");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct Takeover {
 /// Test-only crash injection: with `FERRY_CRASH_AT=<op>:<step>` in the
 /// environment the process aborts (as if killed) at that step;
 /// `<op>:<step>:<n>` aborts the `n`th time the step is reached (in a glob).
-fn crashpoint(op: &str, step: u32) {
+pub fn crashpoint(op: &str, step: u32) {
     use std::sync::atomic::{AtomicU32, Ordering};
     static SEEN: AtomicU32 = AtomicU32::new(0);
     let Ok(at) = std::env::var("FERRY_CRASH_AT") else {

@@ -24,6 +24,18 @@ pub enum Phase {
     Starting,
     Running,
     Stopping,
+    /// A VM waiting, paused, for a live migration from another node: not
+    /// this node's to run until the lease names this node.
+    Incoming,
+}
+
+/// A live migration of this env to another node, in progress: who runs it
+/// (a `bmigrate` process, by pid and start time) and where to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    pub node: String,
+    pub pid: i32,
+    pub start: u64,
 }
 
 /// The network a running env holds.
@@ -58,6 +70,8 @@ pub struct Runtime {
     /// The accelerator a VM runs under (`kvm`, `tcg`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Outbound>,
 }
 
 impl Runtime {
@@ -70,6 +84,7 @@ impl Runtime {
             net: None,
             epoch,
             accel: None,
+            migration: None,
         }
     }
 }
@@ -157,17 +172,25 @@ pub fn finish_teardown(
     hooks: Option<&crate::envdef::Hooks>,
     rt: &Runtime,
 ) -> Result<()> {
+    finish_teardown_as(wd, j, hooks, rt, crate::hook::Phase::Stop)
+}
+
+/// [`finish_teardown`], with `mnt_stop` told `phase` (`migrate-out` on the
+/// source of a live migration, `migrate-in` when an incoming one is undone).
+pub fn finish_teardown_as(
+    wd: &Workdir,
+    j: &Jname,
+    hooks: Option<&crate::envdef::Hooks>,
+    rt: &Runtime,
+    phase: crate::hook::Phase,
+) -> Result<()> {
     if let Some(hooks) = hooks {
         let ctx = crate::envdef::HookCtx {
             wd,
             jname: j,
             epoch: rt.epoch,
         };
-        hooks.run(
-            &ctx,
-            crate::hook::HookKind::MntStop,
-            crate::hook::Phase::Stop,
-        )?;
+        hooks.run(&ctx, crate::hook::HookKind::MntStop, phase)?;
     }
     clear(wd, j)
 }

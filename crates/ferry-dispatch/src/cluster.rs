@@ -36,6 +36,9 @@ pub struct Request {
     pub reply: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskRequest>,
+    /// What a `migrate-*` request is about (see `migrate.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<crate::migrate::MigrateRequest>,
 }
 
 /// The task a `task` request carries: ferry command words, checked by
@@ -73,6 +76,32 @@ pub struct Answer {
     pub inventory: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskResult>,
+    /// What a `migrate-*` request found or did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<serde_json::Value>,
+}
+
+impl Answer {
+    /// A successful answer to request `id`, to be filled in.
+    pub fn to(id: &str) -> Answer {
+        Answer {
+            id: id.to_owned(),
+            code: 0,
+            message: String::new(),
+            inventory: None,
+            task: None,
+            migrate: None,
+        }
+    }
+
+    /// A failed answer to request `id`.
+    pub fn error(id: &str, e: &Error) -> Answer {
+        Answer {
+            code: ferry_api::exit::for_kind(e.kind()),
+            message: crate::error_chain(e),
+            ..Answer::to(id)
+        }
+    }
 }
 
 /// Largest request a node tube accepts.
@@ -142,6 +171,17 @@ pub(crate) fn required_uri(wd: &Workdir) -> Result<BrokerUri> {
 
 /// Ask `node` for something over its node tube and wait for its answer.
 fn ask(wd: &Workdir, node: &Jname, kind: &str, timeout: Duration) -> Result<Answer> {
+    ask_with(wd, node, kind, None, timeout)
+}
+
+/// [`ask`], with what a `migrate-*` request is about.
+pub(crate) fn ask_with(
+    wd: &Workdir,
+    node: &Jname,
+    kind: &str,
+    migrate: Option<crate::migrate::MigrateRequest>,
+    timeout: Duration,
+) -> Result<Answer> {
     let uri = required_uri(wd)?;
     let mut b = connect(&uri, timeout)?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -152,6 +192,7 @@ fn ask(wd: &Workdir, node: &Jname, kind: &str, timeout: Duration) -> Result<Answ
         from: wd.nodename().to_owned(),
         reply: reply.clone(),
         task: None,
+        migrate,
     };
     let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
     b.watch(&reply).map_err(broker_err("broker"))?;
@@ -245,6 +286,9 @@ pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, wake: &Sender<()>
                 let handled = match req.kind.as_str() {
                     "task" => crate::remote::receive(wd, &mut b, &req, wake),
                     "cancel" => crate::remote::cancel_received(wd, &req),
+                    k if k.starts_with("migrate-") => {
+                        put_answer(&mut b, &req.reply, &crate::migrate::answer(wd, uri, &req))
+                    }
                     _ => put_answer(&mut b, &req.reply, &answer(wd, &req)),
                 };
                 match handled {
@@ -268,6 +312,17 @@ pub fn parse_request(body: &[u8]) -> std::result::Result<Request, String> {
     }
     let req: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     ferry_broker::check_tube(&req.reply).map_err(|e| format!("reply tube: {e}"))?;
+    if req.kind.starts_with("migrate-") != req.migrate.is_some() {
+        return Err(format!(
+            "a request of kind {:?} {} a migration",
+            req.kind,
+            if req.migrate.is_some() {
+                "names"
+            } else {
+                "lacks"
+            }
+        ));
+    }
     if (req.kind == "task") != req.task.is_some() {
         return Err(format!(
             "a request of kind {:?} {} a task",
@@ -296,13 +351,7 @@ pub(crate) fn put_answer(
 }
 
 fn answer(wd: &Workdir, req: &Request) -> Answer {
-    let mut a = Answer {
-        id: req.id.clone(),
-        code: 0,
-        message: String::new(),
-        inventory: None,
-        task: None,
-    };
+    let mut a = Answer::to(&req.id);
     match req.kind.as_str() {
         "inventory" => {
             let inv = Registry::open(&wd.db_dir())

@@ -78,6 +78,7 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
                     }
                 }
             }
+            crate::migrate::recover(&wd, &reg, lease_time);
             fence_superseded(&wd, &reg);
             watch_nodes(&wd, &reg, lease_time);
             if first {

@@ -99,6 +99,7 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Taskls(a) => task::list(ctx, a.display.as_deref()),
         Command::Node(a) => node::run(ctx, a),
         Command::Jmigrate(a) => migrate::jmigrate(ctx, &a),
+        Command::Bmigrate(a) => migrate::bmigrate(ctx, &a),
         Command::Junregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Jail),
         Command::Bunregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Vm),
         Command::Jregister(a) => {

@@ -23,32 +23,21 @@ use std::time::{Duration, Instant};
 use ferry_api::command::JmigrateArgs;
 use ferry_api::{Command, Outcome};
 use ferry_core::node::{self, Liveness};
+use ferry_core::registry::Registry;
 use ferry_core::task::{Autoflush, NewTask, TaskRow, TaskState, TaskStore};
 use ferry_core::{lease, EnvKind, EnvState, Error, Jname, Result, Workdir};
 
 use crate::{dispatch, Context};
 
+mod live;
+
+pub use live::{answer, bmigrate, recover, MigrateRequest};
+
 pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
     let (j, node) = (&a.jname, &a.node);
     let lease_time = Duration::from_secs(a.lease_time.max(1));
-    let mut problems = Vec::new();
-    if node.as_str() == wd.nodename() {
-        problems.push(format!("{node} is this node"));
-    } else {
-        match reg.node(node)? {
-            None => problems.push(format!(
-                "node {node} is unknown here (add it with `ferry node mode=add node={node}`)"
-            )),
-            Some(_) => match node::liveness(&reg, node.as_str(), lease_time)? {
-                Liveness::Alive => {}
-                l => problems.push(format!(
-                    "node {node} is {} (its heartbeat, as this node's daemon saw it)",
-                    l.as_str()
-                )),
-            },
-        }
-    }
+    let mut problems = target_problems(&wd, &reg, node, lease_time)?;
     match reg.get(j)? {
         None => problems.push(format!("{j} is not registered here")),
         Some(row) if row.kind != EnvKind::Jail => {
@@ -59,9 +48,6 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
                 problems.push(crate::error_chain(&e));
             }
         }
-    }
-    if let Err(e) = crate::cluster::required_uri(&wd) {
-        problems.push(e.to_string());
     }
     if !problems.is_empty() {
         return Err(Error::Refused(format!(
@@ -120,6 +106,37 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
         },
         t0.elapsed().as_millis()
     )))
+}
+
+/// What refuses `node` as the target of a move: this node, unknown here,
+/// not seen alive; and no broker to reach it.
+fn target_problems(
+    wd: &Workdir,
+    reg: &Registry,
+    node: &Jname,
+    lease_time: Duration,
+) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    if node.as_str() == wd.nodename() {
+        problems.push(format!("{node} is this node"));
+    } else {
+        match reg.node(node)? {
+            None => problems.push(format!(
+                "node {node} is unknown here (add it with `ferry node mode=add node={node}`)"
+            )),
+            Some(_) => match node::liveness(reg, node.as_str(), lease_time)? {
+                Liveness::Alive => {}
+                l => problems.push(format!(
+                    "node {node} is {} (its heartbeat, as this node's daemon saw it)",
+                    l.as_str()
+                )),
+            },
+        }
+    }
+    if let Err(e) = crate::cluster::required_uri(wd) {
+        problems.push(e.to_string());
+    }
+    Ok(problems)
 }
 
 /// Run a ferry command here through the dispatcher; a failure is an error.

@@ -54,6 +54,7 @@ fn send(b: &mut impl Broker, wd: &Workdir, store: &mut TaskStore, c: &RemoteClai
             words: c.words.clone(),
             retry: c.retry,
         }),
+        migrate: None,
     };
     let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
     b.use_tube(&cluster::node_tube(&c.node))
@@ -192,6 +193,7 @@ pub fn send_cancel(wd: &Workdir, row: &TaskRow) -> Result<()> {
         from: wd.nodename().to_owned(),
         reply: tasks_tube(wd.nodename()),
         task: None,
+        migrate: None,
     };
     let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
     b.use_tube(&cluster::node_tube(node))
@@ -217,11 +219,9 @@ pub fn receive(
     if let Err(why) = crate::task::check_words(&task.words) {
         tracing::warn!(request = %req.id, from = %req.from, %why, "task refused");
         let a = Answer {
-            id: req.id.clone(),
             code: ferry_api::exit::USAGE,
             message: why.to_string(),
-            inventory: None,
-            task: None,
+            ..Answer::to(&req.id)
         };
         return cluster::put_answer(b, &req.reply, &a);
     }
@@ -271,10 +271,6 @@ fn reply(b: &mut impl Broker, wd: &Workdir, store: &mut TaskStore, row: &TaskRow
         return Ok(());
     };
     let a = Answer {
-        id: origin.clone(),
-        code: 0,
-        message: String::new(),
-        inventory: None,
         task: Some(TaskResult {
             task: row.id,
             state: row.state.as_str().to_owned(),
@@ -282,6 +278,7 @@ fn reply(b: &mut impl Broker, wd: &Workdir, store: &mut TaskStore, row: &TaskRow
             reason: row.reason.clone(),
             output: log_tail(wd, row),
         }),
+        ..Answer::to(origin)
     };
     cluster::put_answer(b, tube, &a).map_err(Error::Failed)?;
     store.mark_replied(row.id)

@@ -95,6 +95,33 @@ impl TestCluster {
         }
     }
 
+    /// `n` nodes on `storage`, each in its own network namespace, and a
+    /// beanstalkd on the host's bridge address that every node uses
+    /// (`initenv broker=`). The binlog, if `binlog`, is kept in a temp dir.
+    pub fn with_broker(
+        bin: &str,
+        n: usize,
+        storage: Storage,
+        binlog: bool,
+    ) -> (TestCluster, beanstalkd::Beanstalkd) {
+        let c = TestCluster::new(bin, n, storage, true);
+        let host = c
+            .net()
+            .expect("namespaces")
+            .host_addr()
+            .parse()
+            .expect("host address");
+        let mut b = beanstalkd::Beanstalkd::builder().bind(host);
+        if binlog {
+            b = b.binlog();
+        }
+        let b = b.start().expect("beanstalkd");
+        for node in &c.nodes {
+            node.ok(&["initenv", &format!("broker={}", b.uri())]);
+        }
+        (c, b)
+    }
+
     /// The nodes' network namespaces, if they have their own.
     pub fn net(&self) -> Option<&net::TestNet> {
         self.net.as_ref()

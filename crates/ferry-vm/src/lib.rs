@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod migrate;
 pub mod qemu;
 pub mod qmp;
 
@@ -30,7 +31,7 @@ use qmp::Qmp;
 pub const DEFAULT_CPU_MODEL: &str = "qemu64";
 
 /// How long QEMU's QMP socket may take to answer once QEMU is up.
-const QMP_CONNECT: Duration = Duration::from_secs(10);
+pub(crate) const QMP_CONNECT: Duration = Duration::from_secs(10);
 
 /// Create a VM on this node (and start it when `runasap=1`).
 pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
@@ -266,7 +267,7 @@ fn ferry_core_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Kill a QEMU of this VM that may be running without a usable record
 /// (ferry was killed between starting it and recording it).
-fn kill_leftover(wd: &Workdir, j: &Jname) {
+pub(crate) fn kill_leftover(wd: &Workdir, j: &Jname) {
     if let Some(pid) = qemu::read_pid(&qemu::pid_file(wd, j)) {
         if qemu::is_our_qemu(wd, j, pid) {
             let _ = nix::sys::signal::kill(

@@ -267,12 +267,24 @@ pub fn command_line(wd: &Workdir, cfg: &VmConfig, accel: &str, incoming: bool) -
 /// Start QEMU daemonized; returns its pid once it is initialized (QEMU's
 /// parent exits only then, printing any error first).
 pub fn spawn(wd: &Workdir, cfg: &VmConfig, accel: &str, incoming: bool) -> Result<i32> {
+    spawn_with(wd, cfg, command_line(wd, cfg, accel, incoming))
+}
+
+/// Start QEMU waiting, paused (`-S`), for a live migration stream: it runs
+/// the guest only when told to continue.
+pub fn spawn_paused_incoming(wd: &Workdir, cfg: &VmConfig, accel: &str) -> Result<i32> {
+    let mut args = command_line(wd, cfg, accel, true);
+    args.push("-S".into());
+    spawn_with(wd, cfg, args)
+}
+
+fn spawn_with(wd: &Workdir, cfg: &VmConfig, args: Vec<OsString>) -> Result<i32> {
     let j = cfg.jname();
     let pid_path = pid_file(wd, j);
     let _ = fs::remove_file(&pid_path);
     let _ = fs::remove_file(qmp_socket(wd, j));
     let out = qemu()
-        .args(command_line(wd, cfg, accel, incoming))
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(Error::io(

@@ -15,21 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 /// Three nodes in namespaces, a broker on the host's bridge address that
 /// they all use.
 fn cluster() -> (TestCluster, Beanstalkd) {
-    let c = TestCluster::new(BIN, 3, Storage::Plain, true);
-    let host = c
-        .net()
-        .expect("namespaces")
-        .host_addr()
-        .parse()
-        .expect("ip");
-    let b = Beanstalkd::builder()
-        .bind(host)
-        .start()
-        .expect("beanstalkd");
-    for n in &c.nodes {
-        n.ok(&["initenv", &format!("broker={}", b.uri())]);
-    }
-    (c, b)
+    TestCluster::with_broker(BIN, 3, Storage::Plain, false)
 }
 
 fn nodes(t: &TestWorkdir) -> Vec<Value> {
@@ -330,17 +316,8 @@ fn a_task_sent_to_another_node_is_cancelled_there() {
 
 #[test]
 fn a_broker_restarted_from_its_binlog_mid_stream_loses_no_task() {
-    let c = TestCluster::new(BIN, 2, Storage::Plain, true);
-    let host = c.net().expect("ns").host_addr().parse().expect("ip");
-    let mut b = Beanstalkd::builder()
-        .bind(host)
-        .binlog()
-        .start()
-        .expect("beanstalkd");
+    let (c, mut b) = TestCluster::with_broker(BIN, 2, Storage::Plain, true);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
-    for n in &c.nodes {
-        n.ok(&["initenv", &format!("broker={}", b.uri())]);
-    }
     let _d1 = n1.daemon(&["heartbeat=1"]);
     let _d2 = n2.daemon(&["heartbeat=1"]);
     n1.ok(&["node", "mode=add", "node=n2"]);

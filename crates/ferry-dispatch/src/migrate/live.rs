@@ -1,0 +1,554 @@
+//! `bmigrate`: a running VM moved to another node live (DESIGN §7).
+//!
+//! The source drives; the destination's daemon answers `migrate-*`
+//! requests on its node tube, each handled at once, in the daemon:
+//!
+//! | step | where | what |
+//! |---|---|---|
+//! | check | both | every refusal at once: here (running, owned here, the node known and alive, a broker), there (`migrate-check`: arch, accelerator, a QEMU there starting the VM's machine type and CPU model with `enforce`, free memory, `dir.id`s, not registered or running there, `mnt_start` dry run) |
+//! | prepare | there | `migrate-prepare`: `mnt_start` (`migrate-in`), QEMU paused with `-incoming` on a free port of its address towards the broker |
+//! | transfer | here | QMP `migrate` with `downtime-limit`, auto-converge, `max-bandwidth`; progress |
+//! | hand over | shared | the lease moves to the destination, epoch + 1: the commit point |
+//! | commit | there | `migrate-commit`: `cont`, runtime record running, registry row |
+//! | finish | here | the source QEMU quits, `mnt_stop` (`migrate-out`), the row goes |
+//!
+//! A failure before the hand-over aborts the destination (`migrate-abort`)
+//! and continues the guest here. A crash of `bmigrate` is finished by the
+//! daemons (see [`recover`]): a source whose migration has no live
+//! `bmigrate` undoes it while the lease is still its own; a destination
+//! whose lease arrived commits by itself.
+
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use ferry_api::command::BmigrateArgs;
+use ferry_api::Outcome;
+use ferry_broker::BrokerUri;
+use ferry_core::envdef::HookCtx;
+use ferry_core::hook::{HookKind, Phase as HookPhase};
+use ferry_core::lock::EnvLock;
+use ferry_core::registry::Registry;
+use ferry_core::runtime::{self, Outbound, Phase};
+use ferry_core::{lease, sys, EnvKind, EnvState, Error, Jname, Result, Workdir};
+use ferry_vm::migrate::{self as engine, Transfer};
+use ferry_vm::qmp::MigrationInfo;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{ask_with, Answer, Request};
+use crate::Context;
+
+/// What a `migrate-*` request is about: the VM, and for `migrate-check`
+/// what it needs of the destination.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    pub jname: String,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub accel: String,
+    #[serde(default)]
+    pub ram_mib: u64,
+    #[serde(default)]
+    pub dir_ids: Vec<(String, String)>,
+}
+
+/// How long a prepare may take there (QEMU start, `mnt_start`).
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the other requests may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Memory kept free on the destination besides the guest's.
+const MEM_MARGIN_MIB: u64 = 64;
+
+pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let (j, node) = (&a.jname, &a.node);
+    let lease_time = Duration::from_secs(a.lease_time.max(1));
+    let mut problems = super::target_problems(&wd, &reg, node, lease_time)?;
+    let mut epoch = None;
+    match reg.get(j)? {
+        None => problems.push(format!("{j} is not registered here")),
+        Some(row) if row.kind != EnvKind::Vm => {
+            problems.push(format!("{j} is a jail: use jmigrate"));
+        }
+        Some(_) => {
+            if ferry_vm::state(&wd, j)? != EnvState::Running {
+                problems.push(format!(
+                    "{j} is not running here (start it, or move it cold)"
+                ));
+            }
+            match lease::read(&wd, j)? {
+                Some(l) if l.node.as_deref() == Some(wd.nodename()) => epoch = Some(l.epoch),
+                l => problems.push(format!(
+                    "{j} is not owned here (lease: {})",
+                    l.and_then(|l| l.node).unwrap_or_else(|| "none".into())
+                )),
+            }
+        }
+    }
+    let refuse = |problems: Vec<String>| {
+        Err(Error::Refused(format!(
+            "bmigrate {j} to {node} refused, nothing moved: {}",
+            problems.join("; ")
+        )))
+    };
+    let Some(epoch) = epoch.filter(|_| problems.is_empty()) else {
+        return refuse(problems);
+    };
+    let req = facts(&wd, j)?;
+    let checked = ask_with(&wd, node, "migrate-check", Some(req.clone()), ASK_TIMEOUT)?;
+    if checked.code != 0 {
+        problems.push(format!("{node}: {}", checked.message));
+    }
+    problems.extend(
+        checked
+            .migrate
+            .as_ref()
+            .and_then(|m| m.get("problems"))
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(|p| format!("{node}: {p}"))),
+    );
+    if !problems.is_empty() {
+        return refuse(problems);
+    }
+    if a.check {
+        return Ok(Outcome::message(format!(
+            "{j} can move to {node}: every precheck passed"
+        )));
+    }
+    let transfer = Transfer {
+        downtime: Duration::from_millis(a.downtime_ms),
+        bandwidth: a.bandwidth.saturating_mul(1 << 20),
+        timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    let _lock = EnvLock::acquire(&wd, j)?;
+    move_live(&wd, &reg, j, node, epoch, &req, &transfer)
+}
+
+/// What the destination must offer, as this node sees the running guest.
+fn facts(wd: &Workdir, j: &Jname) -> Result<MigrateRequest> {
+    let cfg = ferry_vm::load(wd, j)?;
+    let rt =
+        runtime::read(wd, j)?.ok_or_else(|| Error::Failed(format!("{j} has no runtime record")))?;
+    let accel = rt.accel.unwrap_or_else(|| "tcg".into());
+    Ok(MigrateRequest {
+        jname: j.to_string(),
+        arch: std::env::consts::ARCH.to_owned(),
+        accel,
+        ram_mib: ferry_vm::config::ram_mib(&cfg.args),
+        dir_ids: wd.dir_ids()?,
+    })
+}
+
+/// Everything after the prechecks, under the env's lock.
+fn move_live(
+    wd: &Workdir,
+    reg: &Registry,
+    j: &Jname,
+    node: &Jname,
+    epoch: u64,
+    req: &MigrateRequest,
+    transfer: &Transfer,
+) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let me = std::process::id() as i32;
+    let start = sys::proc_stat(me).map_or(0, |p| p.starttime);
+    set_outbound(
+        wd,
+        j,
+        Some(Outbound {
+            node: node.to_string(),
+            pid: me,
+            start,
+        }),
+    )?;
+    let undo = |why: Error| -> Result<Outcome> {
+        let _ = ask_with(wd, node, "migrate-abort", Some(named(j)), ASK_TIMEOUT);
+        let undone = engine::outgoing_undo(wd, j);
+        let _ = set_outbound(wd, j, None);
+        match undone {
+            Ok(()) => Err(Error::Failed(format!(
+                "{j} not moved, it runs here: {}",
+                crate::error_chain(&why)
+            ))),
+            Err(e) => Err(Error::Failed(format!(
+                "{j} not moved ({}), and it could not be continued here: {}",
+                crate::error_chain(&why),
+                crate::error_chain(&e)
+            ))),
+        }
+    };
+    let prepared = ask_with(
+        wd,
+        node,
+        "migrate-prepare",
+        Some(req.clone()),
+        PREPARE_TIMEOUT,
+    );
+    let uri = match prepared {
+        Ok(a) if a.code == 0 => a
+            .migrate
+            .as_ref()
+            .and_then(|m| m.get("uri"))
+            .and_then(|u| u.as_str())
+            .map(str::to_owned),
+        Ok(a) => {
+            return undo(Error::Failed(format!(
+                "{node} could not prepare: {}",
+                a.message
+            )))
+        }
+        Err(e) => return undo(e),
+    };
+    let Some(uri) = uri else {
+        return undo(Error::Failed(format!(
+            "{node} prepared no address to send to"
+        )));
+    };
+    let mut bar = Progress::new();
+    let info = match engine::outgoing(wd, j, &uri, transfer, &mut |i| bar.show(i)) {
+        Ok(info) => info,
+        Err(e) => {
+            bar.done();
+            return undo(e);
+        }
+    };
+    bar.done();
+    let completed = Instant::now();
+    ferry_core::register::crashpoint("bmigrate", 1);
+    if let Err(e) = lease::hand_over(wd, j, epoch, node.as_str()) {
+        return undo(e);
+    }
+    ferry_core::register::crashpoint("bmigrate", 2);
+    let committed = ask_with(wd, node, "migrate-commit", Some(named(j)), ASK_TIMEOUT);
+    let handover = completed.elapsed();
+    let commit_note = match committed {
+        Ok(a) if a.code == 0 => String::new(),
+        Ok(a) => format!(
+            "; {node} did not confirm the start ({}), its daemon starts it",
+            a.message
+        ),
+        Err(e) => format!("; {node} did not confirm the start ({e}), its daemon starts it"),
+    };
+    engine::outgoing_finish(wd, j)?;
+    reg.remove(j)?;
+    let qemu_downtime = info.downtime_ms.unwrap_or(0);
+    let downtime = Duration::from_millis(qemu_downtime) + handover;
+    tracing::info!(
+        event = "migrated",
+        jname = %j,
+        to = %node,
+        total_ms = t0.elapsed().as_millis() as u64,
+        downtime_ms = downtime.as_millis() as u64,
+        "live migration done"
+    );
+    Ok(Outcome::message(format!(
+        "{j} live-migrated to {node} in {} ms; guest downtime {} ms (QEMU {qemu_downtime} ms + \
+         hand-over {} ms); {} MiB sent{commit_note}",
+        t0.elapsed().as_millis(),
+        downtime.as_millis(),
+        handover.as_millis(),
+        info.transferred.unwrap_or(0) >> 20
+    )))
+}
+
+fn named(j: &Jname) -> MigrateRequest {
+    MigrateRequest {
+        jname: j.to_string(),
+        ..MigrateRequest::default()
+    }
+}
+
+fn set_outbound(wd: &Workdir, j: &Jname, ob: Option<Outbound>) -> Result<()> {
+    let Some(mut rt) = runtime::read(wd, j)? else {
+        return Ok(());
+    };
+    rt.migration = ob;
+    runtime::write(wd, j, &rt)
+}
+
+/// A one-line progress bar on a terminal (stderr): sent, left, dirty
+/// rate, expected downtime.
+struct Progress {
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, i: &MigrationInfo) {
+        if !self.tty {
+            return;
+        }
+        let mib = |b: Option<u64>| b.unwrap_or(0) >> 20;
+        let total = i.total.unwrap_or(0).max(1);
+        let done = (i.transferred.unwrap_or(0).min(total) * 30 / total) as usize;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {} MiB sent, {} MiB left, dirty {} pages/s, downtime ~{} ms   ",
+            "#".repeat(done),
+            " ".repeat(30 - done),
+            mib(i.transferred),
+            mib(i.remaining),
+            i.dirty_pages_rate.unwrap_or(0),
+            i.expected_downtime_ms.unwrap_or(0)
+        );
+        let _ = err.flush();
+        self.shown = true;
+    }
+
+    fn done(&mut self) {
+        if self.shown {
+            eprintln!();
+            self.shown = false;
+        }
+    }
+}
+
+// ---- the destination ----
+
+/// Answer a `migrate-*` request on this node's tube.
+pub fn answer(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Answer {
+    match handle(wd, broker, req) {
+        Ok(v) => Answer {
+            migrate: Some(v),
+            ..Answer::to(&req.id)
+        },
+        Err(e) => {
+            tracing::warn!(kind = %req.kind, error = %e, "migration request failed");
+            Answer::error(&req.id, &e)
+        }
+    }
+}
+
+fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json::Value> {
+    let Some(m) = &req.migrate else {
+        return Err(Error::bad_value("migrate", "", "missing"));
+    };
+    let j = Jname::new(&m.jname).map_err(|e| Error::bad_value("jname", &m.jname, e.to_string()))?;
+    let reg = Registry::open(&wd.db_dir())?;
+    // Not with the daemon's own recovery of the same env.
+    let _lock = EnvLock::acquire(wd, &j)?;
+    match req.kind.as_str() {
+        "migrate-check" => Ok(serde_json::json!({ "problems": check_here(wd, &reg, &j, m) })),
+        "migrate-prepare" => {
+            // Checked just before by migrate-check; what could change
+            // since (registered, running here) the engine refuses itself.
+            let addr = address_towards(broker)?;
+            let uri = engine::incoming(wd, &reg, &j, addr)?;
+            Ok(serde_json::json!({ "uri": uri }))
+        }
+        "migrate-commit" => {
+            engine::incoming_commit(wd, &reg, &j)?;
+            Ok(serde_json::json!({ "running": true }))
+        }
+        "migrate-abort" => Ok(serde_json::json!({ "aborted": engine::incoming_abort(wd, &j)? })),
+        other => Err(Error::bad_value("kind", other, "unknown migration request")),
+    }
+}
+
+/// Why this node cannot take `j` as `m` describes it (empty: it can).
+fn check_here(wd: &Workdir, reg: &Registry, j: &Jname, m: &MigrateRequest) -> Vec<String> {
+    let mut p = Vec::new();
+    if m.arch != std::env::consts::ARCH {
+        p.push(format!(
+            "architecture {} here, {} there",
+            std::env::consts::ARCH,
+            m.arch
+        ));
+    }
+    if matches!(reg.get(j), Ok(Some(_))) {
+        p.push(format!("{j} is registered here"));
+    }
+    match runtime::read(wd, j) {
+        Ok(Some(rt)) if rt.phase != Phase::Incoming => {
+            p.push(format!(
+                "{j} has a runtime record here (running or not torn down)"
+            ));
+        }
+        _ => {}
+    }
+    match wd.dir_ids() {
+        Ok(ids) => {
+            for ((dir, here), (_, there)) in ids.iter().zip(&m.dir_ids) {
+                if here != there {
+                    p.push(format!(
+                        "{dir} is another file system here (dir.id {here}, not {there})"
+                    ));
+                }
+            }
+            if ids.len() != m.dir_ids.len() {
+                p.push("the shared dirs differ".into());
+            }
+        }
+        Err(e) => p.push(crate::error_chain(&e)),
+    }
+    let cfg = match ferry_vm::load(wd, j) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            p.push(format!(
+                "cannot read its definition here: {}",
+                crate::error_chain(&e)
+            ));
+            return p;
+        }
+    };
+    let (machine, cpu) = (&cfg.args.vm_machine.0, &cfg.args.vm_cpu_model.0);
+    match ferry_vm::qemu::accel(wd, reg, cpu) {
+        Ok(accel) if accel != m.accel => p.push(format!(
+            "it runs under {} there, and would under {accel} here",
+            m.accel
+        )),
+        // Machine type and CPU flags at once: would QEMU here start it?
+        Ok(accel) => {
+            if let Err(e) = engine::cpu_starts_here(machine, &accel, cpu) {
+                p.push(crate::error_chain(&e));
+            }
+        }
+        Err(e) => p.push(crate::error_chain(&e)),
+    }
+    match mem_available_mib() {
+        Some(free) if free < m.ram_mib + MEM_MARGIN_MIB => p.push(format!(
+            "{free} MiB free here, {} MiB needed",
+            m.ram_mib + MEM_MARGIN_MIB
+        )),
+        Some(_) => {}
+        None => p.push("cannot read free memory here".into()),
+    }
+    let epoch = lease::read(wd, j).ok().flatten().map_or(0, |l| l.epoch);
+    let ctx = HookCtx {
+        wd,
+        jname: j,
+        epoch,
+    };
+    if let Err(e) = cfg.hooks.check().and_then(|()| {
+        cfg.hooks
+            .dry_run(&ctx, HookKind::MntStart, HookPhase::MigrateIn)
+    }) {
+        p.push(format!("mnt_start dry run: {}", crate::error_chain(&e)));
+    }
+    p
+}
+
+fn mem_available_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib >> 10)
+}
+
+/// This node's address on the way to the broker: the cluster network's,
+/// which the source can reach. (A connected UDP socket sends nothing.)
+fn address_towards(broker: &BrokerUri) -> Result<IpAddr> {
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(broker.host.as_str(), broker.port))
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::Failed(format!("cannot resolve the broker {broker}")))?;
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = UdpSocket::bind(bind).map_err(|e| Error::Failed(format!("no local address: {e}")))?;
+    s.connect(target)
+        .map_err(|e| Error::Failed(format!("no route to the broker {broker}: {e}")))?;
+    let ip = s
+        .local_addr()
+        .map_err(|e| Error::Failed(format!("no local address: {e}")))?
+        .ip();
+    Ok(ip)
+}
+
+// ---- after a crash ----
+
+/// The daemon's part, every beat: finish live migrations whose `bmigrate`
+/// is gone. A source VM whose lease is still this node's is continued
+/// here (the destination aborted); a destination whose lease arrived is
+/// committed; one whose source is dead, or whose QEMU died, is aborted.
+pub fn recover(wd: &Workdir, reg: &Registry, lease_time: Duration) {
+    let Ok(entries) = std::fs::read_dir(wd.root().join("jails")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(j) = e.file_name().to_str().and_then(|n| Jname::new(n).ok()) else {
+            continue;
+        };
+        let Ok(Some(rt)) = runtime::read(wd, &j) else {
+            continue;
+        };
+        let r = if rt.phase == Phase::Incoming {
+            recover_incoming(wd, reg, &j, &rt, lease_time)
+        } else if let Some(ob) = &rt.migration {
+            recover_outbound(wd, &j, ob)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = r {
+            tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted migration");
+        }
+    }
+}
+
+fn recover_outbound(wd: &Workdir, j: &Jname, ob: &Outbound) -> Result<()> {
+    if runtime::process_alive(ob.pid, ob.start) {
+        return Ok(());
+    }
+    let Ok(_lock) = EnvLock::acquire(wd, j) else {
+        return Ok(());
+    };
+    let mine = lease::read(wd, j)?.is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
+    if !mine {
+        // Handed over: self-fencing stops it here.
+        return Ok(());
+    }
+    tracing::warn!(jname = %j, to = %ob.node, "bmigrate died before the hand-over: the guest stays here");
+    if let Ok(node) = Jname::new(&ob.node) {
+        let _ = ask_with(wd, &node, "migrate-abort", Some(named(j)), ASK_TIMEOUT);
+    }
+    engine::outgoing_undo(wd, j)?;
+    set_outbound(wd, j, None)
+}
+
+fn recover_incoming(
+    wd: &Workdir,
+    reg: &Registry,
+    j: &Jname,
+    rt: &runtime::Runtime,
+    lease_time: Duration,
+) -> Result<()> {
+    let lease = lease::read(wd, j)?;
+    let arrived = lease
+        .as_ref()
+        .is_some_and(|l| l.node.as_deref() == Some(wd.nodename()) && l.epoch > rt.epoch);
+    let alive =
+        matches!((rt.pid, rt.starttime), (Some(p), Some(s)) if runtime::process_alive(p, s));
+    if arrived && alive {
+        tracing::warn!(jname = %j, "the lease arrived without a commit: running it here");
+        let _lock = EnvLock::acquire(wd, j)?;
+        return engine::incoming_commit(wd, reg, j);
+    }
+    let source_dead = lease
+        .as_ref()
+        .and_then(|l| l.node.as_deref())
+        .is_none_or(|n| {
+            ferry_core::node::liveness(reg, n, lease_time).ok()
+                == Some(ferry_core::node::Liveness::Dead)
+        });
+    if !alive || (!arrived && source_dead) {
+        tracing::warn!(jname = %j, "an incoming migration that cannot finish: aborted");
+        let _lock = EnvLock::acquire(wd, j)?;
+        engine::incoming_abort(wd, j)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! The engine's part of a live migration (DESIGN §7): the destination's
+//! incoming QEMU, the source's transfer, and how each side ends.
+//!
+//! The destination QEMU is started paused (`-S`) with `-incoming`: it
+//! loads the guest's state but runs nothing, and (paused) does not take
+//! the disks over, until it is told to continue. Between "the transfer
+//! completed" (the source QEMU stops for good, in `postmigrate`) and that
+//! `cont`, the owner lease moves to the destination: the one commit point.
+//! Before it, the source can always continue the guest ([`outgoing_undo`])
+//! and the destination is thrown away ([`incoming_abort`]); after it, only
+//! the destination may run it ([`incoming_commit`]) and the source ends its
+//! QEMU ([`outgoing_finish`]). So there are never two running copies.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ferry_core::envdef::HookCtx;
+use ferry_core::hook::Phase as HookPhase;
+use ferry_core::lease;
+use ferry_core::registry::Registry;
+use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
+use ferry_core::{EnvState, Error, Jname, Result, Workdir};
+use serde_json::{json, Value};
+
+use crate::qmp::{MigrationInfo, Qmp, QmpError};
+use crate::{config, kill_leftover, load, qemu, qmp_failed, QMP_CONNECT};
+
+/// How the transfer may go.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    /// The longest the guest may be stopped for the last pass.
+    pub downtime: Duration,
+    /// Bytes per second; 0 for no limit.
+    pub bandwidth: u64,
+    /// The whole transfer's limit; it is cancelled after it.
+    pub timeout: Duration,
+}
+
+/// "No limit" for QEMU's `max-bandwidth` (bytes per second).
+const UNLIMITED: u64 = 1 << 40;
+
+/// How often progress is reported while the transfer runs.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+fn qmp(wd: &Workdir, j: &Jname) -> Result<Qmp> {
+    Qmp::connect(&qemu::qmp_socket(wd, j), Duration::from_secs(5)).map_err(|e| qmp_failed(j, e))
+}
+
+fn status(q: &mut Qmp, j: &Jname) -> Result<String> {
+    q.query_status()
+        .map(|s| s.status)
+        .map_err(|e| qmp_failed(j, e))
+}
+
+/// Wait until QEMU's run state is one of `want` (or `limit` passes).
+fn wait_status(q: &mut Qmp, j: &Jname, want: &[&str], limit: Duration) -> Result<String> {
+    let until = Instant::now() + limit;
+    loop {
+        let s = status(q, j)?;
+        if want.contains(&s.as_str()) || Instant::now() >= until {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+// ---- the destination ----
+
+/// Start the paused incoming QEMU of `j` (registered on another node,
+/// its definition read from shared storage), listening on `listen`: runs
+/// `mnt_start` in phase `migrate-in` first. Returns the migration URI.
+/// On failure nothing is left.
+pub fn incoming(wd: &Workdir, reg: &Registry, j: &Jname, listen: IpAddr) -> Result<String> {
+    match runtime::state(wd, j)? {
+        (_, None) => {}
+        (_, Some(rt)) if rt.phase == Phase::Incoming => {
+            // A prepare that was never committed nor aborted: start afresh.
+            incoming_abort(wd, j)?;
+        }
+        (EnvState::Running, Some(_)) => {
+            return Err(Error::WrongState {
+                jname: j.clone(),
+                state: "running",
+                action: "receive by live migration",
+                needs: "not running here",
+            })
+        }
+        (_, Some(rt)) => crate::teardown(wd, j, None, &rt)?,
+    }
+    let cfg = load(wd, j)?;
+    cfg.hooks.check()?;
+    qemu::check_socket_path(&qemu::qmp_socket(wd, j))?;
+    let epoch = lease::read(wd, j)?.map_or(0, |l| l.epoch);
+    let accel = qemu::accel(wd, reg, &cfg.args.vm_cpu_model.0)?;
+    let net = config::bridged(&cfg.args).then(|| NetRecord {
+        netns: String::new(),
+        host_if: qemu::tap_name(wd, j),
+        bridge: cfg.args.interface.0.clone(),
+    });
+    let mut rt = Runtime {
+        phase: Phase::Incoming,
+        net,
+        accel: Some(accel.clone()),
+        ..Runtime::starting(epoch)
+    };
+    // Recorded first, so a crash from here on is undone by an abort.
+    runtime::write(wd, j, &rt)?;
+    let ctx = HookCtx {
+        wd,
+        jname: j,
+        epoch,
+    };
+    let started = cfg.hooks.with_mounts(&ctx, HookPhase::MigrateIn, true, || {
+        if let Some(net) = &rt.net {
+            ferry_core::net::tap_up(&net.host_if, &net.bridge)?;
+        }
+        let pid = qemu::spawn_paused_incoming(wd, &cfg, &accel)?;
+        let start = ferry_core::sys::proc_stat(pid)
+            .map(|p| p.starttime)
+            .ok_or_else(|| Error::Failed(format!("the incoming QEMU of {j} exited at once")))?;
+        let mut q = Qmp::connect_retry(&qemu::qmp_socket(wd, j), Instant::now() + QMP_CONNECT)
+            .map_err(|e| qmp_failed(j, e))?;
+        q.set_migrate_capabilities(&[("events", true)])
+            .map_err(|e| qmp_failed(j, e))?;
+        q.migrate_incoming(&format!("tcp:{}", SocketAddr::new(listen, 0)))
+            .map_err(|e| qmp_failed(j, e))?;
+        let port = listening_port(&mut q, j)?;
+        Ok((pid, start, port))
+    });
+    match started {
+        Ok((pid, start, port)) => {
+            rt.pid = Some(pid);
+            rt.starttime = Some(start);
+            runtime::write(wd, j, &rt)?;
+            Ok(format!("tcp:{}", SocketAddr::new(listen, port)))
+        }
+        Err(e) => {
+            kill_leftover(wd, j);
+            if let Some(net) = &rt.net {
+                let _ = ferry_core::net::remove_link(&net.host_if);
+            }
+            runtime::clear(wd, j)?;
+            Err(e)
+        }
+    }
+}
+
+/// The port QEMU listens on for the incoming stream (`tcp:ADDR:0` lets it
+/// choose one that is free).
+fn listening_port(q: &mut Qmp, j: &Jname) -> Result<u16> {
+    let v = q
+        .execute("query-migrate", None)
+        .map_err(|e| qmp_failed(j, e))?;
+    v.get("socket-address")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(|a| a.get("port"))
+        .and_then(|p| match p {
+            Value::String(s) => s.parse().ok(),
+            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Failed(format!("QEMU of {j} names no listening port: {v}")))
+}
+
+/// The lease names this node now: run the received guest and register it
+/// here. The incoming QEMU must have loaded the whole state.
+pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
+    let Some(mut rt) = runtime::read(wd, j)? else {
+        return Err(Error::Refused(format!(
+            "{j} is not waiting for a migration here"
+        )));
+    };
+    let ours = lease::read(wd, j)?.is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
+    if rt.phase == Phase::Running && ours {
+        // Committed already (by the daemon, or a repeated request).
+        return Ok(());
+    }
+    if rt.phase != Phase::Incoming {
+        return Err(Error::Refused(format!(
+            "{j} is not waiting for a migration here"
+        )));
+    }
+    let epoch = match lease::read(wd, j)? {
+        Some(l) if l.node.as_deref() == Some(wd.nodename()) => l.epoch,
+        l => {
+            return Err(Error::Refused(format!(
+                "the lease of {j} does not name {} ({l:?}): the guest stays paused",
+                wd.nodename()
+            )))
+        }
+    };
+    let mut q = qmp(wd, j)?;
+    let s = wait_status(&mut q, j, &["paused", "running"], Duration::from_secs(30))?;
+    if s != "running" {
+        if s != "paused" {
+            return Err(Error::Failed(format!(
+                "the incoming QEMU of {j} is {s}, not done loading"
+            )));
+        }
+        q.cont().map_err(|e| qmp_failed(j, e))?;
+    }
+    rt.phase = Phase::Running;
+    rt.epoch = epoch;
+    runtime::write(wd, j, &rt)?;
+    let def = ferry_core::envdef::load_registered(wd, j)?;
+    reg.upsert(&crate::row_of(wd, &def)?)
+}
+
+/// Throw away an incoming QEMU of `j` that was not committed: it quits,
+/// `mnt_stop` runs in phase `migrate-in`. Refused once the lease names
+/// this node (then the guest is this node's to run). Returns whether
+/// there was one.
+pub fn incoming_abort(wd: &Workdir, j: &Jname) -> Result<bool> {
+    let Some(rt) = runtime::read(wd, j)?.filter(|r| r.phase == Phase::Incoming) else {
+        return Ok(false);
+    };
+    if let Some(l) = lease::read(wd, j)? {
+        if l.node.as_deref() == Some(wd.nodename()) && l.epoch > rt.epoch {
+            return Err(Error::Refused(format!(
+                "the lease of {j} moved to {} (epoch {}): it runs here now, not aborted",
+                wd.nodename(),
+                l.epoch
+            )));
+        }
+    }
+    if let Ok(mut q) = qmp(wd, j) {
+        let _ = q.quit();
+    }
+    if let (Some(pid), Some(start)) = (rt.pid, rt.starttime) {
+        ferry_core::sys::wait_gone(pid, Some(start), Duration::from_secs(5));
+    }
+    kill_leftover(wd, j);
+    if let Some(net) = &rt.net {
+        ferry_core::net::remove_link(&net.host_if)?;
+    }
+    let hooks = load(wd, j).ok().map(|c| c.hooks);
+    runtime::finish_teardown_as(wd, j, hooks.as_ref(), &rt, HookPhase::MigrateIn)?;
+    Ok(true)
+}
+
+// ---- the source ----
+
+/// Send the running guest `j` to `uri`; `progress` sees the transfer every
+/// [`PROGRESS_EVERY`]. Returns QEMU's figures once it completed (the
+/// source QEMU is then stopped for good, in `postmigrate`). A transfer
+/// that fails or times out is cancelled, and the guest runs on here.
+pub fn outgoing(
+    wd: &Workdir,
+    j: &Jname,
+    uri: &str,
+    t: &Transfer,
+    progress: &mut dyn FnMut(&MigrationInfo),
+) -> Result<MigrationInfo> {
+    let mut q = qmp(wd, j)?;
+    let failed = |e: QmpError| qmp_failed(j, e);
+    q.set_migrate_capabilities(&[("events", true), ("auto-converge", true)])
+        .map_err(failed)?;
+    let bandwidth = if t.bandwidth == 0 {
+        UNLIMITED
+    } else {
+        t.bandwidth
+    };
+    let downtime = u64::try_from(t.downtime.as_millis()).unwrap_or(u64::MAX);
+    q.set_migrate_parameters(json!({"downtime-limit": downtime, "max-bandwidth": bandwidth}))
+        .map_err(failed)?;
+    q.migrate(uri).map_err(failed)?;
+    let until = Instant::now() + t.timeout;
+    let end = |d: &Value| {
+        matches!(
+            d.get("status").and_then(Value::as_str),
+            Some("completed" | "failed" | "cancelled")
+        )
+    };
+    loop {
+        match q.wait_event_where("MIGRATION", PROGRESS_EVERY, end) {
+            Ok(_) => break,
+            Err(QmpError::Timeout(_)) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        let info = q.query_migrate().map_err(failed)?;
+        if info.is_finished() {
+            break;
+        }
+        progress(&info);
+        if Instant::now() >= until {
+            let _ = q.execute("migrate_cancel", None);
+            return Err(Error::Failed(format!(
+                "the transfer of {j} did not complete within {} s; cancelled",
+                t.timeout.as_secs()
+            )));
+        }
+    }
+    let info = q.query_migrate().map_err(failed)?;
+    match info.status.as_str() {
+        "completed" => Ok(info),
+        s => Err(Error::Failed(format!(
+            "the transfer of {j} {s}: {}",
+            info.error_desc.as_deref().unwrap_or("no reason given")
+        ))),
+    }
+}
+
+/// Before the lease moved: make sure the guest runs here again (a transfer
+/// still going is cancelled; a completed one is continued from).
+pub fn outgoing_undo(wd: &Workdir, j: &Jname) -> Result<()> {
+    let mut q = qmp(wd, j)?;
+    let info = q.query_migrate().map_err(|e| qmp_failed(j, e))?;
+    if !info.is_finished() && info.status != "none" {
+        let _ = q.execute("migrate_cancel", None);
+        let until = Instant::now() + Duration::from_secs(30);
+        while !q
+            .query_migrate()
+            .map_err(|e| qmp_failed(j, e))?
+            .is_finished()
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let s = status(&mut q, j)?;
+    if matches!(s.as_str(), "postmigrate" | "paused" | "finish-migrate") {
+        q.cont().map_err(|e| qmp_failed(j, e))?;
+    }
+    let s = wait_status(&mut q, j, &["running"], Duration::from_secs(10))?;
+    if s != "running" {
+        return Err(Error::Failed(format!("{j} is {s} here, not running again")));
+    }
+    Ok(())
+}
+
+/// After the lease moved: end the source QEMU (stopped since the transfer
+/// completed) and tear down here, `mnt_stop` in phase `migrate-out`.
+pub fn outgoing_finish(wd: &Workdir, j: &Jname) -> Result<()> {
+    let Some(rt) = runtime::read(wd, j)? else {
+        return Ok(());
+    };
+    if let Ok(mut q) = qmp(wd, j) {
+        let _ = q.quit();
+    }
+    if let (Some(pid), Some(start)) = (rt.pid, rt.starttime) {
+        ferry_core::sys::wait_gone(pid, Some(start), Duration::from_secs(5));
+    }
+    kill_leftover(wd, j);
+    if let Some(net) = &rt.net {
+        ferry_core::net::remove_link(&net.host_if)?;
+    }
+    let hooks = load(wd, j).ok().map(|c| c.hooks);
+    runtime::finish_teardown_as(wd, j, hooks.as_ref(), &rt, HookPhase::MigrateOut)
+}
+
+// ---- CPU flags ----
+
+/// Whether this node can run a guest with `machine` and CPU model `cpu`
+/// (with `enforce`, as ferry runs every VM) under `accel`: a QEMU here
+/// starts paused with just that, and is asked to quit. Its refusal names
+/// the CPU flags or the machine type this node lacks.
+pub fn cpu_starts_here(machine: &str, accel: &str, cpu: &str) -> Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(qemu::binary())
+        .args(["-machine", machine, "-accel", accel])
+        .arg("-cpu")
+        .arg(format!("{cpu},enforce"))
+        .args([
+            "-m",
+            "16M",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-S",
+        ])
+        .args(["-qmp", "stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Error::io("cannot run QEMU", qemu::binary()))?;
+    let greeted = child.stdout.take().map(BufReader::new).and_then(|mut out| {
+        let mut line = String::new();
+        out.read_line(&mut line).ok()?;
+        line.contains("QMP").then_some(out)
+    });
+    if let (Some(_), Some(mut input)) = (&greeted, child.stdin.take()) {
+        let _ = writeln!(input, "{}", json!({"execute": "qmp_capabilities"}));
+        let _ = writeln!(input, "{}", json!({"execute": "quit"}));
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if greeted.is_some() {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let why: Vec<&str> = err
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Err(Error::Refused(format!(
+        "QEMU cannot run -machine {machine} -cpu {cpu},enforce under {accel} here: {}",
+        why.join("; ")
+    )))
+}
