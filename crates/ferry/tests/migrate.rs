@@ -124,3 +124,147 @@ fn a_running_vm_moves_live_back_and_forth_and_keeps_counting() {
     }
     let _ = (n1, n2);
 }
+
+/// `bmigrate` started in the background on `t`.
+fn spawn(t: &TestWorkdir, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut all = vec!["bmigrate"];
+    all.extend_from_slice(args);
+    t.command(&all)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bmigrate")
+}
+
+/// The pid of the incoming QEMU on `t`, once it is prepared.
+fn incoming_pid(t: &TestWorkdir, vm: &str) -> Option<i32> {
+    let rt: Value = serde_json::from_slice(
+        &std::fs::read(t.root().join(format!("jails/{vm}/runtime.json"))).ok()?,
+    )
+    .ok()?;
+    (rt["phase"] == "incoming")
+        .then(|| rt["pid"].as_i64())??
+        .try_into()
+        .ok()
+}
+
+#[track_caller]
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn no_runtime(t: &TestWorkdir, vm: &str) -> bool {
+    !t.root().join(format!("jails/{vm}/runtime.json")).exists()
+}
+
+fn migrating(t: &TestWorkdir, vm: &str) -> bool {
+    std::fs::read(t.root().join(format!("jails/{vm}/runtime.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|rt| !rt["migration"].is_null())
+}
+
+#[test]
+fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
+    let p = pair(Storage::Plain, "lmk");
+    let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
+    let before = *guest_counters(n1, "lmk").last().expect("counter");
+    let child = spawn(n1, &["jname=lmk", "node=n2", "bandwidth=4"], &[]);
+    let mut pid = None;
+    wait_until("the destination prepared", 30, || {
+        pid = incoming_pid(n2, "lmk");
+        pid.is_some()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = pid.expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the incoming QEMU");
+    let out = child.wait_with_output().expect("bmigrate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not moved, it runs here"), "{err}");
+    wait_until("the destination cleaned up", 20, || no_runtime(n2, "lmk"));
+    runs_only_on(&p.c, "lmk", 0);
+    kept_counting(n1, "lmk", before);
+}
+
+#[test]
+fn a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons() {
+    let p = pair(Storage::Plain, "lms");
+    let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
+    let before = *guest_counters(n1, "lms").last().expect("counter");
+    let mut child = spawn(n1, &["jname=lms", "node=n2", "bandwidth=4"], &[]);
+    wait_until("the destination prepared", 30, || {
+        incoming_pid(n2, "lms").is_some()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().expect("kill bmigrate");
+    let _ = child.wait();
+    wait_until("the source's daemon undid it", 30, || !migrating(n1, "lms"));
+    wait_until("the destination aborted", 30, || no_runtime(n2, "lms"));
+    runs_only_on(&p.c, "lms", 0);
+    kept_counting(n1, "lms", before);
+}
+
+#[test]
+fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() {
+    let p = pair(Storage::Plain, "lmc");
+    let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
+    // Transferred, not handed over: it stays here.
+    let before = *guest_counters(n1, "lmc").last().expect("counter");
+    let r = n1.run_env(
+        &["bmigrate", "jname=lmc", "node=n2"],
+        &[("FERRY_CRASH_AT", "bmigrate:1")],
+    );
+    assert_ne!(r.code, 0, "did not crash");
+    wait_until("the source's daemon undid it", 30, || !migrating(n1, "lmc"));
+    wait_until("the destination aborted", 30, || no_runtime(n2, "lmc"));
+    runs_only_on(&p.c, "lmc", 0);
+    kept_counting(n1, "lmc", before);
+    // Handed over, not committed: it runs there.
+    let before = *guest_counters(n1, "lmc").last().expect("counter");
+    let r = n1.run_env(
+        &["bmigrate", "jname=lmc", "node=n2"],
+        &[("FERRY_CRASH_AT", "bmigrate:2")],
+    );
+    assert_ne!(r.code, 0, "did not crash");
+    wait_until("the destination committed", 30, || {
+        row(n2, "lmc").is_some_and(|r| r["status"] == "running")
+    });
+    wait_until("the source ended", 30, || no_runtime(n1, "lmc"));
+    runs_only_on(&p.c, "lmc", 1);
+    kept_counting(n2, "lmc", before);
+}
+
+#[test]
+fn refusals_come_all_at_once_and_move_nothing() {
+    let p = pair(Storage::Plain, "lmr");
+    let n1 = &p.c.nodes[0];
+    n1.bcreate_guest("cold", &[]);
+    n1.ok(&["jcreate", "jname=jj"]);
+    let err = n1.fails(6, &["bmigrate", "jname=cold", "node=n1"]);
+    assert!(
+        err.contains("n1 is this node") && err.contains("cold is not running here"),
+        "{err}"
+    );
+    let err = n1.fails(6, &["bmigrate", "jname=jj", "node=n9"]);
+    assert!(
+        err.contains("unknown here") && err.contains("is a jail: use jmigrate"),
+        "{err}"
+    );
+    n1.fails(2, &["bmigrate", "jname=lmr", "node=n2", "downtime_ms=abc"]);
+    n1.fails(2, &["bmigrate", "jname=../lmr", "node=n2"]);
+    n1.fails(2, &["bmigrate", "jname=lmr"]);
+    runs_only_on(&p.c, "lmr", 0);
+}

@@ -58,6 +58,9 @@ pub struct MigrateRequest {
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the other requests may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an abort is waited for (the destination may be unreachable:
+/// its daemon aborts by itself once the stream is gone).
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Memory kept free on the destination besides the guest's.
 const MEM_MARGIN_MIB: u64 = 64;
 
@@ -166,7 +169,7 @@ fn move_live(
         }),
     )?;
     let undo = |why: Error| -> Result<Outcome> {
-        let _ = ask_with(wd, node, "migrate-abort", Some(named(j)), ASK_TIMEOUT);
+        let _ = ask_with(wd, node, "migrate-abort", Some(named(j)), ABORT_TIMEOUT);
         let undone = engine::outgoing_undo(wd, j);
         let _ = set_outbound(wd, j, None);
         match undone {
@@ -186,7 +189,7 @@ fn move_live(
         node,
         "migrate-prepare",
         Some(req.clone()),
-        PREPARE_TIMEOUT,
+        PREPARE_TIMEOUT.min(transfer.timeout),
     );
     let uri = match prepared {
         Ok(a) if a.code == 0 => a
@@ -509,12 +512,15 @@ fn recover_outbound(wd: &Workdir, j: &Jname, ob: &Outbound) -> Result<()> {
     };
     let mine = lease::read(wd, j)?.is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
     if !mine {
-        // Handed over: self-fencing stops it here.
+        tracing::warn!(jname = %j, to = %ob.node, "bmigrate died after the hand-over: ending the source here");
+        engine::outgoing_finish(wd, j)?;
+        let reg = Registry::open(&wd.db_dir())?;
+        reg.remove(j)?;
         return Ok(());
     }
     tracing::warn!(jname = %j, to = %ob.node, "bmigrate died before the hand-over: the guest stays here");
     if let Ok(node) = Jname::new(&ob.node) {
-        let _ = ask_with(wd, &node, "migrate-abort", Some(named(j)), ASK_TIMEOUT);
+        let _ = ask_with(wd, &node, "migrate-abort", Some(named(j)), ABORT_TIMEOUT);
     }
     engine::outgoing_undo(wd, j)?;
     set_outbound(wd, j, None)
