@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 struct Pair {
     c: TestCluster,
     _b: Beanstalkd,
-    _daemons: Vec<Daemon>,
+    daemons: Vec<Daemon>,
 }
 
 /// Two nodes in namespaces that know each other, daemons running, and a
@@ -33,11 +33,7 @@ fn pair(storage: Storage, vm: &str) -> Pair {
     n1.bcreate_guest(vm, &[]);
     n1.ok(&["bstart", &format!("jname={vm}")]);
     wait_counter(n1, vm, "the guest never counted", |c| c.len() >= 2);
-    Pair {
-        c,
-        _b: b,
-        _daemons: daemons,
-    }
+    Pair { c, _b: b, daemons }
 }
 
 fn alive(t: &TestWorkdir, node: &str) -> bool {
@@ -106,23 +102,33 @@ fn kept_counting(t: &TestWorkdir, vm: &str, before: u64) {
 
 #[test]
 fn a_running_vm_moves_live_back_and_forth_and_keeps_counting() {
-    let p = pair(Storage::Plain, "lm");
+    back_and_forth(Storage::Plain, "lm", 10);
+}
+
+#[test]
+fn on_glusterfs_a_running_vm_moves_live_back_and_forth() {
+    back_and_forth(Storage::GlusterFS, "lmg", 4);
+}
+
+fn back_and_forth(storage: Storage, vm: &str, rounds: usize) {
+    let p = pair(storage, vm);
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
-    let out = n1.ok(&["bmigrate", "jname=lm", "node=n2", "check=1"]);
+    let jname = format!("jname={vm}");
+    let out = n1.ok(&["bmigrate", &jname, "node=n2", "check=1"]);
     assert!(out.contains("every precheck passed"), "{out}");
-    runs_only_on(&p.c, "lm", 0);
+    runs_only_on(&p.c, vm, 0);
     let mut on = 0;
-    for round in 0..4 {
+    for round in 0..rounds {
         let (from, to) = (&p.c.nodes[on], &p.c.nodes[1 - on]);
-        let before = *guest_counters(from, "lm").last().expect("counter");
-        let out = from.ok(&["bmigrate", "jname=lm", &format!("node=n{}", 2 - on)]);
+        let before = *guest_counters(from, vm).last().expect("counter");
+        let out = from.ok(&["bmigrate", &jname, &format!("node=n{}", 2 - on)]);
         eprintln!("round {round}: {}", out.trim());
         assert!(out.contains("live-migrated"), "{out}");
         on = 1 - on;
-        runs_only_on(&p.c, "lm", on);
-        kept_counting(to, "lm", before);
+        runs_only_on(&p.c, vm, on);
+        kept_counting(to, vm, before);
     }
-    let _ = (n1, n2);
+    let _ = n2;
 }
 
 /// `bmigrate` started in the background on `t`.
@@ -267,4 +273,87 @@ fn refusals_come_all_at_once_and_move_nothing() {
     n1.fails(2, &["bmigrate", "jname=../lmr", "node=n2"]);
     n1.fails(2, &["bmigrate", "jname=lmr"]);
     runs_only_on(&p.c, "lmr", 0);
+}
+
+#[test]
+fn the_link_cut_mid_transfer_leaves_the_vm_running_here() {
+    let p = pair(Storage::Plain, "lml");
+    let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
+    let before = *guest_counters(n1, "lml").last().expect("counter");
+    let child = spawn(
+        n1,
+        &["jname=lml", "node=n2", "bandwidth=4", "timeout=6"],
+        &[],
+    );
+    wait_until("the destination prepared", 30, || {
+        incoming_pid(n2, "lml").is_some()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let net = p.c.net().expect("namespaces");
+    net.link(1, false);
+    let out = child.wait_with_output().expect("bmigrate");
+    net.link(1, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not moved, it runs here"), "{err}");
+    runs_only_on_source_while_the_destination_cleans_up(&p.c, "lml");
+    kept_counting(n1, "lml", before);
+}
+
+#[test]
+fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here() {
+    let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, false);
+    let mut p = Pair {
+        daemons: c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect(),
+        c,
+        _b: b,
+    };
+    let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
+    n1.ok(&["node", "mode=add", "node=n2"]);
+    wait_until("n2 alive", 15, || alive(n1, "n2"));
+    // Hooks are named relative to the workdir: each node has its own copy.
+    let mark = n1.root().join("prepare-began");
+    let body = format!(
+        "[ \"$FERRY_DRY_RUN\" = 1 ] && exit 0\n\
+         [ \"$FERRY_PHASE\" = migrate-in ] && {{ touch {m}; sleep 3; }}\nexit 0",
+        m = mark.display()
+    );
+    n2.hook("slow-in", &body);
+    let hook = n1.hook("slow-in", &body);
+    n1.bcreate_guest("lmd", &[&format!("mnt_start={}", hook.display())]);
+    n1.ok(&["bstart", "jname=lmd"]);
+    let before = *wait_counter(n1, "lmd", "no counter", |c| c.len() >= 2)
+        .last()
+        .expect("counter");
+    let mut child = spawn(n1, &["jname=lmd", "node=n2", "timeout=6"], &[]);
+    wait_until("the prepare began", 30, || {
+        mark.exists() || child.try_wait().ok().flatten().is_some()
+    });
+    assert!(
+        mark.exists(),
+        "bmigrate ended first: {:?}",
+        child
+            .wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+    );
+    p.daemons.remove(1).kill();
+    let out = child.wait_with_output().expect("bmigrate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not moved, it runs here"), "{err}");
+    runs_only_on(&p.c, "lmd", 0);
+    // Back, n2's daemon finds the prepare and the abort in its tube.
+    p.daemons.push(n2.daemon(&["heartbeat=1"]));
+    runs_only_on_source_while_the_destination_cleans_up(&p.c, "lmd");
+    kept_counting(n1, "lmd", before);
+}
+
+/// The VM runs on n1 only, and n2 ends without any trace of it.
+#[track_caller]
+fn runs_only_on_source_while_the_destination_cleans_up(c: &TestCluster, vm: &str) {
+    let n2 = &c.nodes[1];
+    wait_until("the destination cleaned up", 60, || {
+        no_runtime(n2, vm) && incoming_pid(n2, vm).is_none()
+    });
+    runs_only_on(c, vm, 0);
 }

@@ -490,6 +490,17 @@ pub fn recover(wd: &Workdir, reg: &Registry, lease_time: Duration) {
         let Ok(Some(rt)) = runtime::read(wd, &j) else {
             continue;
         };
+        if rt.phase != Phase::Incoming && rt.migration.is_none() {
+            continue;
+        }
+        // Under the env's lock, and read again: a prepare or a bmigrate in
+        // progress holds it, and its record is only whole once it is done.
+        let Ok(_lock) = EnvLock::acquire(wd, &j) else {
+            continue;
+        };
+        let Ok(Some(rt)) = runtime::read(wd, &j) else {
+            continue;
+        };
         let r = if rt.phase == Phase::Incoming {
             recover_incoming(wd, reg, &j, &rt, lease_time)
         } else if let Some(ob) = &rt.migration {
@@ -507,9 +518,6 @@ fn recover_outbound(wd: &Workdir, j: &Jname, ob: &Outbound) -> Result<()> {
     if runtime::process_alive(ob.pid, ob.start) {
         return Ok(());
     }
-    let Ok(_lock) = EnvLock::acquire(wd, j) else {
-        return Ok(());
-    };
     let mine = lease::read(wd, j)?.is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
     if !mine {
         tracing::warn!(jname = %j, to = %ob.node, "bmigrate died after the hand-over: ending the source here");
@@ -541,7 +549,6 @@ fn recover_incoming(
         matches!((rt.pid, rt.starttime), (Some(p), Some(s)) if runtime::process_alive(p, s));
     if arrived && alive {
         tracing::warn!(jname = %j, "the lease arrived without a commit: running it here");
-        let _lock = EnvLock::acquire(wd, j)?;
         return engine::incoming_commit(wd, reg, j);
     }
     let source_dead = lease
@@ -553,7 +560,6 @@ fn recover_incoming(
         });
     if !alive || (!arrived && source_dead) {
         tracing::warn!(jname = %j, "an incoming migration that cannot finish: aborted");
-        let _lock = EnvLock::acquire(wd, j)?;
         engine::incoming_abort(wd, j)?;
     }
     Ok(())
