@@ -359,6 +359,10 @@ impl TestWorkdir {
             "vm_cmdline=console=ttyS0 panic=-1 quiet".into(),
             "vm_nic=none".into(),
         ];
+        // A key in `extra` replaces the default one.
+        let key = |a: &str| a.split('=').next().unwrap_or_default().to_owned();
+        let given: Vec<String> = extra.iter().map(|e| key(e)).collect();
+        args.retain(|a| !given.contains(&key(a)));
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ok(&refs);
