@@ -76,7 +76,7 @@ fn main() {
             total.push(t.elapsed());
             down.push(reported_downtime(&out));
         }
-        let home = if rounds % 2 == 0 { n1 } else { n2 };
+        let home = if rounds.is_multiple_of(2) { n1 } else { n2 };
         home.ok(&["bstop", &format!("jname={vm}")]);
         // raw
         let (raw_total, raw_down) = raw(&c, &vm, rounds);
