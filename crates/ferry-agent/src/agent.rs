@@ -46,6 +46,26 @@ pub enum AgentError {
     Workdir(String, #[source] ferry_core::Error),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error("cannot handle signals")]
+    Signal(#[source] std::io::Error),
+}
+
+impl AgentError {
+    /// The agent's exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Workdir(..) => exit::REFUSED,
+            AgentError::Journal(_) | AgentError::Signal(_) => exit::FAILED,
+        }
+    }
+}
+
+/// Serve until SIGTERM or SIGINT (which set `stop`).
+pub fn serve_until_signalled(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(AgentError::Signal)?;
+    }
+    serve(cfg, &stop)
 }
 
 /// Serve until `stop` is set; jobs being run are finished first.
