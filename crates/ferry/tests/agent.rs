@@ -30,20 +30,7 @@ impl Pool {
     fn new(b: &Beanstalkd, tube: &str, extra: &str) -> Pool {
         let t = TestWorkdir::with_base(BIN);
         let config = t.root().join("agent.json");
-        fs::write(
-            &config,
-            format!(
-                r#"{{"cbsdenv": "{}", "cbsdcolor": false, "broker": "beanstalkd",
-                "logfile": "{}", {extra}
-                "beanstalkd": {{"uri": "{}", "tube": "{tube}",
-                  "reply_tube_prefix": "{tube}_result_id", "reconnect_timeout": 10,
-                  "reserve_timeout": 1, "publish_timeout": 5, "logdir": "/tmp"}}}}"#,
-                t.root().display(),
-                t.root().join("var/log/agent.log").display(),
-                b.addr(),
-            ),
-        )
-        .expect("config");
+        fs::write(&config, b.agent_config(t.root(), tube, extra)).expect("config");
         Pool {
             t,
             config,
