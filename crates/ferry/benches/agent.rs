@@ -71,7 +71,7 @@ fn main() {
     let blocks = 20;
     for block in 0..blocks {
         let n = jobs / blocks;
-        let mut side = |c: &mut Client, into: &mut Vec<Duration>| {
+        let side = |c: &mut Client, into: &mut Vec<Duration>| {
             for _ in 0..n {
                 let t0 = Instant::now();
                 call(c);
