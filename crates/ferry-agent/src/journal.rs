@@ -103,13 +103,8 @@ impl Journal {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let conn = ferry_core::registry::open_sqlite(&path, Duration::from_secs(30), SCHEMA)
             .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(Journal { conn, path })
     }
 
@@ -131,15 +126,15 @@ impl Journal {
         me: Owner,
         now: u64,
     ) -> Result<Begin, JournalError> {
-        let path = self.path.clone();
-        let err = move |source| JournalError {
+        // Split borrows: the transaction holds the connection.
+        let Journal { conn, path } = self;
+        let err = |source| JournalError {
             path: path.clone(),
             source,
         };
-        let tx = self
-            .conn
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
+            .map_err(err)?;
         let id = i64::try_from(job.id).unwrap_or(i64::MAX);
         let row: Option<(String, String, i32, i64, Option<String>)> = tx
             .query_row(
@@ -270,35 +265,27 @@ mod tests {
         }
     }
 
+    fn begin(j: &mut Journal, id: u64, sha: &str, now: u64) -> Begin {
+        j.begin(key(id, sha), "jstart", None, Owner::me(), now)
+            .unwrap()
+    }
+
     #[test]
     fn a_job_runs_once_and_is_then_answered_from_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();
-        let me = Owner::me();
-        assert_eq!(
-            j.begin(key(1, "a"), "jstart", None, me, 10).unwrap(),
-            Begin::Run
-        );
+        assert_eq!(begin(&mut j, 1, "a", 10), Begin::Run);
         // Redelivered while we still run it.
-        assert_eq!(
-            j.begin(key(1, "a"), "jstart", None, me, 11).unwrap(),
-            Begin::Running
-        );
+        assert_eq!(begin(&mut j, 1, "a", 11), Begin::Running);
         j.finish("t", 1, "{\"ErrCode\":0}", 12).unwrap();
         assert_eq!(
-            j.begin(key(1, "a"), "jstart", None, me, 13).unwrap(),
+            begin(&mut j, 1, "a", 13),
             Begin::Finished("{\"ErrCode\":0}".into())
         );
         j.replied("t", 1).unwrap();
-        assert_eq!(
-            j.begin(key(1, "a"), "jstart", None, me, 14).unwrap(),
-            Begin::Replied
-        );
+        assert_eq!(begin(&mut j, 1, "a", 14), Begin::Replied);
         // The same id with another body: a broker that lost its binlog.
-        assert_eq!(
-            j.begin(key(1, "b"), "jstop", None, me, 15).unwrap(),
-            Begin::Run
-        );
+        assert_eq!(begin(&mut j, 1, "b", 15), Begin::Run);
     }
 
     #[test]

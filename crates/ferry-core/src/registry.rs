@@ -41,6 +41,18 @@ pub struct EnvRow {
     pub astart: bool,
 }
 
+/// Open (creating if needed) one of ferry's local SQLite files the way
+/// they all are: WAL, `synchronous=FULL` (a commit is on disk when it
+/// returns), waiting up to `busy` for another writer, `schema` applied.
+pub fn open_sqlite(path: &Path, busy: Duration, schema: &str) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(busy)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(schema)?;
+    Ok(conn)
+}
+
 /// An open registry connection.
 #[derive(Debug)]
 pub struct Registry {
@@ -56,13 +68,7 @@ impl Registry {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        let conn = open_sqlite(&path, Duration::from_secs(10), SCHEMA).map_err(err)?;
         conn.execute_batch(crate::node::SCHEMA).map_err(err)?;
         Ok(Registry { conn, path })
     }
