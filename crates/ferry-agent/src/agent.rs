@@ -21,6 +21,7 @@ use ferry_api::{exit, Command, Outcome};
 use ferry_broker::{
     Broker, ConnectOptions, Error as BrokerError, Job, JobId, ReconnectPolicy, Reconnecting,
 };
+use ferry_core::registry::Registry;
 use ferry_core::{Jname, Workdir};
 use ferry_dispatch::{dispatch, error_chain, Context};
 
@@ -75,6 +76,12 @@ pub fn serve(cfg: &Config, stop: &AtomicBool) -> Result<(), AgentError> {
     let journal = Journal::open(&db_dir(cfg))?;
     let pruned = journal.prune(job::unix_now())?;
     drop(journal);
+    // Held while serving: with one connection open, each command's own
+    // open of the registry finds its WAL index ready instead of rebuilding
+    // it, and its close does not checkpoint (a listing takes a third of
+    // the time).
+    let _registry = Registry::open(&db_dir(cfg))
+        .map_err(|e| AgentError::Workdir(cfg.workdir.display().to_string(), e))?;
     tracing::info!(
         workdir = %cfg.workdir.display(),
         broker = %cfg.uri,
@@ -133,6 +140,7 @@ struct Worker<'a> {
     n: usize,
     broker: Reconnecting,
     journal: Journal,
+    runner: Runner,
     me: Owner,
 }
 
@@ -144,6 +152,7 @@ impl<'a> Worker<'a> {
             n,
             broker: Reconnecting::lazy(cfg.uri.clone(), opts, policy),
             journal: Journal::open(&db_dir(cfg))?,
+            runner: Runner::start(&cfg.workdir),
             me: Owner::me(),
         })
     }
@@ -263,30 +272,26 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Run a command on a thread of its own while this one touches the job
-    /// and relays progress.
+    /// Run a command on the worker's runner thread while this one touches
+    /// the job and relays progress.
     fn execute(&mut self, id: JobId, req: Request) -> Reply {
-        let (tx, rx) = mpsc::channel::<(u8, String)>();
-        let ctx = Context::new(&self.cfg.workdir).with_progress(Arc::new(move |p, m: &str| {
-            let _ = tx.send((p, m.to_owned()));
-        }));
-        std::thread::scope(|s| {
-            let worker = s.spawn(move || run_command(&ctx, req.command));
-            loop {
-                match rx.recv_timeout(TOUCH_EVERY) {
-                    Ok((p, m)) => self.answer(id, &Reply::progress(p, m)),
-                    Err(RecvTimeoutError::Timeout) => {
-                        if let Err(e) = self.broker.touch(id) {
-                            tracing::warn!(job = %id, "cannot touch: {}", error_chain(&e));
-                        }
+        if self.runner.commands.send(req.command).is_err() {
+            return Reply::done(exit::FAILED, "the agent's command runner stopped");
+        }
+        loop {
+            match self.runner.events.recv_timeout(TOUCH_EVERY) {
+                Ok(Event::Progress(p, m)) => self.answer(id, &Reply::progress(p, m)),
+                Ok(Event::Done(reply)) => return reply,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.broker.touch(id) {
+                        tracing::warn!(job = %id, "cannot touch: {}", error_chain(&e));
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Reply::done(exit::FAILED, "the agent's command runner stopped")
                 }
             }
-            worker
-                .join()
-                .unwrap_or_else(|_| Reply::done(exit::FAILED, "the command panicked"))
-        })
+        }
     }
 
     fn answer(&mut self, id: JobId, reply: &Reply) {
@@ -315,6 +320,41 @@ impl<'a> Worker<'a> {
         if let Err(e) = self.broker.bury(id, BURY_PRIORITY) {
             tracing::warn!(job = %id, "cannot bury: {}", error_chain(&e));
         }
+    }
+}
+
+/// What a runner reports while it runs a command.
+enum Event {
+    Progress(u8, String),
+    Done(Reply),
+}
+
+/// A worker's thread that runs its commands (kept for the worker's life:
+/// starting a thread per job would cost more than a listing).
+struct Runner {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<Event>,
+}
+
+impl Runner {
+    fn start(workdir: &std::path::Path) -> Runner {
+        let (commands, jobs) = mpsc::channel::<Command>();
+        let (tx, events) = mpsc::channel();
+        let progress = tx.clone();
+        let ctx = Context::new(workdir).with_progress(Arc::new(move |p, m: &str| {
+            let _ = progress.send(Event::Progress(p, m.to_owned()));
+        }));
+        std::thread::spawn(move || {
+            for cmd in jobs {
+                let run = std::panic::AssertUnwindSafe(|| run_command(&ctx, cmd));
+                let reply = std::panic::catch_unwind(run)
+                    .unwrap_or_else(|_| Reply::done(exit::FAILED, "the command panicked"));
+                if tx.send(Event::Done(reply)).is_err() {
+                    break;
+                }
+            }
+        });
+        Runner { commands, events }
     }
 }
 
