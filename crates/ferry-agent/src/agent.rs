@@ -141,6 +141,8 @@ struct Worker<'a> {
     broker: Reconnecting,
     journal: Journal,
     runner: Runner,
+    /// Where listings run (on the worker's own thread).
+    listing_ctx: Context,
     me: Owner,
 }
 
@@ -153,6 +155,7 @@ impl<'a> Worker<'a> {
             broker: Reconnecting::lazy(cfg.uri.clone(), opts, policy),
             journal: Journal::open(&db_dir(cfg))?,
             runner: Runner::start(&cfg.workdir),
+            listing_ctx: Context::new(&cfg.workdir),
             me: Owner::me(),
         })
     }
@@ -198,7 +201,9 @@ impl<'a> Worker<'a> {
         let started = Instant::now();
         let name = req.command.name();
         if req.read_only {
-            let reply = self.execute(job.id, req);
+            // A listing runs right here, untouched: it is quick, and were it
+            // to outlive its TTR, running it again would be harmless.
+            let reply = run_guarded(&self.listing_ctx, req.command);
             self.answer(job.id, &reply);
             if let Err(e) = self.broker.delete(job.id) {
                 tracing::warn!(job = %job.id, "cannot delete: {}", error_chain(&e));
@@ -346,10 +351,7 @@ impl Runner {
         }));
         std::thread::spawn(move || {
             for cmd in jobs {
-                let run = std::panic::AssertUnwindSafe(|| run_command(&ctx, cmd));
-                let reply = std::panic::catch_unwind(run)
-                    .unwrap_or_else(|_| Reply::done(exit::FAILED, "the command panicked"));
-                if tx.send(Event::Done(reply)).is_err() {
+                if tx.send(Event::Done(run_guarded(&ctx, cmd))).is_err() {
                     break;
                 }
             }
@@ -366,6 +368,13 @@ fn log_done(id: JobId, name: &str, reply: &Reply, started: Instant) {
         ms = started.elapsed().as_millis() as u64,
         "done"
     );
+}
+
+/// [`run_command`], a panic in it answered as a failure.
+fn run_guarded(ctx: &Context, cmd: Command) -> Reply {
+    let run = std::panic::AssertUnwindSafe(|| run_command(ctx, cmd));
+    std::panic::catch_unwind(run)
+        .unwrap_or_else(|_| Reply::done(exit::FAILED, "the command panicked"))
 }
 
 /// Run one command through the dispatcher and shape its reply as the

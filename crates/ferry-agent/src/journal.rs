@@ -103,7 +103,7 @@ impl Journal {
             path: path.clone(),
             source,
         };
-        let conn = ferry_core::registry::open_sqlite(&path, Duration::from_secs(30), SCHEMA)
+        let conn = ferry_core::registry::open_sqlite(&path, Duration::from_secs(30), &[SCHEMA])
             .map_err(err)?;
         Ok(Journal { conn, path })
     }

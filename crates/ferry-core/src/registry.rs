@@ -43,13 +43,28 @@ pub struct EnvRow {
 
 /// Open (creating if needed) one of ferry's local SQLite files the way
 /// they all are: WAL, `synchronous=FULL` (a commit is on disk when it
-/// returns), waiting up to `busy` for another writer, `schema` applied.
-pub fn open_sqlite(path: &Path, busy: Duration, schema: &str) -> rusqlite::Result<Connection> {
+/// returns), waiting up to `busy` for another writer, `schemas` applied.
+///
+/// The schemas' digest is kept in `user_version`: a file that already has
+/// them is not sent the DDL again, which would cost more than the rest of
+/// a quick command's open (parsing every `CREATE ... IF NOT EXISTS`).
+pub fn open_sqlite(path: &Path, busy: Duration, schemas: &[&str]) -> rusqlite::Result<Connection> {
+    let stamp = schemas.iter().fold(0u64, |h, s| {
+        h ^ crate::workdir::fnv1a(s.as_bytes()).rotate_left(1)
+    });
+    // A positive i32 that is never 0, SQLite's value for a new file.
+    let stamp = i64::try_from(stamp % (i32::MAX as u64 - 1) + 1).unwrap_or(1);
     let conn = Connection::open(path)?;
     conn.busy_timeout(busy)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(schema)?;
+    let have: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if have != stamp {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        for schema in schemas {
+            conn.execute_batch(schema)?;
+        }
+        conn.pragma_update(None, "user_version", stamp)?;
+    }
     Ok(conn)
 }
 
@@ -68,8 +83,12 @@ impl Registry {
             path: path.clone(),
             source,
         };
-        let conn = open_sqlite(&path, Duration::from_secs(10), SCHEMA).map_err(err)?;
-        conn.execute_batch(crate::node::SCHEMA).map_err(err)?;
+        let conn = open_sqlite(
+            &path,
+            Duration::from_secs(10),
+            &[SCHEMA, crate::node::SCHEMA],
+        )
+        .map_err(err)?;
         Ok(Registry { conn, path })
     }
 
@@ -249,6 +268,37 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EnvRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_schema_is_applied_to_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.sqlite");
+        let a = "CREATE TABLE IF NOT EXISTS a (x);";
+        let b = "CREATE TABLE IF NOT EXISTS b (y);";
+        let tables = |c: &Connection| -> i64 {
+            c.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let c = open_sqlite(&p, Duration::from_secs(1), &[a]).unwrap();
+        let mode: String = c
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!((tables(&c), mode.as_str()), (1, "wal"));
+        drop(c);
+        // Reopened as it is, then with one more table.
+        assert_eq!(
+            tables(&open_sqlite(&p, Duration::from_secs(1), &[a]).unwrap()),
+            1
+        );
+        assert_eq!(
+            tables(&open_sqlite(&p, Duration::from_secs(1), &[a, b]).unwrap()),
+            2
+        );
+    }
 
     fn row(name: &str) -> EnvRow {
         EnvRow {

@@ -14,7 +14,7 @@
 //! once against as many workers as the agent has (`concurrency`).
 //!
 //! Run as root: `cargo bench -p ferry --bench agent` (round trips per
-//! side: `FERRY_BENCH_JOBS`, default 4000; agent workers:
+//! side: `FERRY_BENCH_JOBS`, default 10000; agent workers:
 //! `FERRY_BENCH_CONCURRENCY`, default 4, the agent's default).
 
 use std::fs;
@@ -36,7 +36,7 @@ const RAW_REPLY: &[u8] =
     br#"{"ErrCode":0,"Message":"","Progress":100,"Guid":"","DskGuid":"","Vnc":""}"#;
 
 fn main() {
-    let jobs = setting("FERRY_BENCH_JOBS", 4000);
+    let jobs = setting("FERRY_BENCH_JOBS", 10000);
     let workers = setting("FERRY_BENCH_CONCURRENCY", 4);
     let b = Beanstalkd::start().expect("beanstalkd");
     let t = TestWorkdir::new(BIN);
