@@ -145,11 +145,14 @@ fn broker(b: &Beanstalkd) -> Connection {
     Connection::connect(&uri, opts).expect("connect")
 }
 
-/// Put a raw body on `tube`; its id.
+/// Put a raw body on `tube` with a TTR of 30 s; its id.
 fn put_raw(c: &mut Connection, tube: &str, body: &[u8]) -> JobId {
+    put_ttr(c, tube, body, Duration::from_secs(30))
+}
+
+fn put_ttr(c: &mut Connection, tube: &str, body: &[u8], ttr: Duration) -> JobId {
     c.use_tube(tube).expect("use");
-    c.put(body, 1024, Duration::ZERO, Duration::from_secs(30))
-        .expect("put")
+    c.put(body, 1024, Duration::ZERO, ttr).expect("put")
 }
 
 /// The next job on `tube` within `limit`, deleted.
@@ -328,8 +331,23 @@ fn an_agent_killed_mid_job_does_not_run_the_job_twice() {
     assert!(last.message.contains("not run again"), "{last:?}");
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(runs(&count), 1, "the job ran twice");
-    // The interrupted start left nothing in the way of a new one.
-    p.ok(r#"{"Command":"jstart","CommandArgs":{"jname":"slow1"}}"#);
+    // The interrupted start left nothing in the way of a new one, which
+    // outlives its 2 s TTR only because the agent touches it.
+    let mut c = broker(&b);
+    let id = put_ttr(
+        &mut c,
+        &p.tube,
+        br#"{"Command":"jstart","CommandArgs":{"jname":"slow1"}}"#,
+        Duration::from_secs(2),
+    );
+    let mut seen = 0;
+    while let Ok(st) = c.stats_job(id) {
+        assert_eq!((st.reserves, st.timeouts), (1, 0), "{st:?}");
+        seen += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(seen > 10, "the job ended too soon to show anything");
+    assert_eq!(final_reply(&mut c, &p, id).err_code, 0);
     assert_eq!((runs(&count), p.t.status("slow1").as_str()), (2, "running"));
 
     // Killed after its final reply was put, before the job was deleted:
@@ -337,7 +355,6 @@ fn an_agent_killed_mid_job_does_not_run_the_job_twice() {
     // same reply again), not run again (which would answer "not running").
     p.kill_agent();
     p.start_agent_env(&[("FERRY_CRASH_AT", "agent:2")]);
-    let mut c = broker(&b);
     let id = put_raw(
         &mut c,
         &p.tube,
