@@ -37,6 +37,8 @@ const REPLY_PRIORITY: u32 = 1;
 const BURY_PRIORITY: u32 = 1024;
 /// A job another live worker still runs is given back with this delay.
 const BUSY_DELAY: Duration = Duration::from_secs(2);
+/// beanstalkd's default `-z`.
+const BEANSTALKD_MAX_JOB: usize = 65_535;
 /// The pause before a worker tries again after a broker error.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -204,9 +206,11 @@ impl<'a> Worker<'a> {
             // A listing runs right here, untouched: it is quick, and were it
             // to outlive its TTR, running it again would be harmless.
             let reply = run_guarded(&self.listing_ctx, req.command);
-            self.answer(job.id, &reply);
-            if let Err(e) = self.broker.delete(job.id) {
-                tracing::warn!(job = %job.id, "cannot delete: {}", error_chain(&e));
+            // Without its reply the job stays, and comes back after its TTR.
+            if self.answer(job.id, &reply) {
+                if let Err(e) = self.broker.delete(job.id) {
+                    tracing::warn!(job = %job.id, "cannot delete: {}", error_chain(&e));
+                }
             }
             return log_done(job.id, name, &reply, started);
         }
@@ -233,8 +237,10 @@ impl<'a> Worker<'a> {
             }
             Ok(Begin::Finished(text)) => {
                 tracing::info!(job = %job.id, "finished before: answered from the journal");
-                self.put_reply(job.id, &text);
-                return self.settle(job.id);
+                if self.put_reply(job.id, &text) {
+                    self.settle(job.id);
+                }
+                return;
             }
             Ok(Begin::Replied) => {
                 tracing::info!(job = %job.id, "finished and answered before: deleted");
@@ -257,13 +263,16 @@ impl<'a> Worker<'a> {
                 ),
             ),
         };
-        let text = reply.to_json();
+        let text = reply.to_json_within(self.cfg.max_job_size);
         if let Err(e) = self.journal.finish(&tube, job.id.0, &text, job::unix_now()) {
             tracing::error!(job = %job.id, "{}", error_chain(&e));
         }
-        self.put_reply(job.id, &text);
-        ferry_core::sys::crashpoint("agent", 2);
-        self.settle(job.id);
+        // Unanswered, the job comes back (TTR, lost connection) and is
+        // answered from the journal.
+        if self.put_reply(job.id, &text) {
+            ferry_core::sys::crashpoint("agent", 2);
+            self.settle(job.id);
+        }
         log_done(job.id, name, &reply, started);
     }
 
@@ -285,7 +294,9 @@ impl<'a> Worker<'a> {
         }
         loop {
             match self.runner.events.recv_timeout(TOUCH_EVERY) {
-                Ok(Event::Progress(p, m)) => self.answer(id, &Reply::progress(p, m)),
+                Ok(Event::Progress(p, m)) => {
+                    self.answer(id, &Reply::progress(p, m));
+                }
                 Ok(Event::Done(reply)) => return reply,
                 Err(RecvTimeoutError::Timeout) => {
                     if let Err(e) = self.broker.touch(id) {
@@ -299,28 +310,37 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn answer(&mut self, id: JobId, reply: &Reply) {
-        self.put_reply(id, &reply.to_json());
+    /// Put a reply; whether it is on its tube.
+    fn answer(&mut self, id: JobId, reply: &Reply) -> bool {
+        let text = reply.to_json_within(self.cfg.max_job_size);
+        self.put_reply(id, &text)
     }
 
-    fn put_reply(&mut self, id: JobId, text: &str) {
+    fn put_reply(&mut self, id: JobId, text: &str) -> bool {
         let tube = self.cfg.reply_tube(id);
-        let r = self.broker.use_tube(&tube).and_then(|()| {
-            self.broker.put(
-                text.as_bytes(),
-                REPLY_PRIORITY,
-                Duration::ZERO,
-                self.cfg.publish_timeout,
-            )
-        });
-        if let Err(e) = r {
-            tracing::warn!(job = %id, tube, "cannot put the reply: {}", error_chain(&e));
+        let ttr = self.cfg.publish_timeout;
+        let mut put = |text: &str| {
+            self.broker.use_tube(&tube).and_then(|()| {
+                self.broker
+                    .put(text.as_bytes(), REPLY_PRIORITY, Duration::ZERO, ttr)
+            })
+        };
+        let mut r = put(text);
+        if let (Err(BrokerError::JobTooBig(_)), Some(reply)) = (&r, Reply::parse(text.as_bytes())) {
+            // The server's -z is below max_job_size: cut to its default.
+            r = put(&reply.to_json_within(BEANSTALKD_MAX_JOB));
         }
+        if let Err(e) = &r {
+            tracing::warn!(job = %id, tube, "cannot put the reply: {}", error_chain(e));
+        }
+        r.is_ok()
     }
 
     /// Answer a job that is not run with an error, and bury it.
     fn reject(&mut self, id: JobId, why: &Rejection) {
         tracing::warn!(job = %id, "rejected: {why}");
+        // Buried even if the reply could not be put: a lost connection
+        // loses the bury too, and the job comes back to be rejected again.
         self.answer(id, &Reply::done(why.code(), why.to_string()));
         if let Err(e) = self.broker.bury(id, BURY_PRIORITY) {
             tracing::warn!(job = %id, "cannot bury: {}", error_chain(&e));

@@ -88,9 +88,9 @@ pub struct Config {
     /// ferry's own: the TTR the client puts jobs with (default 60 s); an
     /// agent that dies mid-job gives the job back after it.
     pub job_ttr: Duration,
-    /// ferry's own: the largest job body the agent reads (default 65,535,
-    /// beanstalkd's default `-z`); larger jobs are answered with an error
-    /// and buried.
+    /// ferry's own: the largest job body the agent reads and the largest
+    /// reply it puts (default 65,535, beanstalkd's default `-z`); larger
+    /// jobs are answered with an error and buried, longer replies cut.
     pub max_job_size: usize,
 }
 
@@ -160,8 +160,8 @@ impl Config {
             return Err(bad("concurrency", "must be 1 to 64".into()));
         }
         let max_job_size = raw.max_job_size.unwrap_or(65_535);
-        if !(64..=1 << 30).contains(&max_job_size) {
-            return Err(bad("max_job_size", "must be 64 bytes to 1 GiB".into()));
+        if !(1024..=1 << 30).contains(&max_job_size) {
+            return Err(bad("max_job_size", "must be 1 KiB to 1 GiB".into()));
         }
         let key = match raw.hmac_key_file {
             None => None,

@@ -289,6 +289,32 @@ impl Reply {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// The JSON text, at most `max` bytes: a longer `Message` (a listing of
+    /// thousands of envs) is cut, and says so, since beanstalkd refuses
+    /// jobs above its `-z`.
+    pub fn to_json_within(&self, max: usize) -> String {
+        let mut text = self.to_json();
+        let mut keep = self.message.len();
+        while text.len() > max && keep > 0 {
+            keep = keep.saturating_sub(text.len() - max + 64);
+            let mut cut = keep;
+            while !self.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let message = format!(
+                "{}\n... (cut: the whole message is {} bytes)",
+                &self.message[..cut],
+                self.message.len()
+            );
+            text = Reply {
+                message,
+                ..self.clone()
+            }
+            .to_json();
+        }
+        text
+    }
+
     /// Parse a reply (the client's side); `None` if it is not one.
     pub fn parse(body: &[u8]) -> Option<Reply> {
         serde_json::from_slice(body).ok()
@@ -405,5 +431,18 @@ mod tests {
         assert!(text.contains("\"DskGuid\":\"\"") && text.contains("\"Vnc\":\"\""));
         assert_eq!(Reply::parse(text.as_bytes()), Some(r));
         assert_eq!(Reply::parse(b"{}"), None);
+    }
+
+    #[test]
+    fn a_long_reply_is_cut_to_fit_the_broker() {
+        let long = Reply::done(0, "é\"x".repeat(30_000));
+        let text = long.to_json_within(65_535);
+        assert!(text.len() <= 65_535, "{}", text.len());
+        let r = Reply::parse(text.as_bytes()).unwrap();
+        assert!(r
+            .message
+            .ends_with("(cut: the whole message is 120000 bytes)"));
+        let short = Reply::done(0, "ok");
+        assert_eq!(short.to_json_within(65_535), short.to_json());
     }
 }

@@ -270,6 +270,20 @@ fn bs_router_client_vm_jobs_round_trip_with_progress_and_vnc() {
 }
 
 #[test]
+fn a_reply_longer_than_max_job_size_is_cut_not_lost() {
+    let b = Beanstalkd::start().expect("beanstalkd");
+    let mut p = Pool::new(&b, "cbsd_small", r#""max_job_size": 1024,"#);
+    for i in 0..30 {
+        p.t.ok(&["jcreate", &format!("jname=a-rather-long-jail-name-{i:02}")]);
+    }
+    p.start_agent();
+    let r = p.ok(r#"{"Command":"jls"}"#);
+    assert!(r.to_json().len() <= 1024);
+    assert!(r.message.starts_with("JNAME"), "{r:?}");
+    assert!(r.message.contains("(cut: the whole message is"), "{r:?}");
+}
+
+#[test]
 fn two_pools_on_one_host_route_to_their_own_workdirs() {
     let b = Beanstalkd::start().expect("beanstalkd");
     let mut p1 = Pool::new(&b, "cbsd_pool1", "");
