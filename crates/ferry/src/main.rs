@@ -265,9 +265,16 @@ fn print(outcome: &Outcome, json: bool) -> i32 {
 
 /// `agent` or `client`: load the config, then serve or send.
 fn broker_door(name: &str, sub: &clap::ArgMatches) -> i32 {
-    if sub.get_one::<PathBuf>("workdir").is_some() {
+    let misfit = if sub.get_one::<PathBuf>("workdir").is_some() {
+        Some("the workdir is the config's cbsdenv, not --workdir")
+    } else if name == "agent" && sub.get_flag("json") {
+        Some("--json does not apply: the agent prints no result")
+    } else {
+        None
+    };
+    if let Some(why) = misfit {
         init_logging("warn", None);
-        eprintln!("ferry {name}: the workdir is the config's cbsdenv, not --workdir");
+        eprintln!("ferry {name}: {why}");
         return exit::USAGE;
     }
     let path = sub
