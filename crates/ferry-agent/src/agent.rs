@@ -73,16 +73,17 @@ pub fn serve_until_signalled(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), 
 
 /// Serve until `stop` is set; jobs being run are finished first.
 pub fn serve(cfg: &Config, stop: &AtomicBool) -> Result<(), AgentError> {
-    Workdir::open(&cfg.workdir)
-        .map_err(|e| AgentError::Workdir(cfg.workdir.display().to_string(), e))?;
-    let journal = Journal::open(&db_dir(cfg))?;
+    let db = Workdir::open(&cfg.workdir)
+        .map_err(|e| AgentError::Workdir(cfg.workdir.display().to_string(), e))?
+        .db_dir();
+    let journal = Journal::open(&db)?;
     let pruned = journal.prune(job::unix_now())?;
     drop(journal);
     // Held while serving: with one connection open, each command's own
     // open of the registry finds its WAL index ready instead of rebuilding
     // it, and its close does not checkpoint (a listing takes a third of
     // the time).
-    let _registry = Registry::open(&db_dir(cfg))
+    let _registry = Registry::open(&db)
         .map_err(|e| AgentError::Workdir(cfg.workdir.display().to_string(), e))?;
     tracing::info!(
         workdir = %cfg.workdir.display(),
@@ -94,10 +95,11 @@ pub fn serve(cfg: &Config, stop: &AtomicBool) -> Result<(), AgentError> {
         "agent serving"
     );
     std::thread::scope(|s| {
+        let db = &db;
         let workers: Vec<_> = (0..cfg.concurrency)
             .map(|n| {
                 s.spawn(move || -> Result<(), AgentError> {
-                    Worker::new(cfg, n)?.run(stop);
+                    Worker::new(cfg, n, db)?.run(stop);
                     Ok(())
                 })
             })
@@ -117,10 +119,6 @@ pub fn serve(cfg: &Config, stop: &AtomicBool) -> Result<(), AgentError> {
         }
         first_err
     })
-}
-
-fn db_dir(cfg: &Config) -> std::path::PathBuf {
-    cfg.workdir.join("var/db")
 }
 
 /// The broker connection options of an agent or client with this config.
@@ -149,13 +147,13 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(cfg: &'a Config, n: usize) -> Result<Worker<'a>, AgentError> {
+    fn new(cfg: &'a Config, n: usize, db: &std::path::Path) -> Result<Worker<'a>, AgentError> {
         let (opts, policy) = connect_options(cfg);
         Ok(Worker {
             cfg,
             n,
             broker: Reconnecting::lazy(cfg.uri.clone(), opts, policy),
-            journal: Journal::open(&db_dir(cfg))?,
+            journal: Journal::open(db)?,
             runner: Runner::start(&cfg.workdir),
             listing_ctx: Context::new(&cfg.workdir),
             me: Owner::me(),
