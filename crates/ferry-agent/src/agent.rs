@@ -79,10 +79,9 @@ pub fn serve(cfg: &Config, stop: &AtomicBool) -> Result<(), AgentError> {
     let journal = Journal::open(&db)?;
     let pruned = journal.prune(job::unix_now())?;
     drop(journal);
-    // Held while serving: with one connection open, each command's own
-    // open of the registry finds its WAL index ready instead of rebuilding
-    // it, and its close does not checkpoint (a listing takes a third of
-    // the time).
+    // Held while serving: with a connection open, a new one finds SQLite's
+    // WAL index ready instead of rebuilding it, and closing one does not
+    // checkpoint. (Commands reuse their worker's connections too.)
     let _registry = Registry::open(&db)
         .map_err(|e| AgentError::Workdir(cfg.workdir.display().to_string(), e))?;
     tracing::info!(
@@ -155,7 +154,7 @@ impl<'a> Worker<'a> {
             broker: Reconnecting::lazy(cfg.uri.clone(), opts, policy),
             journal: Journal::open(db)?,
             runner: Runner::start(&cfg.workdir),
-            listing_ctx: Context::new(&cfg.workdir),
+            listing_ctx: Context::new(&cfg.workdir).with_registry_pool(),
             me: Owner::me(),
         })
     }
@@ -364,9 +363,11 @@ impl Runner {
         let (commands, jobs) = mpsc::channel::<Command>();
         let (tx, events) = mpsc::channel();
         let progress = tx.clone();
-        let ctx = Context::new(workdir).with_progress(Arc::new(move |p, m: &str| {
-            let _ = progress.send(Event::Progress(p, m.to_owned()));
-        }));
+        let ctx = Context::new(workdir)
+            .with_registry_pool()
+            .with_progress(Arc::new(move |p, m: &str| {
+                let _ = progress.send(Event::Progress(p, m.to_owned()));
+            }));
         std::thread::spawn(move || {
             for cmd in jobs {
                 if tx.send(Event::Done(run_guarded(&ctx, cmd))).is_err() {

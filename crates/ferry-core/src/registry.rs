@@ -5,6 +5,7 @@
 //! listing shows, so `jls` over thousands of envs reads one table.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -71,11 +72,93 @@ pub fn open_sqlite(path: &Path, busy: Duration, schemas: &[&str]) -> rusqlite::R
 /// An open registry connection.
 #[derive(Debug)]
 pub struct Registry {
-    conn: Connection,
+    conn: Held,
     path: PathBuf,
+    /// Where the connection goes back when dropped, if anywhere.
+    pool: Option<RegistryPool>,
+}
+
+/// The connection of a [`Registry`]; taken out only when it is dropped.
+#[derive(Debug)]
+struct Held(Option<Connection>);
+
+impl std::ops::Deref for Held {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.0
+            .as_ref()
+            .expect("a registry's connection is taken only on drop")
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0
+            .as_mut()
+            .expect("a registry's connection is taken only on drop")
+    }
+}
+
+/// Registry connections a long-lived front door (the broker agent) keeps
+/// for its next commands: opening one costs more than a quick listing. A
+/// connection goes back when its [`Registry`] is dropped outside a
+/// transaction, and is set to `synchronous=FULL` again when taken.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryPool(Arc<Mutex<Vec<(PathBuf, Connection)>>>);
+
+/// How many connections a pool keeps.
+const POOL_MAX: usize = 4;
+
+impl RegistryPool {
+    fn take(&self, path: &Path) -> Option<Connection> {
+        let mut v = self.0.lock().ok()?;
+        let i = v.iter().position(|(p, _)| p == path)?;
+        Some(v.swap_remove(i).1)
+    }
+
+    fn put(&self, path: PathBuf, conn: Connection) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < POOL_MAX {
+                v.push((path, conn));
+            }
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(conn)) = (self.pool.take(), self.conn.0.take()) {
+            if conn.is_autocommit() {
+                pool.put(std::mem::take(&mut self.path), conn);
+            }
+        }
+    }
 }
 
 impl Registry {
+    /// Open the registry in `db_dir` with a connection from `pool` when it
+    /// has one; the connection goes back to `pool` when this is dropped.
+    pub fn open_pooled(db_dir: &Path, pool: &RegistryPool) -> Result<Registry> {
+        let path = db_dir.join("local.sqlite");
+        let mut reg = match pool.take(&path) {
+            Some(conn) => {
+                conn.pragma_update(None, "synchronous", "FULL")
+                    .map_err(|source| Error::Registry {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Registry {
+                    conn: Held(Some(conn)),
+                    path,
+                    pool: None,
+                }
+            }
+            None => Registry::open(db_dir)?,
+        };
+        reg.pool = Some(pool.clone());
+        Ok(reg)
+    }
+
     /// Open (creating if needed) the registry in `db_dir`.
     pub fn open(db_dir: &Path) -> Result<Registry> {
         let path = db_dir.join("local.sqlite");
@@ -89,7 +172,11 @@ impl Registry {
             &[SCHEMA, crate::node::SCHEMA],
         )
         .map_err(err)?;
-        Ok(Registry { conn, path })
+        Ok(Registry {
+            conn: Held(Some(conn)),
+            path,
+            pool: None,
+        })
     }
 
     /// Commit without waiting for the disk (SQLite `synchronous=NORMAL`
@@ -268,6 +355,30 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EnvRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pooled_connection_is_reused_and_made_durable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = RegistryPool::default();
+        let sync = |r: &Registry| -> i64 {
+            r.conn()
+                .pragma_query_value(None, "synchronous", |v| v.get(0))
+                .unwrap()
+        };
+        let reg = Registry::open_pooled(dir.path(), &pool).unwrap();
+        reg.upsert(&row("a")).unwrap();
+        reg.relaxed().unwrap();
+        assert_eq!(sync(&reg), 1);
+        drop(reg);
+        assert_eq!(pool.0.lock().unwrap().len(), 1);
+        let reg = Registry::open_pooled(dir.path(), &pool).unwrap();
+        assert!(pool.0.lock().unwrap().is_empty(), "not taken from the pool");
+        assert_eq!((sync(&reg), reg.list().unwrap().len()), (2, 1));
+        // A plain open leaves the pool alone.
+        drop(Registry::open(dir.path()).unwrap());
+        drop(reg);
+        assert_eq!(pool.0.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn a_changed_schema_is_applied_to_an_existing_file() {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use ferry_api::exit;
 use ferry_api::{Command, EnvResult, Outcome};
 use ferry_core::inventory::Inventory;
-use ferry_core::registry::Registry;
+use ferry_core::registry::{Registry, RegistryPool};
 use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
 
 /// The ferry version recorded in the node inventory.
@@ -35,6 +35,7 @@ pub type Progress = Arc<dyn Fn(u8, &str) + Send + Sync>;
 pub struct Context {
     pub workdir: PathBuf,
     progress: Option<Progress>,
+    registries: Option<RegistryPool>,
 }
 
 impl fmt::Debug for Context {
@@ -42,6 +43,7 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("workdir", &self.workdir)
             .field("progress", &self.progress.is_some())
+            .field("pooled", &self.registries.is_some())
             .finish()
     }
 }
@@ -51,7 +53,15 @@ impl Context {
         Context {
             workdir: workdir.into(),
             progress: None,
+            registries: None,
         }
+    }
+
+    /// The same context, keeping registry connections between commands
+    /// (for a long-lived front door that runs many: the broker agent).
+    pub fn with_registry_pool(mut self) -> Context {
+        self.registries = Some(RegistryPool::default());
+        self
     }
 
     /// The same context, telling `progress` how far long commands got.
@@ -70,7 +80,10 @@ impl Context {
 
     fn open(&self) -> Result<(Workdir, Registry)> {
         let wd = Workdir::open(&self.workdir)?;
-        let reg = Registry::open(&wd.db_dir())?;
+        let reg = match &self.registries {
+            Some(pool) => Registry::open_pooled(&wd.db_dir(), pool)?,
+            None => Registry::open(&wd.db_dir())?,
+        };
         Ok((wd, reg))
     }
 }
