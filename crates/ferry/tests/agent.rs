@@ -534,6 +534,11 @@ fn with_a_key_only_signed_jobs_run_and_none_twice() {
         let id = put_raw(&mut c, &p.tube, &body);
         let r = final_reply(&mut c, &p, id);
         assert_eq!(r.err_code, code, "{r:?}");
+        if code != 0 {
+            wait_for("the refused job buried", Duration::from_secs(5), || {
+                matches!(c.stats_job(id).map(|s| s.state), Ok(JobState::Buried))
+            });
+        }
     }
     let names: Vec<String> = p.t.jls().into_keys().collect();
     assert_eq!(names, ["replayed", "signed1"]);
