@@ -135,7 +135,7 @@ impl RawArgs {
         if v.len() > MAX_VALUE_LEN {
             return Err(ArgError::invalid(
                 k,
-                &v[..32],
+                &v.chars().take(32).collect::<String>(),
                 format!("longer than {MAX_VALUE_LEN} bytes"),
             ));
         }
@@ -547,6 +547,14 @@ mod tests {
         assert!(RawArgs::from_json(&serde_json::json!({"a": {"b": 1}})).is_err());
         assert!(RawArgs::from_json(&serde_json::json!([1])).is_err());
         assert!(RawArgs::from_json(&serde_json::json!({"a;b": 1})).is_err());
+    }
+
+    #[test]
+    fn an_overlong_multibyte_value_is_refused_without_panicking() {
+        // Byte 32 falls inside a three-byte character.
+        let v = format!("ab{}", "€".repeat(MAX_VALUE_LEN));
+        let e = RawArgs::from_json(&serde_json::json!({ "jname": v })).unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
     }
 
     #[test]

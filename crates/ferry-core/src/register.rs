@@ -55,25 +55,6 @@ pub struct Takeover {
     pub lease_time: Duration,
 }
 
-/// Test-only crash injection: with `FERRY_CRASH_AT=<op>:<step>` in the
-/// environment the process aborts (as if killed) at that step;
-/// `<op>:<step>:<n>` aborts the `n`th time the step is reached (in a glob).
-pub fn crashpoint(op: &str, step: u32) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEEN: AtomicU32 = AtomicU32::new(0);
-    let Ok(at) = std::env::var("FERRY_CRASH_AT") else {
-        return;
-    };
-    let mut parts = at.split(':');
-    if parts.next() != Some(op) || parts.next() != Some(step.to_string().as_str()) {
-        return;
-    }
-    let nth: u32 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
-    if SEEN.fetch_add(1, Ordering::SeqCst) + 1 == nth {
-        std::process::abort();
-    }
-}
-
 fn remove(p: &Path) -> Result<()> {
     match std::fs::remove_file(p) {
         Ok(()) => Ok(()),
@@ -223,7 +204,7 @@ pub fn unregister(
         None if rc.exists() => {}
         None => return Err(Error::EnvNotFound(j.clone())),
     }
-    crashpoint("unregister", 1);
+    crate::sys::crashpoint("unregister", 1);
     finish_unregister(wd, reg, j)
 }
 
@@ -235,16 +216,16 @@ fn finish_unregister(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
         Err(e @ Error::NotOwner { .. }) => Some(e),
         Err(e) => return Err(e),
     };
-    crashpoint("unregister", 2);
+    crate::sys::crashpoint("unregister", 2);
     reg.remove(j)?;
-    crashpoint("unregister", 3);
+    crate::sys::crashpoint("unregister", 3);
     if let Some(e) = theirs {
         return Err(e);
     }
     if wd.unregistered_rcconf(j).exists() {
         remove(&wd.registered_rcconf(j))?;
     }
-    crashpoint("unregister", 4);
+    crate::sys::crashpoint("unregister", 4);
     runtime::clear(wd, j)
 }
 
@@ -314,7 +295,7 @@ pub fn register(
             r => r?,
         },
     };
-    crashpoint("register", 1);
+    crate::sys::crashpoint("register", 1);
     finish_register(wd, reg, j, row_of)?;
     Ok(epoch)
 }
@@ -344,13 +325,13 @@ fn finish_register(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -
     let def = match read_definition(wd, j, &rc)? {
         Some((bytes, def)) => {
             write_definition(&sys, &bytes)?;
-            crashpoint("register", 2);
+            crate::sys::crashpoint("register", 2);
             remove(&rc)?;
             def
         }
         None => crate::envdef::load(wd, j, &sys)?,
     };
-    crashpoint("register", 3);
+    crate::sys::crashpoint("register", 3);
     reg.upsert(&row_of(wd, &def)?)
 }
 

@@ -5,6 +5,7 @@
 //! listing shows, so `jls` over thousands of envs reads one table.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -41,14 +42,123 @@ pub struct EnvRow {
     pub astart: bool,
 }
 
+/// Open (creating if needed) one of ferry's local SQLite files the way
+/// they all are: WAL, `synchronous=FULL` (a commit is on disk when it
+/// returns), waiting up to `busy` for another writer, `schemas` applied.
+///
+/// The schemas' digest is kept in `user_version`: a file that already has
+/// them is not sent the DDL again, which would cost more than the rest of
+/// a quick command's open (parsing every `CREATE ... IF NOT EXISTS`).
+pub fn open_sqlite(path: &Path, busy: Duration, schemas: &[&str]) -> rusqlite::Result<Connection> {
+    let stamp = schemas.iter().fold(0u64, |h, s| {
+        h ^ crate::workdir::fnv1a(s.as_bytes()).rotate_left(1)
+    });
+    // A positive i32 that is never 0, SQLite's value for a new file.
+    let stamp = i64::try_from(stamp % (i32::MAX as u64 - 1) + 1).unwrap_or(1);
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(busy)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let have: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if have != stamp {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        for schema in schemas {
+            conn.execute_batch(schema)?;
+        }
+        conn.pragma_update(None, "user_version", stamp)?;
+    }
+    Ok(conn)
+}
+
 /// An open registry connection.
 #[derive(Debug)]
 pub struct Registry {
-    conn: Connection,
+    conn: Held,
     path: PathBuf,
+    /// Where the connection goes back when dropped, if anywhere.
+    pool: Option<RegistryPool>,
+}
+
+/// The connection of a [`Registry`]; taken out only when it is dropped.
+#[derive(Debug)]
+struct Held(Option<Connection>);
+
+impl std::ops::Deref for Held {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.0
+            .as_ref()
+            .expect("a registry's connection is taken only on drop")
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0
+            .as_mut()
+            .expect("a registry's connection is taken only on drop")
+    }
+}
+
+/// Registry connections a long-lived front door (the broker agent) keeps
+/// for its next commands: opening one costs more than a quick listing. A
+/// connection goes back when its [`Registry`] is dropped outside a
+/// transaction, and is set to `synchronous=FULL` again when taken.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryPool(Arc<Mutex<Vec<(PathBuf, Connection)>>>);
+
+/// How many connections a pool keeps.
+const POOL_MAX: usize = 4;
+
+impl RegistryPool {
+    fn take(&self, path: &Path) -> Option<Connection> {
+        let mut v = self.0.lock().ok()?;
+        let i = v.iter().position(|(p, _)| p == path)?;
+        Some(v.swap_remove(i).1)
+    }
+
+    fn put(&self, path: PathBuf, conn: Connection) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < POOL_MAX {
+                v.push((path, conn));
+            }
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(conn)) = (self.pool.take(), self.conn.0.take()) {
+            if conn.is_autocommit() {
+                pool.put(std::mem::take(&mut self.path), conn);
+            }
+        }
+    }
 }
 
 impl Registry {
+    /// Open the registry in `db_dir` with a connection from `pool` when it
+    /// has one; the connection goes back to `pool` when this is dropped.
+    pub fn open_pooled(db_dir: &Path, pool: &RegistryPool) -> Result<Registry> {
+        let path = db_dir.join("local.sqlite");
+        let mut reg = match pool.take(&path) {
+            Some(conn) => {
+                conn.pragma_update(None, "synchronous", "FULL")
+                    .map_err(|source| Error::Registry {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Registry {
+                    conn: Held(Some(conn)),
+                    path,
+                    pool: None,
+                }
+            }
+            None => Registry::open(db_dir)?,
+        };
+        reg.pool = Some(pool.clone());
+        Ok(reg)
+    }
+
     /// Open (creating if needed) the registry in `db_dir`.
     pub fn open(db_dir: &Path) -> Result<Registry> {
         let path = db_dir.join("local.sqlite");
@@ -56,15 +166,17 @@ impl Registry {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        conn.execute_batch(crate::node::SCHEMA).map_err(err)?;
-        Ok(Registry { conn, path })
+        let conn = open_sqlite(
+            &path,
+            Duration::from_secs(10),
+            &[SCHEMA, crate::node::SCHEMA],
+        )
+        .map_err(err)?;
+        Ok(Registry {
+            conn: Held(Some(conn)),
+            path,
+            pool: None,
+        })
     }
 
     /// Commit without waiting for the disk (SQLite `synchronous=NORMAL`
@@ -243,6 +355,61 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EnvRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pooled_connection_is_reused_and_made_durable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = RegistryPool::default();
+        let sync = |r: &Registry| -> i64 {
+            r.conn()
+                .pragma_query_value(None, "synchronous", |v| v.get(0))
+                .unwrap()
+        };
+        let reg = Registry::open_pooled(dir.path(), &pool).unwrap();
+        reg.upsert(&row("a")).unwrap();
+        reg.relaxed().unwrap();
+        assert_eq!(sync(&reg), 1);
+        drop(reg);
+        assert_eq!(pool.0.lock().unwrap().len(), 1);
+        let reg = Registry::open_pooled(dir.path(), &pool).unwrap();
+        assert!(pool.0.lock().unwrap().is_empty(), "not taken from the pool");
+        assert_eq!((sync(&reg), reg.list().unwrap().len()), (2, 1));
+        // A plain open leaves the pool alone.
+        drop(Registry::open(dir.path()).unwrap());
+        drop(reg);
+        assert_eq!(pool.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_changed_schema_is_applied_to_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.sqlite");
+        let a = "CREATE TABLE IF NOT EXISTS a (x);";
+        let b = "CREATE TABLE IF NOT EXISTS b (y);";
+        let tables = |c: &Connection| -> i64 {
+            c.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let c = open_sqlite(&p, Duration::from_secs(1), &[a]).unwrap();
+        let mode: String = c
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!((tables(&c), mode.as_str()), (1, "wal"));
+        drop(c);
+        // Reopened as it is, then with one more table.
+        assert_eq!(
+            tables(&open_sqlite(&p, Duration::from_secs(1), &[a]).unwrap()),
+            1
+        );
+        assert_eq!(
+            tables(&open_sqlite(&p, Duration::from_secs(1), &[a, b]).unwrap()),
+            2
+        );
+    }
 
     fn row(name: &str) -> EnvRow {
         EnvRow {

@@ -174,6 +174,25 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// Test-only crash injection: with `FERRY_CRASH_AT=<op>:<step>` in the
+/// environment the process aborts (as if killed) at that step;
+/// `<op>:<step>:<n>` aborts the `n`th time the step is reached (in a glob).
+pub fn crashpoint(op: &str, step: u32) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    let Ok(at) = std::env::var("FERRY_CRASH_AT") else {
+        return;
+    };
+    let mut parts = at.split(':');
+    if parts.next() != Some(op) || parts.next() != Some(step.to_string().as_str()) {
+        return;
+    }
+    let nth: u32 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    if SEEN.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+        std::process::abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! The dispatcher: one place where a typed [`Command`] is carried out,
-//! whichever front door it came through (the CLI now, the broker agent
-//! later). Handlers are short: open, call the engine, shape the outcome.
+//! whichever front door it came through (the CLI, the broker agent).
+//! Handlers are short: open, call the engine, shape the outcome.
 
 mod base;
 mod cluster;
@@ -14,33 +14,78 @@ mod shared;
 mod task;
 mod vm;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferry_api::exit;
 use ferry_api::{Command, EnvResult, Outcome};
 use ferry_core::inventory::Inventory;
-use ferry_core::registry::Registry;
+use ferry_core::registry::{Registry, RegistryPool};
 use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
 
 /// The ferry version recorded in the node inventory.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Where commands run.
-#[derive(Debug, Clone)]
+/// Told how far a long command got: percent done (below 100) and one line
+/// of text. The CLI sets none; the broker agent turns each call into a
+/// progress reply.
+pub type Progress = Arc<dyn Fn(u8, &str) + Send + Sync>;
+
+/// Where commands run, and who hears of their progress.
+#[derive(Clone)]
 pub struct Context {
     pub workdir: PathBuf,
+    progress: Option<Progress>,
+    registries: Option<RegistryPool>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("workdir", &self.workdir)
+            .field("progress", &self.progress.is_some())
+            .field("pooled", &self.registries.is_some())
+            .finish()
+    }
 }
 
 impl Context {
     pub fn new(workdir: impl Into<PathBuf>) -> Context {
         Context {
             workdir: workdir.into(),
+            progress: None,
+            registries: None,
+        }
+    }
+
+    /// The same context, keeping registry connections between commands
+    /// (for a long-lived front door that runs many: the broker agent).
+    pub fn with_registry_pool(mut self) -> Context {
+        self.registries = Some(RegistryPool::default());
+        self
+    }
+
+    /// The same context, telling `progress` how far long commands got.
+    pub fn with_progress(mut self, progress: Progress) -> Context {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Report progress of the running command (capped at 99: only the
+    /// command's end is 100); nothing happens without a listener.
+    pub fn progress(&self, percent: u8, message: &str) {
+        if let Some(p) = &self.progress {
+            p(percent.min(99), message);
         }
     }
 
     fn open(&self) -> Result<(Workdir, Registry)> {
         let wd = Workdir::open(&self.workdir)?;
-        let reg = Registry::open(&wd.db_dir())?;
+        let reg = match &self.registries {
+            Some(pool) => Registry::open_pooled(&wd.db_dir(), pool)?,
+            None => Registry::open(&wd.db_dir())?,
+        };
         Ok((wd, reg))
     }
 }
@@ -178,7 +223,17 @@ fn each(
 ) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
     let names = select(&reg, kind, sel)?;
-    Ok(per_env(&wd, names, done, |wd, j| op(wd, &reg, j)))
+    let total = names.len();
+    let mut finished = 0;
+    Ok(per_env(&wd, names, done, |wd, j| {
+        let r = op(wd, &reg, j);
+        finished += 1;
+        if total > 1 {
+            let pct = u8::try_from(finished * 100 / total).unwrap_or(99);
+            ctx.progress(pct, &format!("{j}: {finished} of {total} done"));
+        }
+        r
+    }))
 }
 
 /// Run `op` on each env under its lock. One env's failure does not stop the
@@ -187,7 +242,7 @@ fn per_env(
     wd: &Workdir,
     names: Vec<Jname>,
     done: &str,
-    op: impl Fn(&Workdir, &Jname) -> Result<()>,
+    mut op: impl FnMut(&Workdir, &Jname) -> Result<()>,
 ) -> Outcome {
     let results = names
         .iter()

@@ -13,8 +13,16 @@ pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
     let j = a.jname.clone();
     let runasap = a.runasap;
+    let size = a.imgsize.render();
     let mut cfg = ferry_vm::VmConfig::from_args(a, wd.root())?;
     let _lock = EnvLock::acquire(&wd, &j)?;
+    ctx.progress(
+        10,
+        &format!(
+            "creating {j}: definition and a {size} disk{}",
+            if runasap { ", then starting it" } else { "" }
+        ),
+    );
     ferry_vm::create(&wd, &reg, &mut cfg)?;
     Ok(Outcome::message(if runasap {
         format!("{j} created and started")

@@ -1,14 +1,23 @@
 //! The `ferry` command: parses `ferry [--workdir DIR] [--json] <command>
 //! key=value ...`, hands the typed command to the dispatcher, prints the
-//! outcome and exits with the documented code.
+//! outcome and exits with the documented code. `agent` and `client`, the
+//! broker's front doors, take bs_router's flags instead (`-config FILE`).
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Arg, ArgAction};
+use ferry_agent::{Client, ClientError, Config};
 use ferry_api::{exit, help, Command, CommandSpec, Outcome, RawArgs, COMMANDS};
 use ferry_dispatch::{dispatch, error_chain, Context};
+
+/// The flags of `agent` and `client`; bs_router spells them with one dash.
+const BROKER_FLAGS: [&str; 3] = ["config", "body", "timeout"];
 
 fn cli() -> clap::Command {
     let mut app = clap::Command::new("ferry")
@@ -45,7 +54,88 @@ fn cli() -> clap::Command {
                 ),
         );
     }
-    app
+    let config = || {
+        Arg::new("config")
+            .long("config")
+            .value_name("FILE")
+            .required(true)
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("bs_router's config.json; the workdir is its cbsdenv")
+    };
+    app.subcommand(
+        clap::Command::new("agent")
+            .about("Serve the config's broker tube (bs_router): run each job, reply, until SIGTERM")
+            .after_help("Flags take one dash or two (-config FILE). See docs/broker.md.")
+            .arg(config()),
+    )
+    .subcommand(
+        clap::Command::new("client")
+            .about(
+                "Put one job on the config's broker tube and wait for its reply (bs_router-client)",
+            )
+            .after_help(client_exit_codes())
+            .arg(config())
+            .arg(
+                Arg::new("body")
+                    .long("body")
+                    .value_name("JSON")
+                    .required(true)
+                    .help(r#"The job: {"Command": "jstart", "CommandArgs": {"jname": "j1"}}"#),
+            )
+            .arg(
+                Arg::new("timeout")
+                    .long("timeout")
+                    .value_name("SECONDS")
+                    .default_value("600")
+                    .value_parser(clap::value_parser!(u64))
+                    .help("Give up waiting for the final reply after this long"),
+            ),
+    )
+}
+
+fn client_exit_codes() -> String {
+    format!(
+        "Flags take one dash or two (-config FILE). Progress goes to stderr, the final \
+         message to stdout (stderr on failure); --json prints every reply as a JSON line.\n\n\
+         Exit codes: the job's ErrCode (0-6, as for the command line), or\n  \
+         {}  no final reply within -timeout (the job may still run)\n  \
+         {}  the broker could not be reached, or the put was lost",
+        ferry_agent::exit::TIMED_OUT,
+        ferry_agent::exit::BROKER
+    )
+}
+
+/// bs_router's tools take Go-style flags (`-config FILE`); clap wants two
+/// dashes. Only the flags of `agent` and `client`, after that word, are
+/// rewritten.
+fn go_flags(args: Vec<OsString>) -> Vec<OsString> {
+    let mut cmd = 1;
+    while let Some(a) = args.get(cmd).and_then(|a| a.to_str()) {
+        match a {
+            "--workdir" => cmd += 2,
+            _ if a.starts_with('-') => cmd += 1,
+            _ => break,
+        }
+    }
+    if !matches!(
+        args.get(cmd).and_then(|a| a.to_str()),
+        Some("agent" | "client")
+    ) {
+        return args;
+    }
+    let is_go_flag = |t: &str| {
+        t.strip_prefix('-')
+            .filter(|n| !n.starts_with('-'))
+            .and_then(|n| n.split('=').next())
+            .is_some_and(|f| f == "json" || BROKER_FLAGS.contains(&f))
+    };
+    args.into_iter()
+        .enumerate()
+        .map(|(n, a)| match a.to_str() {
+            Some(t) if n > cmd && is_go_flag(t) => OsString::from(format!("-{t}")),
+            _ => a,
+        })
+        .collect()
 }
 
 fn exit_codes() -> String {
@@ -57,19 +147,26 @@ fn exit_codes() -> String {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let code = run();
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// Log to stderr, or to `file`, at `FERRY_LOG`'s level (else `default`).
+fn init_logging(default: &str, file: Option<std::fs::File>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(f) => fmt
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        None => fmt.with_writer(std::io::stderr).init(),
+    }
+}
+
 fn run() -> i32 {
-    let matches = match cli().try_get_matches() {
+    let matches = match cli().try_get_matches_from(go_flags(std::env::args_os().collect())) {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
@@ -83,6 +180,10 @@ fn run() -> i32 {
     let Some((name, sub)) = matches.subcommand() else {
         return exit::USAGE;
     };
+    if name == "agent" || name == "client" {
+        return broker_door(name, sub);
+    }
+    init_logging("warn", None);
     let Some(spec) = CommandSpec::find(name) else {
         return exit::USAGE;
     };
@@ -160,4 +261,108 @@ fn print(outcome: &Outcome, json: bool) -> i32 {
         return exit::FAILED;
     }
     outcome.exit_code()
+}
+
+/// `agent` or `client`: load the config, then serve or send.
+fn broker_door(name: &str, sub: &clap::ArgMatches) -> i32 {
+    let misfit = if sub.get_one::<PathBuf>("workdir").is_some() {
+        Some("the workdir is the config's cbsdenv, not --workdir")
+    } else if name == "agent" && sub.get_flag("json") {
+        Some("--json does not apply: the agent prints no result")
+    } else {
+        None
+    };
+    if let Some(why) = misfit {
+        init_logging("warn", None);
+        eprintln!("ferry {name}: {why}");
+        return exit::USAGE;
+    }
+    let path = sub
+        .get_one::<PathBuf>("config")
+        .cloned()
+        .unwrap_or_default();
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            init_logging("warn", None);
+            eprintln!("ferry {name}: {}", error_chain(&e));
+            return exit::USAGE;
+        }
+    };
+    if name == "agent" {
+        agent(&cfg)
+    } else {
+        init_logging("warn", None);
+        client(&cfg, sub)
+    }
+}
+
+fn agent(cfg: &Config) -> i32 {
+    let log = match &cfg.logfile {
+        None => None,
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("ferry agent: cannot open the logfile {}: {e}", p.display());
+                return exit::USAGE;
+            }
+        },
+    };
+    init_logging("info", log);
+    let stop = Arc::new(AtomicBool::new(false));
+    match ferry_agent::agent::serve_until_signalled(cfg, stop) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("ferry agent: {}", error_chain(&e));
+            e.exit_code()
+        }
+    }
+}
+
+fn client(cfg: &Config, sub: &clap::ArgMatches) -> i32 {
+    let json = sub.get_flag("json");
+    let body = sub.get_one::<String>("body").cloned().unwrap_or_default();
+    let timeout = Duration::from_secs(sub.get_one::<u64>("timeout").copied().unwrap_or(600));
+    let mut c = match Client::connect(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry client: {}", error_chain(&e));
+            return ferry_agent::exit::BROKER;
+        }
+    };
+    let shown = |r: &ferry_agent::Reply| {
+        if json {
+            println!("{}", r.to_json());
+        } else {
+            eprintln!("[{:>3}%] {}", r.progress, r.message);
+        }
+    };
+    match c.call(body.as_bytes(), timeout, shown) {
+        Ok(r) => {
+            if json {
+                println!("{}", r.to_json());
+            } else if r.err_code == exit::OK {
+                println!("{}", r.message.trim_end_matches('\n'));
+            } else {
+                eprintln!("ferry client: {}", r.message);
+            }
+            if (0..=255).contains(&r.err_code) {
+                r.err_code
+            } else {
+                exit::FAILED
+            }
+        }
+        Err(e) => {
+            eprintln!("ferry client: {}", error_chain(&e));
+            match e {
+                ClientError::TimedOut { .. } => ferry_agent::exit::TIMED_OUT,
+                ClientError::NotAnObject => exit::USAGE,
+                ClientError::Broker(_) => ferry_agent::exit::BROKER,
+            }
+        }
+    }
 }

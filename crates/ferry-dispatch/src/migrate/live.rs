@@ -128,7 +128,7 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
         timeout: Duration::from_secs(a.timeout.max(1)),
     };
     let _lock = EnvLock::acquire(&wd, j)?;
-    move_live(&wd, &reg, j, node, epoch, &req, &transfer)
+    move_live(ctx, &wd, &reg, j, node, epoch, &req, &transfer)
 }
 
 /// What the destination must offer, as this node sees the running guest.
@@ -146,8 +146,12 @@ fn facts(wd: &Workdir, j: &Jname) -> Result<MigrateRequest> {
     })
 }
 
-/// Everything after the prechecks, under the env's lock.
+/// Everything after the prechecks, under the env's lock. Progress goes to
+/// a terminal as a bar, and to `ctx`'s listener (the broker agent's
+/// progress replies).
+#[allow(clippy::too_many_arguments)]
 fn move_live(
+    ctx: &Context,
     wd: &Workdir,
     reg: &Registry,
     j: &Jname,
@@ -211,8 +215,24 @@ fn move_live(
             "{node} prepared no address to send to"
         )));
     };
+    ctx.progress(5, &format!("{node} waits for {j} at {uri}"));
     let mut bar = Progress::new();
-    let info = match engine::outgoing(wd, j, &uri, transfer, &mut |i| bar.show(i)) {
+    let mut report = |i: &MigrationInfo| {
+        bar.show(i);
+        let total = i.total.unwrap_or(0).max(1);
+        let sent = i.transferred.unwrap_or(0).min(total);
+        ctx.progress(
+            (5 + sent * 85 / total) as u8,
+            &format!(
+                "{} MiB sent, {} MiB left, dirty {} pages/s, expected downtime {} ms",
+                sent >> 20,
+                i.remaining.unwrap_or(0) >> 20,
+                i.dirty_pages_rate.unwrap_or(0),
+                i.expected_downtime_ms.unwrap_or(0)
+            ),
+        );
+    };
+    let info = match engine::outgoing(wd, j, &uri, transfer, &mut report) {
         Ok(info) => info,
         Err(e) => {
             bar.done();
@@ -221,11 +241,12 @@ fn move_live(
     };
     bar.done();
     let completed = Instant::now();
-    ferry_core::register::crashpoint("bmigrate", 1);
+    ferry_core::sys::crashpoint("bmigrate", 1);
     if let Err(e) = lease::hand_over(wd, j, epoch, node.as_str()) {
         return undo(e);
     }
-    ferry_core::register::crashpoint("bmigrate", 2);
+    ctx.progress(95, &format!("{j} handed over to {node}"));
+    ferry_core::sys::crashpoint("bmigrate", 2);
     let committed = ask_with(wd, node, "migrate-commit", Some(named(j)), ASK_TIMEOUT);
     let handover = completed.elapsed();
     let commit_note = match committed {

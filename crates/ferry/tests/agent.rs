@@ -1,0 +1,560 @@
+//! `ferry agent` and `ferry client` over a real beanstalkd: bs_router's
+//! sample jobs for jails and VMs, two pools on one host, an agent killed
+//! mid-job, a broker restarted with its binlog, hostile and unsigned jobs.
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_agent::job::{self, Reply};
+use ferry_broker::{Broker, ConnectOptions, Connection, JobId, JobState};
+use ferry_testkit::beanstalkd::Beanstalkd;
+use ferry_testkit::TestWorkdir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// One pool: a workdir, its config file and (when started) its agent.
+struct Pool {
+    t: TestWorkdir,
+    config: PathBuf,
+    tube: String,
+    agent: Option<Child>,
+}
+
+impl Pool {
+    /// A workdir with a busybox base, served on tube `tube` of `b`; `extra`
+    /// are more top-level config keys (`"job_ttr": 2, ...`).
+    fn new(b: &Beanstalkd, tube: &str, extra: &str) -> Pool {
+        let t = TestWorkdir::with_base(BIN);
+        let config = t.root().join("agent.json");
+        fs::write(&config, b.agent_config(t.root(), tube, extra)).expect("config");
+        Pool {
+            t,
+            config,
+            tube: tube.to_owned(),
+            agent: None,
+        }
+    }
+
+    fn start_agent(&mut self) {
+        self.start_agent_env(&[]);
+    }
+
+    fn start_agent_env(&mut self, env: &[(&str, &str)]) {
+        let child = Command::new(BIN)
+            .args(["agent", "-config"])
+            .arg(&self.config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent");
+        self.agent = Some(child);
+    }
+
+    /// SIGKILL the agent and reap it.
+    fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    /// Whether the agent still runs.
+    fn agent_alive(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|a| matches!(a.try_wait(), Ok(None)))
+    }
+
+    /// `ferry client -config ... -json -body BODY` as a child.
+    fn spawn_client(&self, body: &str, timeout: u64) -> ClientRun {
+        let child = Command::new(BIN)
+            .args(["client", "-config"])
+            .arg(&self.config)
+            .args(["-json", "-timeout", &timeout.to_string(), "-body", body])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the client");
+        ClientRun(Some(child))
+    }
+
+    /// Send one job with `ferry client`; its exit code and every reply.
+    fn client(&self, body: &str) -> (i32, Vec<Reply>) {
+        self.spawn_client(body, 120).finish()
+    }
+
+    /// Send a job that must succeed; its final reply.
+    #[track_caller]
+    fn ok(&self, body: &str) -> Reply {
+        let (code, replies) = self.client(body);
+        let last = replies.last().cloned();
+        assert_eq!(code, 0, "{body}: {replies:?}");
+        last.expect("a final reply")
+    }
+
+    fn reply_tube(&self, id: JobId) -> String {
+        format!("{}_result_id{id}", self.tube)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+/// A running `ferry client`, killed on drop.
+struct ClientRun(Option<Child>);
+
+impl ClientRun {
+    fn finish(mut self) -> (i32, Vec<Reply>) {
+        let out: Output = self
+            .0
+            .take()
+            .expect("child")
+            .wait_with_output()
+            .expect("client");
+        let replies = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| Reply::parse(l.as_bytes()).unwrap_or_else(|| panic!("not a reply: {l}")))
+            .collect();
+        (out.status.code().unwrap_or(-1), replies)
+    }
+}
+
+impl Drop for ClientRun {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn broker(b: &Beanstalkd) -> Connection {
+    let uri = b.uri().parse().expect("uri");
+    let opts = ConnectOptions {
+        max_job_size: 32 << 20,
+        ..ConnectOptions::default()
+    };
+    Connection::connect(&uri, opts).expect("connect")
+}
+
+/// Put a raw body on `tube` with a TTR of 30 s; its id.
+fn put_raw(c: &mut Connection, tube: &str, body: &[u8]) -> JobId {
+    put_ttr(c, tube, body, Duration::from_secs(30))
+}
+
+fn put_ttr(c: &mut Connection, tube: &str, body: &[u8], ttr: Duration) -> JobId {
+    c.use_tube(tube).expect("use");
+    c.put(body, 1024, Duration::ZERO, ttr).expect("put")
+}
+
+/// The next job on `tube` within `limit`, deleted.
+fn take(c: &mut Connection, tube: &str, limit: Duration) -> Option<Vec<u8>> {
+    c.watch(tube).expect("watch");
+    c.ignore("default").ok();
+    let job = c.reserve(limit).expect("reserve");
+    c.ignore(tube).ok();
+    c.watch("default").ok();
+    let job = job?;
+    c.delete(job.id).expect("delete");
+    Some(job.body)
+}
+
+/// The final reply to raw job `id`.
+#[track_caller]
+fn final_reply(c: &mut Connection, p: &Pool, id: JobId) -> Reply {
+    let tube = p.reply_tube(id);
+    loop {
+        let body =
+            take(c, &tube, Duration::from_secs(20)).unwrap_or_else(|| panic!("no reply on {tube}"));
+        let r = Reply::parse(&body).expect("a reply");
+        if r.progress == 100 {
+            return r;
+        }
+    }
+}
+
+#[track_caller]
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+#[test]
+fn bs_router_client_jail_jobs_round_trip() {
+    let b = Beanstalkd::start().expect("beanstalkd");
+    let mut p = Pool::new(&b, "cbsd_pool1", "");
+    p.start_agent();
+    // bs_router-client's bin.jail samples, in ferry's keys (CBSD's
+    // jail_profile has no ferry equivalent: it is refused, not ignored).
+    let (code, r) = p.client(
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"jail1","jail_profile":"default"}}"#,
+    );
+    assert_eq!(code, 2, "{r:?}");
+    assert!(r[0].message.contains("jail_profile"), "{r:?}");
+    let r = p.ok(r#"{"Command":"jcreate","CommandArgs":{
+        "jname":"jail1","host_hostname":"jail1.my.domain","astart":"1","runasap":"1"}}"#);
+    assert_eq!((r.progress, r.err_code), (100, 0));
+    assert_eq!(p.t.status("jail1"), "running");
+    let r = p.ok(r#"{"Command":"jls","CommandArgs":{"display":"jname,status"}}"#);
+    assert!(
+        r.message.contains("jail1") && r.message.contains("running"),
+        "{r:?}"
+    );
+    p.ok(r#"{"Command":"jstop","CommandArgs":{"jname":"jail1"}}"#);
+    assert_eq!(p.t.status("jail1"), "stopped");
+    p.ok(r#"{"Command":"jstart","CommandArgs":{"jname":"jail1"}}"#);
+    assert_eq!(p.t.status("jail1"), "running");
+    // Failures carry the command line's exit code.
+    let (code, r) = p.client(r#"{"Command":"jstart","CommandArgs":{"jname":"jail1"}}"#);
+    assert_eq!((code, r.last().map(|r| r.err_code)), (4, Some(4)), "{r:?}");
+    p.ok(r#"{"Command":"jstop","CommandArgs":{"jname":"jail1"}}"#);
+    p.ok(r#"{"Command":"jremove","CommandArgs":{"jname":"jail1"}}"#);
+    assert!(p.t.jls().is_empty());
+    let (code, _) = p.client(r#"{"Command":"jremove","CommandArgs":{"jname":"jail1"}}"#);
+    assert_eq!(code, 3);
+    assert!(p.agent_alive());
+}
+
+#[test]
+fn bs_router_client_vm_jobs_round_trip_with_progress_and_vnc() {
+    let b = Beanstalkd::start().expect("beanstalkd");
+    let mut p = Pool::new(&b, "cbsd_vms", "");
+    p.start_agent();
+    let g = ferry_testkit::test_guest();
+    let vnc = free_port();
+    // bin.bhyve/bcreate.sh, in ferry's keys: the test guest instead of a
+    // cloud image profile; numbers where bs_router sends numbers.
+    let body = serde_json::json!({"Command": "bcreate", "CommandArgs": {
+        "jname": "cent1", "vm_os_type": "linux", "astart": "1", "imgsize": "16m",
+        "vm_cpus": 1, "vm_ram": "128m", "vm_vnc_port": vnc, "vm_nic": "none",
+        "vm_kernel": g.join("vmlinuz"), "vm_initrd": g.join("initrd.img"),
+        "vm_cmdline": "console=ttyS0 panic=-1 quiet"}})
+    .to_string();
+    let (code, replies) = p.client(&body);
+    assert_eq!(code, 0, "{replies:?}");
+    let (last, progress) = replies.split_last().expect("replies");
+    assert_eq!(last.progress, 100);
+    assert!(
+        progress
+            .iter()
+            .any(|r| r.progress < 100 && r.message.contains("creating cent1")),
+        "no progress reply: {replies:?}"
+    );
+    let r = p.ok(r#"{"Command":"bstart","CommandArgs":{"jname":"cent1"}}"#);
+    assert_eq!(r.vnc, format!("127.0.0.1:{vnc}"));
+    let r = p.ok(r#"{"Command":"bls","CommandArgs":{"display":"jname,status"}}"#);
+    assert!(r.message.contains("running"), "{r:?}");
+    let r = p.ok(r#"{"Command":"bstop","CommandArgs":{"jname":"cent1"}}"#);
+    assert_eq!(r.vnc, "");
+    p.ok(r#"{"Command":"bremove","CommandArgs":{"jname":"cent1"}}"#);
+    let r = p.ok(r#"{"Command":"bls"}"#);
+    assert!(!r.message.contains("cent1"), "{r:?}");
+}
+
+#[test]
+fn a_reply_longer_than_max_job_size_is_cut_not_lost() {
+    let b = Beanstalkd::start().expect("beanstalkd");
+    let mut p = Pool::new(&b, "cbsd_small", r#""max_job_size": 1024,"#);
+    for i in 0..30 {
+        p.t.ok(&["jcreate", &format!("jname=a-rather-long-jail-name-{i:02}")]);
+    }
+    p.start_agent();
+    let r = p.ok(r#"{"Command":"jls"}"#);
+    assert!(r.to_json().len() <= 1024);
+    assert!(r.message.starts_with("JNAME"), "{r:?}");
+    assert!(r.message.contains("(cut: the whole message is"), "{r:?}");
+}
+
+#[test]
+fn two_pools_on_one_host_route_to_their_own_workdirs() {
+    let b = Beanstalkd::start().expect("beanstalkd");
+    let mut p1 = Pool::new(&b, "cbsd_pool1", "");
+    let mut p2 = Pool::new(&b, "cbsd_pool2", "");
+    p1.start_agent();
+    p2.start_agent();
+    p1.ok(r#"{"Command":"jcreate","CommandArgs":{"jname":"in_pool1"}}"#);
+    p2.ok(r#"{"Command":"jcreate","CommandArgs":{"jname":"in_pool2"}}"#);
+    p2.ok(r#"{"Command":"jcreate","CommandArgs":{"jname":"also2"}}"#);
+    let names = |p: &Pool| p.t.jls().into_keys().collect::<Vec<_>>();
+    assert_eq!(names(&p1), ["in_pool1"]);
+    assert_eq!(names(&p2), ["also2", "in_pool2"]);
+    let r = p1.ok(r#"{"Command":"jls"}"#);
+    assert!(r.message.contains("in_pool1") && !r.message.contains("in_pool2"));
+}
+
+/// A jail whose mnt_start hook counts its runs in `count` and then takes
+/// `secs` seconds.
+fn slow_jail(p: &Pool, jname: &str, count: &Path, secs: u32) {
+    let hook = p.t.hook(
+        &format!("slow-{jname}"),
+        &format!(
+            "[ \"$FERRY_PHASE\" = start ] && {{ echo run >> {}; sleep {secs}; }}\nexit 0",
+            count.display()
+        ),
+    );
+    p.ok(&format!(
+        r#"{{"Command":"jcreate","CommandArgs":{{"jname":"{jname}","mnt_start":"{}"}}}}"#,
+        hook.display()
+    ));
+}
+
+fn runs(count: &Path) -> usize {
+    fs::read_to_string(count).map_or(0, |s| s.lines().count())
+}
+
+#[test]
+fn an_agent_killed_mid_job_does_not_run_the_job_twice() {
+    let b = Beanstalkd::start().expect("beanstalkd");
+    let mut p = Pool::new(&b, "cbsd_kill", r#""job_ttr": 2,"#);
+    p.start_agent();
+    let count = p.t.root().join("runs");
+    slow_jail(&p, "slow1", &count, 3);
+
+    // Killed while the hook runs: after the TTR the job comes back to a new
+    // agent, which must not run it again and says so.
+    let client = p.spawn_client(
+        r#"{"Command":"jstart","CommandArgs":{"jname":"slow1"}}"#,
+        60,
+    );
+    wait_for("the hook ran", Duration::from_secs(20), || {
+        runs(&count) == 1
+    });
+    p.kill_agent();
+    p.start_agent();
+    let (code, replies) = client.finish();
+    let last = replies.last().expect("a final reply");
+    assert_eq!(code, 1, "{replies:?}");
+    assert!(last.message.contains("not run again"), "{last:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(runs(&count), 1, "the job ran twice");
+    // The interrupted start left nothing in the way of a new one, which
+    // outlives its 2 s TTR only because the agent touches it.
+    let mut c = broker(&b);
+    let id = put_ttr(
+        &mut c,
+        &p.tube,
+        br#"{"Command":"jstart","CommandArgs":{"jname":"slow1"}}"#,
+        Duration::from_secs(2),
+    );
+    let mut seen = 0;
+    while let Ok(st) = c.stats_job(id) {
+        assert_eq!((st.reserves, st.timeouts), (1, 0), "{st:?}");
+        seen += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(seen > 10, "the job ended too soon to show anything");
+    assert_eq!(final_reply(&mut c, &p, id).err_code, 0);
+    assert_eq!((runs(&count), p.t.status("slow1").as_str()), (2, "running"));
+
+    // Killed after its final reply was put, before the job was deleted:
+    // the job comes back at once and is answered from the journal (the
+    // same reply again), not run again (which would answer "not running").
+    p.kill_agent();
+    p.start_agent_env(&[("FERRY_CRASH_AT", "agent:2")]);
+    let id = put_raw(
+        &mut c,
+        &p.tube,
+        br#"{"Command":"jstop","CommandArgs":{"jname":"slow1"}}"#,
+    );
+    let first = final_reply(&mut c, &p, id);
+    assert_eq!(first.err_code, 0, "{first:?}");
+    wait_for("the agent crashed", Duration::from_secs(10), || {
+        !p.agent_alive()
+    });
+    p.start_agent();
+    let again = final_reply(&mut c, &p, id);
+    assert_eq!(again, first);
+    wait_for("the job deleted", Duration::from_secs(10), || {
+        c.stats_job(id).is_err()
+    });
+    assert_eq!(p.t.status("slow1"), "stopped");
+    assert_eq!(runs(&count), 2);
+}
+
+#[test]
+fn a_broker_restarted_with_its_binlog_loses_no_job() {
+    let mut b = Beanstalkd::builder().binlog().start().expect("beanstalkd");
+    let mut p = Pool::new(&b, "cbsd_durable", "");
+    // Jobs queued while no agent runs, then the broker crashes.
+    let clients: Vec<ClientRun> = (0..3)
+        .map(|i| {
+            p.spawn_client(
+                &format!(r#"{{"Command":"jcreate","CommandArgs":{{"jname":"d{i}"}}}}"#),
+                60,
+            )
+        })
+        .collect();
+    let mut c = broker(&b);
+    wait_for("three jobs queued", Duration::from_secs(10), || {
+        c.stats_tube(&p.tube).is_ok_and(|s| s.ready == 3)
+    });
+    drop(c);
+    b.kill().expect("kill beanstalkd");
+    b.restart().expect("restart beanstalkd");
+    p.start_agent();
+    for cl in clients {
+        let (code, r) = cl.finish();
+        assert_eq!(code, 0, "{r:?}");
+    }
+    assert_eq!(p.t.jls().len(), 3);
+
+    // The broker restarts under a running agent: it reconnects.
+    b.restart().expect("restart beanstalkd");
+    p.ok(r#"{"Command":"jcreate","CommandArgs":{"jname":"after"}}"#);
+    assert_eq!(p.t.jls().len(), 4);
+    assert!(p.agent_alive());
+}
+
+#[test]
+fn hostile_jobs_get_error_replies_and_change_nothing() {
+    let b = Beanstalkd::builder()
+        .max_job_size(16 << 20)
+        .start()
+        .expect("beanstalkd");
+    let mut p = Pool::new(&b, "cbsd_hostile", "");
+    p.start_agent();
+    p.ok(r#"{"Command":"jls"}"#);
+    let before = p.t.snapshot();
+    let marker = p.t.root().join("pwned");
+    let m = marker.display();
+    let big = format!(
+        r#"{{"Command":"jcreate","CommandArgs":{{"jname":"big","host_hostname":"{}"}}}}"#,
+        "x".repeat(10 << 20)
+    );
+    let bodies: Vec<Vec<u8>> = [
+        format!(r#"{{"Command":"jcreate","CommandArgs":{{"jname":"x$(touch {m})"}}}}"#),
+        format!(r#"{{"Command":"jcreate","CommandArgs":{{"jname":"x;touch {m}"}}}}"#),
+        format!(r#"{{"Command":"jcreate","CommandArgs":{{"jname":"`touch {m}`"}}}}"#),
+        format!(r#"{{"Command":"jstart","CommandArgs":{{"jname":"* && touch {m}"}}}}"#),
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"../escape"}}"#.into(),
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"../../etc"}}"#.into(),
+        r#"{"Command":"jremove","CommandArgs":{"jname":"../busybox"}}"#.into(),
+        r#"{"Command":"jcreate","CommandArgs":{"jname":-1}}"#.into(),
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"n1","mnt_timeout":-5}}"#.into(),
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"n2","ip4_addr":10}}"#.into(),
+        r#"{"Command":"jcreate","CommandArgs":{"jname":null}}"#.into(),
+        r#"{"Command":42}"#.into(),
+        r#"[{"Command":"jls"}]"#.into(),
+        r#""jls""#.into(),
+        "null".into(),
+        r#"{"Command":"rm","CommandArgs":{"rf":"/"}}"#.into(),
+        r#"{"Command":"daemon"}"#.into(),
+        r#"{"Command":"jls","Extra":"x"}"#.into(),
+        "not json at all".into(),
+        big,
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .chain([
+        b"{\"Command\":\"jls\xff\"}".to_vec(),
+        b"\xc3\x28\x00\x00".to_vec(),
+        Vec::new(),
+    ])
+    .collect();
+    let mut c = broker(&b);
+    for body in &bodies {
+        let id = put_raw(&mut c, &p.tube, body);
+        let r = final_reply(&mut c, &p, id);
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        assert!(r.err_code == 2 || r.err_code == 6, "{shown}: {r:?}");
+        assert!(!r.message.is_empty(), "{shown}");
+        // The reply is put first, then the job is buried.
+        wait_for(&format!("{shown} buried"), Duration::from_secs(5), || {
+            matches!(c.stats_job(id).map(|s| s.state), Ok(JobState::Buried))
+        });
+        assert!(p.agent_alive(), "the agent died on {shown}");
+    }
+    assert!(!marker.exists(), "a value reached a shell");
+    let after = p.t.snapshot();
+    let changed: Vec<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| *k != "var/log/agent.log" && before.get(*k) != after.get(*k))
+        .collect();
+    assert!(changed.is_empty(), "hostile jobs changed {changed:?}");
+    let r = p.ok(r#"{"Command":"jls"}"#);
+    assert_eq!(r.err_code, 0);
+}
+
+#[test]
+fn with_a_key_only_signed_jobs_run_and_none_twice() {
+    let b = Beanstalkd::start().expect("beanstalkd");
+    let mut p = Pool::new(&b, "cbsd_signed", r#""hmac_key_file": "agent.key","#);
+    let key = b"a shared key of thirty-two bytes";
+    let key_file = p.t.root().join("agent.key");
+    fs::write(&key_file, key).expect("key");
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod");
+    p.start_agent();
+    // ferry client signs with the config's key.
+    p.ok(r#"{"Command":"jcreate","CommandArgs":{"jname":"signed1"}}"#);
+
+    let mut c = broker(&b);
+    let job = |name: &str| {
+        serde_json::json!({"Command": "jcreate", "CommandArgs": {"jname": name}})
+            .as_object()
+            .cloned()
+            .expect("object")
+    };
+    let signed = job::sign(job("replayed"), key, job::unix_now());
+    let forged = job::sign(
+        job("forged"),
+        b"another key, also 32 bytes long!",
+        job::unix_now(),
+    );
+    let stale = job::sign(job("stale"), key, job::unix_now() - 3600);
+    let cases: Vec<(Vec<u8>, i32)> = vec![
+        (signed.clone(), 0),
+        (signed, 6),
+        (
+            br#"{"Command":"jcreate","CommandArgs":{"jname":"unsigned"}}"#.to_vec(),
+            6,
+        ),
+        (forged, 6),
+        (stale, 6),
+    ];
+    for (body, code) in cases {
+        let id = put_raw(&mut c, &p.tube, &body);
+        let r = final_reply(&mut c, &p, id);
+        assert_eq!(r.err_code, code, "{r:?}");
+        if code != 0 {
+            wait_for("the refused job buried", Duration::from_secs(5), || {
+                matches!(c.stats_job(id).map(|s| s.state), Ok(JobState::Buried))
+            });
+        }
+    }
+    let names: Vec<String> = p.t.jls().into_keys().collect();
+    assert_eq!(names, ["replayed", "signed1"]);
+}
+
+#[test]
+fn the_client_times_out_or_fails_with_its_own_exit_codes() {
+    let mut b = Beanstalkd::start().expect("beanstalkd");
+    let p = Pool::new(&b, "cbsd_nobody", "");
+    // Nobody serves the tube.
+    let t0 = Instant::now();
+    let (code, _) = p.spawn_client(r#"{"Command":"jls"}"#, 1).finish();
+    assert_eq!(code, ferry_agent::exit::TIMED_OUT);
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // No broker at all.
+    b.stop().expect("stop");
+    let (code, _) = p.spawn_client(r#"{"Command":"jls"}"#, 1).finish();
+    assert_eq!(code, ferry_agent::exit::BROKER);
+}
