@@ -948,14 +948,7 @@ mod tests {
         assert_eq!(denied, Err(Errno::EAGAIN), "same mount, other open file");
         drop(fa);
         // FUSE sends the close that frees an OFD lock asynchronously.
-        let closed = Instant::now();
-        while let Err(e) = fcntl(&fb, FcntlArg::F_OFD_SETLK(&wrlock())) {
-            assert!(
-                closed.elapsed() < Duration::from_secs(5),
-                "not free 5 s after the holder closed: {e}"
-            );
-            sleep(Duration::from_millis(20));
-        }
+        lock_within_5s(&fb, "the holder closed");
         drop(fb);
 
         let mut holder = Holder::spawn(&t.a.join("lease"), true);
@@ -969,7 +962,21 @@ mod tests {
             "POSIX vs OFD"
         );
         holder.release();
-        fcntl(&f, FcntlArg::F_OFD_SETLK(&wrlock())).expect("free once the holder exited");
+        // The same: freed asynchronously once the holder's files closed.
+        lock_within_5s(&f, "the holder exited");
+    }
+
+    /// Take a write OFD lock on `f`, retrying for up to 5 s.
+    #[track_caller]
+    fn lock_within_5s(f: &fs::File, after: &str) {
+        let since = Instant::now();
+        while let Err(e) = fcntl(f, FcntlArg::F_OFD_SETLK(&wrlock())) {
+            assert!(
+                since.elapsed() < Duration::from_secs(5),
+                "not free 5 s after {after}: {e}"
+            );
+            sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

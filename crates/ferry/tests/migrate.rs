@@ -357,3 +357,29 @@ fn runs_only_on_source_while_the_destination_cleans_up(c: &TestCluster, vm: &str
     });
     runs_only_on(c, vm, 0);
 }
+
+#[test]
+fn a_node_of_another_pool_is_refused_for_its_dir_ids_with_every_other_reason() {
+    let p = pair(Storage::Plain, "lmp");
+    let n1 = &p.c.nodes[0];
+    // n3: its own shared dirs (another pool), on the same broker, its
+    // daemon running; added on n1, but its heartbeat is not in n1's pool.
+    let uri = std::fs::read_to_string(n1.root().join("etc/broker.conf"))
+        .expect("broker.conf")
+        .lines()
+        .find_map(|l| l.strip_prefix("uri=").map(str::to_owned))
+        .expect("uri");
+    let other_pool = tempfile::tempdir().expect("dir");
+    let n3 = TestWorkdir::node_in(BIN, "n3", other_pool.path(), None);
+    n3.ok(&["initenv", &format!("broker={uri}")]);
+    let _d3 = n3.daemon(&["heartbeat=1"]);
+    n1.ok(&["node", "mode=add", "node=n3"]);
+    let err = n1.fails(6, &["bmigrate", "jname=lmp", "node=n3", "check=1"]);
+    assert!(err.contains("node n3 is unknown"), "{err}");
+    assert!(
+        err.contains("n3: jails-data is another file system here"),
+        "{err}"
+    );
+    assert!(err.contains("cannot read its definition here"), "{err}");
+    runs_only_on(&p.c, "lmp", 0);
+}

@@ -96,24 +96,36 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
             problems.join("; ")
         )))
     };
-    let Some(epoch) = epoch.filter(|_| problems.is_empty()) else {
+    let Some(epoch) = epoch.filter(|_| problems.is_empty() || askable(&wd, &reg, node)) else {
         return refuse(problems);
     };
+    // The destination's own checks, also when this node already found a
+    // reason to refuse: every reason at once. A node not seen alive gets
+    // less time to answer.
     let req = facts(&wd, j)?;
-    let checked = ask_with(&wd, node, "migrate-check", Some(req.clone()), ASK_TIMEOUT)?;
-    if checked.code != 0 {
-        problems.push(format!("{node}: {}", checked.message));
+    let wait = if problems.is_empty() {
+        ASK_TIMEOUT
+    } else {
+        ABORT_TIMEOUT
+    };
+    match ask_with(&wd, node, "migrate-check", Some(req.clone()), wait) {
+        Ok(checked) => {
+            if checked.code != 0 {
+                problems.push(format!("{node}: {}", checked.message));
+            }
+            problems.extend(
+                checked
+                    .migrate
+                    .as_ref()
+                    .and_then(|m| m.get("problems"))
+                    .and_then(|p| p.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str().map(|p| format!("{node}: {p}"))),
+            );
+        }
+        Err(e) => problems.push(crate::error_chain(&e)),
     }
-    problems.extend(
-        checked
-            .migrate
-            .as_ref()
-            .and_then(|m| m.get("problems"))
-            .and_then(|p| p.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str().map(|p| format!("{node}: {p}"))),
-    );
     if !problems.is_empty() {
         return refuse(problems);
     }
@@ -129,6 +141,14 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
     };
     let _lock = EnvLock::acquire(&wd, j)?;
     move_live(ctx, &wd, &reg, j, node, epoch, &req, &transfer)
+}
+
+/// Whether `node` can be asked at all: another node, added here, and a
+/// broker to ask it through.
+fn askable(wd: &Workdir, reg: &Registry, node: &Jname) -> bool {
+    node.as_str() != wd.nodename()
+        && matches!(reg.node(node), Ok(Some(_)))
+        && crate::cluster::required_uri(wd).is_ok()
 }
 
 /// What the destination must offer, as this node sees the running guest.
