@@ -154,17 +154,9 @@ impl Connection {
         // The whole line within the read timeout, not each piece of it.
         let deadline = Instant::now() + self.read_timeout;
         loop {
-            if !self.line.is_empty() && Instant::now() > deadline {
-                return Err(self.io_error(io::ErrorKind::TimedOut.into(), self.read_timeout));
-            }
-            let buf = match self.stream.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_error(e, self.read_timeout)),
-            };
-            if buf.is_empty() {
-                return Err(self.closed());
-            }
+            // The first byte may wait as long as the server likes to send it.
+            self.fill((!self.line.is_empty()).then_some(deadline))?;
+            let buf = self.stream.buffer();
             let (take, done) = match buf.iter().position(|&b| b == b'\n') {
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
@@ -187,6 +179,22 @@ impl Connection {
         match parse_reply(line) {
             Ok(r) => Ok(r),
             Err(msg) => Err(self.violation(msg)),
+        }
+    }
+
+    /// Waits until the read buffer holds at least one byte, failing once
+    /// `deadline` (if any) has passed or the server closed the connection.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<()> {
+        loop {
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(self.io_error(io::ErrorKind::TimedOut.into(), self.read_timeout));
+            }
+            let n = match self.stream.fill_buf() {
+                Ok(buf) => buf.len(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error(e, self.read_timeout)),
+            };
+            return if n == 0 { Err(self.closed()) } else { Ok(()) };
         }
     }
 
@@ -214,17 +222,8 @@ impl Connection {
         let deadline = Instant::now() + self.read_timeout + Duration::from_secs(n / MIN_RATE);
         let mut left = n;
         while left > 0 {
-            if Instant::now() > deadline {
-                return Err(self.io_error(io::ErrorKind::TimedOut.into(), self.read_timeout));
-            }
-            let buf = match self.stream.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_error(e, self.read_timeout)),
-            };
-            if buf.is_empty() {
-                return Err(self.closed());
-            }
+            self.fill(Some(deadline))?;
+            let buf = self.stream.buffer();
             let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             out(&buf[..take]);
             self.stream.consume(take);

@@ -138,6 +138,14 @@ impl TaskStore {
     /// Bring an older store up to this schema, in one transaction (two
     /// processes opening it at once migrate it once).
     fn migrate(&mut self) -> Result<()> {
+        let version: usize = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.err())?;
+        if version >= MIGRATIONS.len() {
+            // Up to date: no write lock taken on every open.
+            return Ok(());
+        }
         self.write(|tx| {
             let version: usize = tx
                 .query_row("PRAGMA user_version", [], |r| r.get(0))

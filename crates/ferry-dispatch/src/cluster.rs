@@ -14,7 +14,7 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use ferry_api::Outcome;
-use ferry_broker::{Broker, BrokerUri, ConnectOptions, ReconnectPolicy, Reconnecting};
+use ferry_broker::{Broker, BrokerUri, ConnectOptions, Job, ReconnectPolicy, Reconnecting};
 use ferry_core::registry::Registry;
 use ferry_core::{Error, Jname, Result, Workdir};
 use serde::{Deserialize, Serialize};
@@ -247,11 +247,22 @@ pub fn add_node(ctx: &Context, node: &Jname, timeout: Duration) -> Result<Outcom
     Ok(Outcome::message(format!("node {node} added")))
 }
 
-/// The daemon's side: serve this node's tube until `stop`. Runs on its
-/// own thread; broker outages are waited out (reconnecting with backoff),
-/// and no request can stop it.
-pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, wake: &Sender<()>) {
-    let tube = node_tube(wd.nodename());
+/// What [`serve_tube`] hands its handler.
+pub(crate) enum TubeEvent {
+    /// About to wait (up to a second) for the next job.
+    Tick,
+    Job(Job),
+}
+
+/// Serve `tube` until `stop`, on a connection of its own: broker outages
+/// are waited out (reconnecting with backoff, watching the tube again),
+/// and `on` sees every job, and a [`TubeEvent::Tick`] before each wait.
+pub(crate) fn serve_tube(
+    uri: &BrokerUri,
+    tube: &str,
+    stop: &AtomicBool,
+    mut on: impl FnMut(&mut Reconnecting, TubeEvent),
+) {
     let mut b = Reconnecting::lazy(
         uri.clone(),
         ConnectOptions::default(),
@@ -263,33 +274,41 @@ pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, wake: &Sender<()>
     let mut ready = false;
     while !stop.load(Ordering::SeqCst) {
         if !ready {
-            ready = b.watch(&tube).is_ok() && b.ignore("default").is_ok();
+            ready = b.watch(tube).is_ok() && b.ignore("default").is_ok();
             if !ready {
-                tracing::warn!(broker = %uri, "cannot watch the node tube; retrying");
+                tracing::warn!(broker = %uri, tube, "cannot watch the tube; retrying");
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         }
-        let job = match b.reserve(Duration::from_secs(1)) {
-            Ok(Some(job)) => job,
-            Ok(None) => continue,
+        on(&mut b, TubeEvent::Tick);
+        match b.reserve(Duration::from_secs(1)) {
+            Ok(Some(job)) => on(&mut b, TubeEvent::Job(job)),
+            Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "node tube");
+                tracing::warn!(error = %e, tube, "broker");
                 if e.is_connection_lost() {
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                continue;
             }
-        };
+        }
+    }
+}
+
+/// The daemon's side: serve this node's tube until `stop`. Runs on its
+/// own thread; no request can stop it.
+pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, wake: &Sender<()>) {
+    serve_tube(uri, &node_tube(wd.nodename()), stop, |b, event| {
+        let TubeEvent::Job(job) = event else { return };
         match parse_request(&job.body) {
             Ok(req) => {
                 let handled = match req.kind.as_str() {
-                    "task" => crate::remote::receive(wd, &mut b, &req, wake),
+                    "task" => crate::remote::receive(wd, b, &req, wake),
                     "cancel" => crate::remote::cancel_received(wd, &req),
                     k if k.starts_with("migrate-") => {
-                        put_answer(&mut b, &req.reply, &crate::migrate::answer(wd, uri, &req))
+                        put_answer(b, &req.reply, &crate::migrate::answer(wd, uri, &req))
                     }
-                    _ => put_answer(&mut b, &req.reply, &answer(wd, &req)),
+                    _ => put_answer(b, &req.reply, &answer(wd, &req)),
                 };
                 match handled {
                     // Deleted only once handled: a crash before is redelivered.
@@ -302,7 +321,7 @@ pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, wake: &Sender<()>
                 let _ = b.bury(job.id, 1000);
             }
         }
-    }
+    });
 }
 
 /// Read a request, refusing anything that is not exactly one.

@@ -18,7 +18,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_core::task::{self, Claim, Claimer, TaskStore};
-use ferry_core::{sys, Error, Result, Workdir};
+use ferry_core::{Error, Result, Workdir};
 
 /// How often running tasks of vanished runners are looked for.
 const RECOVER_EVERY: Duration = Duration::from_secs(1);
@@ -46,20 +46,12 @@ pub struct Queue {
 impl Queue {
     /// Open the queue for a daemon that runs at most `limit` tasks at once.
     pub fn open(wd: &Workdir, limit: usize) -> Result<Queue> {
-        let pid = std::process::id() as i32;
-        let start = sys::proc_stat(pid)
-            .map(|p| p.starttime)
-            .ok_or_else(|| Error::Failed("cannot read this process's start time".into()))?;
         let exe = std::env::current_exe()
             .map_err(|e| Error::Failed(format!("cannot find the ferry binary: {e}")))?;
         Ok(Queue {
             wd: wd.clone(),
             store: TaskStore::open(&wd.db_dir())?,
-            me: Claimer {
-                instance: uuid::Uuid::new_v4().to_string(),
-                pid,
-                start,
-            },
+            me: Claimer::of_this_process()?,
             limit,
             exe,
             runners: Vec::new(),

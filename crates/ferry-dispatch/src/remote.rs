@@ -18,17 +18,17 @@
 //! result is unknown.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant, SystemTime};
 
-use ferry_broker::{Broker, BrokerUri, ConnectOptions, ReconnectPolicy, Reconnecting};
+use ferry_broker::{Broker, BrokerUri};
 use ferry_core::node::{self, Liveness};
 use ferry_core::registry::Registry;
 use ferry_core::task::{Accepted, Claimer, RemoteClaim, TaskRow, TaskState, TaskStore};
 use ferry_core::{sys, Error, Result, Workdir};
 
-use crate::cluster::{self, Answer, Request, TaskRequest, TaskResult};
+use crate::cluster::{self, serve_tube, Answer, Request, TaskRequest, TaskResult, TubeEvent};
 
 /// How much of a task's log travels back with its result.
 const OUTPUT_TAIL: u64 = 8 * 1024;
@@ -102,7 +102,7 @@ fn forward(
 pub fn send_now(wd: &Workdir, store: &mut TaskStore) -> Result<usize> {
     let uri = cluster::required_uri(wd)?;
     let mut b = cluster::connect(&uri, Duration::from_secs(1))?;
-    forward(&mut b, wd, store, &claimer()?)
+    forward(&mut b, wd, store, &Claimer::of_this_process()?)
 }
 
 /// Record a result that arrived on this node's task tube. Returns the
@@ -257,7 +257,10 @@ pub fn cancel_received(wd: &Workdir, req: &Request) -> std::result::Result<(), S
     std::thread::spawn(move || match crate::task::cancel_in(&wd, row.id) {
         Ok(m) => {
             tracing::info!(task = row.id, "{m}");
-            reply_now(&wd, row.id);
+            match TaskStore::open(&wd.db_dir()) {
+                Ok(mut store) => reply_now(&wd, &mut store, row.id),
+                Err(e) => tracing::warn!(task = row.id, error = %e, "result left to the daemon"),
+            }
         }
         Err(e) => tracing::warn!(task = row.id, error = %e, "cannot cancel"),
     });
@@ -287,9 +290,8 @@ fn reply(b: &mut impl Broker, wd: &Workdir, store: &mut TaskStore, row: &TaskRow
 /// The runner's side: right after recording the result of task `id`, put
 /// it for the asker if the task came from another node. A failure is left
 /// to the daemon.
-pub fn reply_now(wd: &Workdir, id: u64) {
-    let attempt = || -> Result<()> {
-        let mut store = TaskStore::open(&wd.db_dir())?;
+pub fn reply_now(wd: &Workdir, store: &mut TaskStore, id: u64) {
+    let mut attempt = || -> Result<()> {
         let Some(row) = store.get(id)? else {
             return Ok(());
         };
@@ -298,7 +300,7 @@ pub fn reply_now(wd: &Workdir, id: u64) {
         }
         let uri = cluster::required_uri(wd)?;
         let mut b = cluster::connect(&uri, Duration::from_secs(1))?;
-        reply(&mut b, wd, &mut store, &row)
+        reply(&mut b, wd, store, &row)
     };
     if let Err(e) = attempt() {
         tracing::warn!(task = id, error = %e, "result not sent yet; the daemon will send it");
@@ -312,16 +314,13 @@ pub fn reply_now(wd: &Workdir, id: u64) {
 /// results of tasks received here that no runner could put, and ends the
 /// runs of tasks whose target died. Runs until `stop`.
 pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, lease_time: Duration) {
-    let mut b = Reconnecting::lazy(
-        uri.clone(),
-        ConnectOptions::default(),
-        ReconnectPolicy {
-            give_up_after: Duration::from_secs(5),
-            ..ReconnectPolicy::default()
-        },
-    );
-    let opened = TaskStore::open(&wd.db_dir())
-        .and_then(|s| Ok((s, Registry::open(&wd.db_dir())?, claimer()?)));
+    let opened = TaskStore::open(&wd.db_dir()).and_then(|s| {
+        Ok((
+            s,
+            Registry::open(&wd.db_dir())?,
+            Claimer::of_this_process()?,
+        ))
+    });
     let (mut store, reg, me) = match opened {
         Ok(o) => o,
         Err(e) => {
@@ -329,73 +328,48 @@ pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, lease_time: Durat
             return;
         }
     };
-    let tube = tasks_tube(wd.nodename());
-    let mut ready = false;
     let mut last_round: Option<Instant> = None;
-    while !stop.load(Ordering::SeqCst) {
-        if !ready {
-            ready = b.watch(&tube).is_ok() && b.ignore("default").is_ok();
-            if !ready {
-                tracing::warn!(broker = %uri, "cannot watch the task tube; retrying");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        }
-        if last_round.is_none_or(|t| t.elapsed() >= RETRY_EVERY) {
-            if let Err(e) = forward(&mut b, wd, &mut store, &me) {
-                tracing::warn!(error = %e, "tasks for other nodes not sent yet");
-            }
-            for row in store.unreplied().unwrap_or_default() {
-                if let Err(e) = reply(&mut b, wd, &mut store, &row) {
-                    tracing::warn!(task = row.id, error = %e, "result not sent yet");
-                    break;
+    serve_tube(
+        uri,
+        &tasks_tube(wd.nodename()),
+        stop,
+        |b, event| match event {
+            TubeEvent::Tick => {
+                if last_round.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+                    return;
                 }
-            }
-            settle_dead(wd, &mut store, &reg, lease_time);
-            last_round = Some(Instant::now());
-        }
-        let job = match b.reserve(Duration::from_secs(1)) {
-            Ok(Some(job)) => job,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "task tube");
-                if e.is_connection_lost() {
-                    std::thread::sleep(Duration::from_millis(200));
+                if let Err(e) = forward(b, wd, &mut store, &me) {
+                    tracing::warn!(error = %e, "tasks for other nodes not sent yet");
                 }
-                continue;
-            }
-        };
-        match receive_result(wd, &mut store, &job.body) {
-            Ok(settled) => {
-                let _ = b.delete(job.id);
-                // A task after this one may now be sent.
-                if settled.is_some() {
-                    last_round = None;
+                for row in store.unreplied().unwrap_or_default() {
+                    if let Err(e) = reply(b, wd, &mut store, &row) {
+                        tracing::warn!(task = row.id, error = %e, "result not sent yet");
+                        break;
+                    }
                 }
+                settle_dead(wd, &mut store, &reg, lease_time);
+                last_round = Some(Instant::now());
             }
-            Err(Error::BadValue { .. }) => {
-                tracing::warn!(job = %job.id, "a malformed result on the task tube; buried");
-                let _ = b.bury(job.id, 1000);
-            }
-            // The store is busy or broken: leave the job to come back.
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "cannot record a result");
-                let _ = b.release(job.id, 100, Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-fn claimer() -> Result<Claimer> {
-    let pid = std::process::id() as i32;
-    let start = sys::proc_stat(pid)
-        .map(|p| p.starttime)
-        .ok_or_else(|| Error::Failed("cannot read this process's start time".into()))?;
-    Ok(Claimer {
-        instance: uuid::Uuid::new_v4().to_string(),
-        pid,
-        start,
-    })
+            TubeEvent::Job(job) => match receive_result(wd, &mut store, &job.body) {
+                Ok(settled) => {
+                    let _ = b.delete(job.id);
+                    // A task after this one may now be sent.
+                    if settled.is_some() {
+                        last_round = None;
+                    }
+                }
+                Err(Error::BadValue { .. }) => {
+                    tracing::warn!(job = %job.id, "a malformed result on the task tube; buried");
+                    let _ = b.bury(job.id, 1000);
+                }
+                // The store is busy or broken: leave the job to come back.
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot record a result");
+                    let _ = b.release(job.id, 100, Duration::from_secs(1));
+                }
+            },
+        },
+    );
 }
 
 // ---- logs ----

@@ -349,7 +349,7 @@ fn run_claimed(ctx: &Context, id: u64, run: u32) -> Result<Outcome> {
     store.finish(id, run, code)?;
     remove_log_if_flushed(&wd, &store, id);
     // A task from another node: its result goes back now.
-    crate::remote::reply_now(&wd, id);
+    crate::remote::reply_now(&wd, &mut store, id);
     Ok(Outcome::Exited { status: code })
 }
 

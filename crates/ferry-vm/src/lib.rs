@@ -172,19 +172,7 @@ pub fn start(wd: &Workdir, reg: &Registry, j: &Jname, checkpoint: Option<&str>) 
             cfg.args.vm_vnc_port
         )));
     }
-    let accel = qemu::accel(wd, reg, &cfg.args.vm_cpu_model.0)?;
-    let net = config::bridged(&cfg.args).then(|| NetRecord {
-        netns: String::new(),
-        host_if: qemu::tap_name(wd, j),
-        bridge: cfg.args.interface.0.clone(),
-    });
-    let mut rt = Runtime {
-        net,
-        accel: Some(accel.clone()),
-        ..Runtime::starting(epoch)
-    };
-    // Recorded before anything is set up, so a crash from here on is undone.
-    runtime::write(wd, j, &rt)?;
+    let (mut rt, accel) = record_launch(wd, reg, &cfg, epoch, Phase::Starting)?;
     let ctx = HookCtx {
         wd,
         jname: j,
@@ -207,6 +195,42 @@ pub fn start(wd: &Workdir, reg: &Registry, j: &Jname, checkpoint: Option<&str>) 
     }
 }
 
+/// The runtime record of a QEMU of `cfg` about to be launched here (in
+/// `phase`), under this node's accelerator, written before anything is
+/// set up so that a crash from then on is undone. Returns it with the
+/// accelerator.
+pub(crate) fn record_launch(
+    wd: &Workdir,
+    reg: &Registry,
+    cfg: &VmConfig,
+    epoch: u64,
+    phase: Phase,
+) -> Result<(Runtime, String)> {
+    let accel = qemu::accel(wd, reg, &cfg.args.vm_cpu_model.0)?;
+    let net = config::bridged(&cfg.args).then(|| NetRecord {
+        netns: String::new(),
+        host_if: qemu::tap_name(wd, cfg.jname()),
+        bridge: cfg.args.interface.0.clone(),
+    });
+    let rt = Runtime {
+        phase,
+        net,
+        accel: Some(accel.clone()),
+        ..Runtime::starting(epoch)
+    };
+    runtime::write(wd, cfg.jname(), &rt)?;
+    Ok((rt, accel))
+}
+
+/// Undo what a failed launch may have left: a QEMU without a usable
+/// record, the tap.
+pub(crate) fn undo_launch(wd: &Workdir, j: &Jname, rt: &Runtime) {
+    kill_leftover(wd, j);
+    if let Some(net) = &rt.net {
+        let _ = ferry_core::net::remove_link(&net.host_if);
+    }
+}
+
 fn launch(
     wd: &Workdir,
     cfg: &VmConfig,
@@ -216,10 +240,7 @@ fn launch(
 ) -> Result<(i32, u64)> {
     let r = try_launch(wd, cfg, rt, accel, checkpoint);
     if r.is_err() {
-        kill_leftover(wd, cfg.jname());
-        if let Some(net) = &rt.net {
-            let _ = ferry_core::net::remove_link(&net.host_if);
-        }
+        undo_launch(wd, cfg.jname(), rt);
     }
     r
 }
@@ -267,7 +288,7 @@ fn ferry_core_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Kill a QEMU of this VM that may be running without a usable record
 /// (ferry was killed between starting it and recording it).
-pub(crate) fn kill_leftover(wd: &Workdir, j: &Jname) {
+fn kill_leftover(wd: &Workdir, j: &Jname) {
     if let Some(pid) = qemu::read_pid(&qemu::pid_file(wd, j)) {
         if qemu::is_our_qemu(wd, j, pid) {
             let _ = nix::sys::signal::kill(
@@ -288,11 +309,22 @@ pub(crate) fn teardown(
     cfg: Option<&VmConfig>,
     rt: &Runtime,
 ) -> Result<()> {
+    teardown_as(wd, j, cfg, rt, HookPhase::Stop)
+}
+
+/// [`teardown`], `mnt_stop` told `phase`.
+pub(crate) fn teardown_as(
+    wd: &Workdir,
+    j: &Jname,
+    cfg: Option<&VmConfig>,
+    rt: &Runtime,
+    phase: HookPhase,
+) -> Result<()> {
     kill_leftover(wd, j);
     if let Some(net) = &rt.net {
         ferry_core::net::remove_link(&net.host_if)?;
     }
-    runtime::finish_teardown(wd, j, cfg.map(|c| &c.hooks), rt)
+    runtime::finish_teardown_as(wd, j, cfg.map(|c| &c.hooks), rt, phase)
 }
 
 /// Stop a VM: ACPI power-down, QMP `quit` after `stop_timeout`, SIGKILL as

@@ -18,12 +18,12 @@ use ferry_core::envdef::HookCtx;
 use ferry_core::hook::Phase as HookPhase;
 use ferry_core::lease;
 use ferry_core::registry::Registry;
-use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
+use ferry_core::runtime::{self, Phase, Runtime};
 use ferry_core::{EnvState, Error, Jname, Result, Workdir};
 use serde_json::{json, Value};
 
 use crate::qmp::{MigrationInfo, Qmp, QmpError};
-use crate::{config, kill_leftover, load, qemu, qmp_failed, QMP_CONNECT};
+use crate::{load, qemu, qmp_failed, QMP_CONNECT};
 
 /// How the transfer may go.
 #[derive(Debug, Clone, Copy)]
@@ -91,20 +91,8 @@ pub fn incoming(wd: &Workdir, reg: &Registry, j: &Jname, listen: IpAddr) -> Resu
     cfg.hooks.check()?;
     qemu::check_socket_path(&qemu::qmp_socket(wd, j))?;
     let epoch = lease::read(wd, j)?.map_or(0, |l| l.epoch);
-    let accel = qemu::accel(wd, reg, &cfg.args.vm_cpu_model.0)?;
-    let net = config::bridged(&cfg.args).then(|| NetRecord {
-        netns: String::new(),
-        host_if: qemu::tap_name(wd, j),
-        bridge: cfg.args.interface.0.clone(),
-    });
-    let mut rt = Runtime {
-        phase: Phase::Incoming,
-        net,
-        accel: Some(accel.clone()),
-        ..Runtime::starting(epoch)
-    };
     // Recorded first, so a crash from here on is undone by an abort.
-    runtime::write(wd, j, &rt)?;
+    let (mut rt, accel) = crate::record_launch(wd, reg, &cfg, epoch, Phase::Incoming)?;
     let ctx = HookCtx {
         wd,
         jname: j,
@@ -135,10 +123,7 @@ pub fn incoming(wd: &Workdir, reg: &Registry, j: &Jname, listen: IpAddr) -> Resu
             Ok(format!("tcp:{}", SocketAddr::new(listen, port)))
         }
         Err(e) => {
-            kill_leftover(wd, j);
-            if let Some(net) = &rt.net {
-                let _ = ferry_core::net::remove_link(&net.host_if);
-            }
+            crate::undo_launch(wd, j, &rt);
             runtime::clear(wd, j)?;
             Err(e)
         }
@@ -224,19 +209,20 @@ pub fn incoming_abort(wd: &Workdir, j: &Jname) -> Result<bool> {
             )));
         }
     }
+    quit_and_teardown(wd, j, &rt, HookPhase::MigrateIn)?;
+    Ok(true)
+}
+
+/// Tell the QEMU of `rt` to quit (a paused or migrated-away one never
+/// powers down), wait for it, and tear down, `mnt_stop` told `phase`.
+fn quit_and_teardown(wd: &Workdir, j: &Jname, rt: &Runtime, phase: HookPhase) -> Result<()> {
     if let Ok(mut q) = qmp(wd, j) {
         let _ = q.quit();
     }
     if let (Some(pid), Some(start)) = (rt.pid, rt.starttime) {
         ferry_core::sys::wait_gone(pid, Some(start), Duration::from_secs(5));
     }
-    kill_leftover(wd, j);
-    if let Some(net) = &rt.net {
-        ferry_core::net::remove_link(&net.host_if)?;
-    }
-    let hooks = load(wd, j).ok().map(|c| c.hooks);
-    runtime::finish_teardown_as(wd, j, hooks.as_ref(), &rt, HookPhase::MigrateIn)?;
-    Ok(true)
+    crate::teardown_as(wd, j, load(wd, j).ok().as_ref(), rt, phase)
 }
 
 // ---- the source ----
@@ -332,21 +318,10 @@ pub fn outgoing_undo(wd: &Workdir, j: &Jname) -> Result<()> {
 /// After the lease moved: end the source QEMU (stopped since the transfer
 /// completed) and tear down here, `mnt_stop` in phase `migrate-out`.
 pub fn outgoing_finish(wd: &Workdir, j: &Jname) -> Result<()> {
-    let Some(rt) = runtime::read(wd, j)? else {
-        return Ok(());
-    };
-    if let Ok(mut q) = qmp(wd, j) {
-        let _ = q.quit();
+    match runtime::read(wd, j)? {
+        Some(rt) => quit_and_teardown(wd, j, &rt, HookPhase::MigrateOut),
+        None => Ok(()),
     }
-    if let (Some(pid), Some(start)) = (rt.pid, rt.starttime) {
-        ferry_core::sys::wait_gone(pid, Some(start), Duration::from_secs(5));
-    }
-    kill_leftover(wd, j);
-    if let Some(net) = &rt.net {
-        ferry_core::net::remove_link(&net.host_if)?;
-    }
-    let hooks = load(wd, j).ok().map(|c| c.hooks);
-    runtime::finish_teardown_as(wd, j, hooks.as_ref(), &rt, HookPhase::MigrateOut)
 }
 
 // ---- CPU flags ----

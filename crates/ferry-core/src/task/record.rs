@@ -104,6 +104,21 @@ pub struct Claimer {
 }
 
 /// A task to store.
+impl Claimer {
+    /// This process, under a fresh instance id.
+    pub fn of_this_process() -> Result<Claimer> {
+        let pid = std::process::id() as i32;
+        let start = crate::sys::proc_stat(pid)
+            .map(|p| p.starttime)
+            .ok_or_else(|| Error::Failed("cannot read this process's start time".into()))?;
+        Ok(Claimer {
+            instance: uuid::Uuid::new_v4().to_string(),
+            pid,
+            start,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTask {
     /// The node to run on; `None` is this node.
