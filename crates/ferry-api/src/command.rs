@@ -214,6 +214,9 @@ commands! {
         /// The broker of the cluster (host:port or beanstalk://host:port),
         /// kept in etc/broker.conf; without one the node works alone.
         broker: Option<String> = Optional,
+        /// The QEMU this node runs VMs with (an absolute path), kept in
+        /// etc/qemu.conf; without one, qemu-system-<arch> from PATH.
+        qemu: Option<PathBuf> = Optional,
     }
 
     /// Create, list or remove local read-only bases for jails.

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +17,8 @@ pub struct Inventory {
     pub cpu_flags: Vec<String>,
     pub ncpu: usize,
     pub mem_bytes: u64,
-    /// `qemu-system-<arch> --version`, first line; absent when QEMU is not installed.
+    /// The node's QEMU (`qemu-system-<arch>` or `initenv qemu=`) `--version`,
+    /// first line; absent when it does not run.
     pub qemu_version: Option<String>,
     /// The accelerator VMs with the default CPU model get (`kvm`, `tcg`),
     /// found by booting guest code; absent without QEMU.
@@ -28,8 +28,9 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Gather the inventory of the machine this runs on.
-    pub fn collect(nodename: &str, ferry_version: &str) -> Inventory {
+    /// Gather the inventory of the machine this runs on; `qemu_version` is
+    /// the node's QEMU's, as its caller found it.
+    pub fn collect(nodename: &str, ferry_version: &str, qemu_version: Option<String>) -> Inventory {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let field = |name: &str| {
             cpuinfo
@@ -56,7 +57,7 @@ impl Inventory {
             cpu_flags: cpu_flags.into_iter().collect(),
             ncpu,
             mem_bytes: mem_total(),
-            qemu_version: qemu_version(),
+            qemu_version,
             accel: None,
             ferry_version: ferry_version.to_owned(),
         }
@@ -95,25 +96,13 @@ fn mem_total() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn qemu_version() -> Option<String> {
-    let bin = format!("qemu-system-{}", std::env::consts::ARCH);
-    let out = Command::new(bin).arg("--version").output().ok()?;
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_owned()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn collects_this_machine() {
-        let inv = Inventory::collect("n1", "0.0.0");
+        let inv = Inventory::collect("n1", "0.0.0", None);
         assert_eq!(inv.nodename, "n1");
         assert!(!inv.cpu_flags.is_empty());
         assert!(inv.mem_bytes > 0 && inv.ncpu > 0);

@@ -72,6 +72,10 @@ pub struct Runtime {
     pub accel: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Outbound>,
+    /// The guest CPU a VM that came by live migration was started with
+    /// (QEMU's static expansion, model `base`), not its definition's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 impl Runtime {
@@ -85,6 +89,7 @@ impl Runtime {
             epoch,
             accel: None,
             migration: None,
+            cpu: None,
         }
     }
 }

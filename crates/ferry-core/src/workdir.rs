@@ -216,6 +216,34 @@ impl Workdir {
             .collect::<Result<Vec<_>>>()?;
         Ok(self.ids.get_or_init(|| ids).clone())
     }
+
+    /// A node setting: the `key=value` line of `etc/<file>` (`initenv`
+    /// writes them; `#` starts a comment). `None` when the file is absent;
+    /// a file without the key is an error, not a silent default.
+    pub fn setting(&self, file: &str, key: &str) -> Result<Option<String>> {
+        let p = self.root.join("etc").join(file);
+        let Some(text) = read_trimmed(&p)? else {
+            return Ok(None);
+        };
+        let prefix = format!("{key}=");
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| Some(v.trim().to_owned()))
+            .ok_or_else(|| Error::bad_value(file, &p.to_string_lossy(), format!("no {key}= line")))
+    }
+
+    /// Record a node setting in `etc/<file>` (atomically), with a comment
+    /// saying what it is.
+    pub fn set_setting(&self, file: &str, key: &str, value: &str, what: &str) -> Result<()> {
+        if value.contains(['\n', '\r']) {
+            return Err(Error::bad_value(key, value, "must be one line"));
+        }
+        let p = self.root.join("etc").join(file);
+        let text = format!("# {what}\n{key}={value}\n");
+        atomic::write_atomic(&p, text.as_bytes(), 0o644).map_err(Error::io("cannot write", &p))
+    }
 }
 
 /// 64-bit FNV-1a: a stable hash for naming, not for security.

@@ -8,7 +8,6 @@
 //! (`uri=host:port`, written by `initenv broker=`). Without one, the node
 //! works alone (the embedded default).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -107,28 +106,14 @@ impl Answer {
 /// Largest request a node tube accepts.
 const MAX_REQUEST: usize = 64 * 1024;
 
-fn conf_path(wd: &Workdir) -> PathBuf {
-    wd.root().join("etc/broker.conf")
-}
-
-/// The broker this node uses, if it has one.
+/// The broker this node uses, if it has one (`etc/broker.conf`).
 pub fn broker_uri(wd: &Workdir) -> Result<Option<BrokerUri>> {
-    let p = conf_path(wd);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot read", &p)(e)),
+    let Some(uri) = wd.setting("broker.conf", "uri")? else {
+        return Ok(None);
     };
-    let uri = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix("uri="))
-        .ok_or_else(|| Error::bad_value("broker.conf", &p.to_string_lossy(), "no uri= line"))?;
-    uri.trim()
-        .parse()
+    uri.parse()
         .map(Some)
-        .map_err(|e: ferry_broker::Error| Error::bad_value("broker uri", uri, e.to_string()))
+        .map_err(|e: ferry_broker::Error| Error::bad_value("broker uri", &uri, e.to_string()))
 }
 
 /// Record the broker this node uses (`initenv broker=`).
@@ -136,10 +121,12 @@ pub fn set_broker(wd: &Workdir, uri: &str) -> Result<()> {
     let parsed: BrokerUri = uri
         .parse()
         .map_err(|e: ferry_broker::Error| Error::bad_value("broker", uri, e.to_string()))?;
-    let p = conf_path(wd);
-    let text = format!("# the broker of this node (ferry initenv broker=)\nuri={parsed}\n");
-    ferry_core::atomic::write_atomic(&p, text.as_bytes(), 0o644)
-        .map_err(Error::io("cannot write", &p))
+    wd.set_setting(
+        "broker.conf",
+        "uri",
+        &parsed.to_string(),
+        "the broker of this node (ferry initenv broker=)",
+    )
 }
 
 /// The tube a node daemon watches.
@@ -164,7 +151,7 @@ pub(crate) fn required_uri(wd: &Workdir) -> Result<BrokerUri> {
     broker_uri(wd)?.ok_or_else(|| {
         Error::Refused(format!(
             "no broker configured for this node ({}); run `ferry initenv broker=HOST:PORT`",
-            conf_path(wd).display()
+            wd.root().join("etc/broker.conf").display()
         ))
     })
 }

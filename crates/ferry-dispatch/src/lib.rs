@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ferry_api::command::InitenvArgs;
 use ferry_api::exit;
 use ferry_api::{Command, EnvResult, Outcome};
 use ferry_core::inventory::Inventory;
@@ -94,7 +95,7 @@ impl Context {
 pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
     tracing::debug!(command = cmd.name(), "dispatch");
     match cmd {
-        Command::Initenv(a) => initenv(&ctx.workdir, a.nodename.as_ref(), a.broker.as_deref()),
+        Command::Initenv(a) => initenv(&ctx.workdir, &a),
         Command::Base(a) => {
             let (wd, reg) = ctx.open()?;
             base::run(&wd, &reg, a)
@@ -156,18 +157,27 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
     }
 }
 
-fn initenv(root: &Path, nodename: Option<&Jname>, broker: Option<&str>) -> Result<Outcome> {
-    if let Some(uri) = broker {
-        // Checked before anything is written.
+fn initenv(root: &Path, a: &InitenvArgs) -> Result<Outcome> {
+    // Checked before anything is written.
+    if let Some(uri) = &a.broker {
         uri.parse::<ferry_broker::BrokerUri>()
             .map_err(|e| Error::bad_value("broker", uri, e.to_string()))?;
     }
-    let wd = Workdir::init(root, nodename.map(Jname::as_str))?;
-    if let Some(uri) = broker {
+    if let Some(bin) = &a.qemu {
+        ferry_vm::qemu::check_binary(bin)?;
+    }
+    let wd = Workdir::init(root, a.nodename.as_ref().map(Jname::as_str))?;
+    if let Some(uri) = &a.broker {
         cluster::set_broker(&wd, uri)?;
     }
+    if let Some(bin) = &a.qemu {
+        ferry_vm::qemu::set_binary(&wd, bin)?;
+    }
     let reg = Registry::open(&wd.db_dir())?;
-    let mut inv = Inventory::collect(wd.nodename(), VERSION);
+    let qemu_version = ferry_vm::qemu::binary(&wd)
+        .ok()
+        .and_then(|b| ferry_vm::qemu::version_of(&b));
+    let mut inv = Inventory::collect(wd.nodename(), VERSION, qemu_version);
     if inv.qemu_version.is_some() {
         inv.accel = ferry_vm::qemu::probe_accel(&wd, &reg, ferry_vm::DEFAULT_CPU_MODEL).ok();
     }

@@ -478,25 +478,37 @@ impl Drop for TestWorkdir {
 /// and cached: returns the directory holding `vmlinuz` and `initrd.img`.
 pub fn test_guest() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest");
-        let out = Command::new(&script)
-            .output()
-            .expect("run build-test-guest");
-        assert!(
-            out.status.success(),
-            "build-test-guest failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .trim()
-            .to_owned();
-        PathBuf::from(dir)
-    })
-    .clone()
+    DIR.get_or_init(|| script_path("build-test-guest")).clone()
+}
+
+/// A second QEMU, of another version than the system's (Debian's
+/// backports build, fetched and unpacked once by the project's script).
+pub fn second_qemu() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| script_path("install-second-qemu"))
+        .clone()
+}
+
+/// Run one of the project's `scripts/`: the path its last line names.
+fn script_path(name: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(name);
+    let out = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    PathBuf::from(path)
 }
 
 /// The `ferry-guest counter N` lines of a VM's console log, as numbers.

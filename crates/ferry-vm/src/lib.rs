@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod migrate;
 pub mod qemu;
 pub mod qmp;
@@ -35,7 +36,7 @@ pub(crate) const QMP_CONNECT: Duration = Duration::from_secs(10);
 
 /// Create a VM on this node (and start it when `runasap=1`).
 pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
-    cfg.args.vm_machine.0 = qemu::resolve_machine(&cfg.args.vm_machine.0)?;
+    cfg.args.vm_machine.0 = qemu::resolve_machine(wd, &cfg.args.vm_machine.0)?;
     check_vnc_unique(wd, reg, cfg)?;
     let def = config::to_definition(&cfg.args, wd.root())?;
     envfs::create(wd, reg, &vm_row(cfg), &cfg.hooks, &def, || {
@@ -172,7 +173,7 @@ pub fn start(wd: &Workdir, reg: &Registry, j: &Jname, checkpoint: Option<&str>) 
             cfg.args.vm_vnc_port
         )));
     }
-    let (mut rt, accel) = record_launch(wd, reg, &cfg, epoch, Phase::Starting)?;
+    let (mut rt, accel) = record_launch(wd, reg, &cfg, epoch, Phase::Starting, None)?;
     let ctx = HookCtx {
         wd,
         jname: j,
@@ -205,6 +206,7 @@ pub(crate) fn record_launch(
     cfg: &VmConfig,
     epoch: u64,
     phase: Phase,
+    cpu: Option<&cpu::GuestCpu>,
 ) -> Result<(Runtime, String)> {
     let accel = qemu::accel(wd, reg, &cfg.args.vm_cpu_model.0)?;
     let net = config::bridged(&cfg.args).then(|| NetRecord {
@@ -216,6 +218,7 @@ pub(crate) fn record_launch(
         phase,
         net,
         accel: Some(accel.clone()),
+        cpu: cpu.map(|c| c.0.clone()),
         ..Runtime::starting(epoch)
     };
     runtime::write(wd, cfg.jname(), &rt)?;

@@ -22,6 +22,7 @@ use ferry_core::runtime::{self, Phase, Runtime};
 use ferry_core::{EnvState, Error, Jname, Result, Workdir};
 use serde_json::{json, Value};
 
+use crate::cpu::GuestCpu;
 use crate::qmp::{MigrationInfo, Qmp, QmpError};
 use crate::{load, qemu, qmp_failed, QMP_CONNECT};
 
@@ -70,7 +71,13 @@ fn wait_status(q: &mut Qmp, j: &Jname, want: &[&str], limit: Duration) -> Result
 /// its definition read from shared storage), listening on `listen`: runs
 /// `mnt_start` in phase `migrate-in` first. Returns the migration URI.
 /// On failure nothing is left.
-pub fn incoming(wd: &Workdir, reg: &Registry, j: &Jname, listen: IpAddr) -> Result<String> {
+pub fn incoming(
+    wd: &Workdir,
+    reg: &Registry,
+    j: &Jname,
+    listen: IpAddr,
+    cpu: &GuestCpu,
+) -> Result<String> {
     match runtime::state(wd, j)? {
         (_, None) => {}
         (_, Some(rt)) if rt.phase == Phase::Incoming => {
@@ -92,7 +99,7 @@ pub fn incoming(wd: &Workdir, reg: &Registry, j: &Jname, listen: IpAddr) -> Resu
     qemu::check_socket_path(&qemu::qmp_socket(wd, j))?;
     let epoch = lease::read(wd, j)?.map_or(0, |l| l.epoch);
     // Recorded first, so a crash from here on is undone by an abort.
-    let (mut rt, accel) = crate::record_launch(wd, reg, &cfg, epoch, Phase::Incoming)?;
+    let (mut rt, accel) = crate::record_launch(wd, reg, &cfg, epoch, Phase::Incoming, Some(cpu))?;
     let ctx = HookCtx {
         wd,
         jname: j,
@@ -102,7 +109,7 @@ pub fn incoming(wd: &Workdir, reg: &Registry, j: &Jname, listen: IpAddr) -> Resu
         if let Some(net) = &rt.net {
             ferry_core::net::tap_up(&net.host_if, &net.bridge)?;
         }
-        let pid = qemu::spawn_paused_incoming(wd, &cfg, &accel)?;
+        let pid = qemu::spawn_paused_incoming(wd, &cfg, &accel, &cpu.arg()?)?;
         let start = ferry_core::sys::proc_stat(pid)
             .map(|p| p.starttime)
             .ok_or_else(|| Error::Failed(format!("the incoming QEMU of {j} exited at once")))?;
@@ -322,65 +329,4 @@ pub fn outgoing_finish(wd: &Workdir, j: &Jname) -> Result<()> {
         Some(rt) => quit_and_teardown(wd, j, &rt, HookPhase::MigrateOut),
         None => Ok(()),
     }
-}
-
-// ---- CPU flags ----
-
-/// Whether this node can run a guest with `machine` and CPU model `cpu`
-/// (with `enforce`, as ferry runs every VM) under `accel`: a QEMU here
-/// starts paused with just that, and is asked to quit. Its refusal names
-/// the CPU flags or the machine type this node lacks.
-pub fn cpu_starts_here(machine: &str, accel: &str, cpu: &str) -> Result<()> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(qemu::binary())
-        .args(["-machine", machine, "-accel", accel])
-        .arg("-cpu")
-        .arg(format!("{cpu},enforce"))
-        .args([
-            "-m",
-            "16M",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-S",
-        ])
-        .args(["-qmp", "stdio"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(Error::io("cannot run QEMU", qemu::binary()))?;
-    let greeted = child.stdout.take().map(BufReader::new).and_then(|mut out| {
-        let mut line = String::new();
-        out.read_line(&mut line).ok()?;
-        line.contains("QMP").then_some(out)
-    });
-    if let (Some(_), Some(mut input)) = (&greeted, child.stdin.take()) {
-        let _ = writeln!(input, "{}", json!({"execute": "qmp_capabilities"}));
-        let _ = writeln!(input, "{}", json!({"execute": "quit"}));
-    }
-    let until = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    if greeted.is_some() {
-        return Ok(());
-    }
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let why: Vec<&str> = err
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    Err(Error::Refused(format!(
-        "QEMU cannot run -machine {machine} -cpu {cpu},enforce under {accel} here: {}",
-        why.join("; ")
-    )))
 }

@@ -14,13 +14,65 @@ use ferry_core::{Error, Jname, Result, Workdir};
 
 use crate::config::{self, VmConfig};
 
-/// The system emulator of this architecture.
-pub fn binary() -> String {
-    format!("qemu-system-{}", std::env::consts::ARCH)
+/// The system emulator of this node: `binary=` in `etc/qemu.conf`
+/// (`initenv qemu=`), else `qemu-system-<arch>` from `PATH`.
+pub fn binary(wd: &Workdir) -> Result<String> {
+    Ok(wd
+        .setting(QEMU_CONF, "binary")?
+        .unwrap_or_else(|| format!("qemu-system-{}", std::env::consts::ARCH)))
 }
 
-fn qemu() -> Command {
-    Command::new(binary())
+const QEMU_CONF: &str = "qemu.conf";
+
+fn qemu(wd: &Workdir) -> Result<Command> {
+    binary(wd).map(Command::new)
+}
+
+/// The first line of `qemu --version`, if that runs and says it is QEMU.
+pub fn version_of(bin: &str) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("");
+    (out.status.success() && first.starts_with("QEMU emulator version")).then(|| first.to_owned())
+}
+
+/// Check that `bin` may be a node's QEMU (`initenv qemu=`): an absolute
+/// path to a program that runs as QEMU. Returns its version line.
+pub fn check_binary(bin: &Path) -> Result<String> {
+    let shown = bin.to_string_lossy();
+    if !bin.is_absolute()
+        || bin
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Error::bad_value(
+            "qemu",
+            &shown,
+            "must be an absolute path without '..'",
+        ));
+    }
+    let s = bin
+        .to_str()
+        .ok_or_else(|| Error::bad_value("qemu", &shown, "must be UTF-8"))?;
+    version_of(s)
+        .ok_or_else(|| Error::bad_value("qemu", s, "does not run as QEMU (`--version` failed)"))
+}
+
+/// Make `bin` the QEMU of this node, once [`check_binary`] accepts it.
+pub fn set_binary(wd: &Workdir, bin: &Path) -> Result<String> {
+    let version = check_binary(bin)?;
+    wd.set_setting(
+        QEMU_CONF,
+        "binary",
+        &bin.to_string_lossy(),
+        "the QEMU this node runs VMs with (ferry initenv qemu=)",
+    )?;
+    Ok(version)
+}
+
+fn cannot_run(wd: &Workdir) -> impl FnOnce(std::io::Error) -> Error {
+    let bin = binary(wd).unwrap_or_default();
+    Error::io("cannot run QEMU (install qemu-system-x86)", bin)
 }
 
 /// Where a VM's QMP socket and pid file live (local).
@@ -50,14 +102,11 @@ pub fn check_socket_path(p: &Path) -> Result<()> {
 /// Pin a machine type alias (`q35`, `pc`) to the versioned type it stands
 /// for on this QEMU (`pc-q35-7.2`), so the machine a VM was created with is
 /// the one it migrates with. A versioned name is kept; an unknown one is refused.
-pub fn resolve_machine(name: &str) -> Result<String> {
-    let out = qemu()
+pub fn resolve_machine(wd: &Workdir, name: &str) -> Result<String> {
+    let out = qemu(wd)?
         .args(["-machine", "help"])
         .output()
-        .map_err(Error::io(
-            "cannot run QEMU (install qemu-system-x86)",
-            binary(),
-        ))?;
+        .map_err(cannot_run(wd))?;
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines().skip(1) {
         let mut words = line.split_whitespace();
@@ -76,7 +125,7 @@ pub fn resolve_machine(name: &str) -> Result<String> {
     Err(Error::bad_value(
         "vm_machine",
         name,
-        format!("{} has no such machine type", binary()),
+        format!("{} has no such machine type", binary(wd)?),
     ))
 }
 
@@ -99,7 +148,8 @@ fn accel_boots(wd: &Workdir, accel: &str, cpu_model: &str) -> bool {
     if fs::write(&bios, probe_bios()).is_err() {
         return false;
     }
-    let child = qemu()
+    let Ok(mut cmd) = qemu(wd) else { return false };
+    let child = cmd
         .args([
             "-accel",
             accel,
@@ -143,7 +193,7 @@ fn accel_boots(wd: &Workdir, accel: &str, cpu_model: &str) -> bool {
 /// Probed once per model and kept in the local registry (`initenv` probes
 /// again).
 pub fn accel(wd: &Workdir, reg: &Registry, cpu_model: &str) -> Result<String> {
-    match reg.inventory(&format!("accel:{cpu_model}"))? {
+    match reg.inventory(&accel_key(wd, cpu_model)?)? {
         Some(a) => Ok(a),
         None => probe_accel(wd, reg, cpu_model),
     }
@@ -151,7 +201,7 @@ pub fn accel(wd: &Workdir, reg: &Registry, cpu_model: &str) -> Result<String> {
 
 /// Probe the accelerator for `cpu_model` and record it.
 pub fn probe_accel(wd: &Workdir, reg: &Registry, cpu_model: &str) -> Result<String> {
-    let key = format!("accel:{cpu_model}");
+    let key = accel_key(wd, cpu_model)?;
     let kvm = Path::new("/dev/kvm").exists() && accel_boots(wd, "kvm", cpu_model);
     let a = if kvm {
         "kvm"
@@ -160,11 +210,16 @@ pub fn probe_accel(wd: &Workdir, reg: &Registry, cpu_model: &str) -> Result<Stri
     } else {
         return Err(Error::Refused(format!(
             "{} cannot boot CPU model {cpu_model} with KVM or TCG",
-            binary()
+            binary(wd)?
         )));
     };
     reg.set_inventory(&key, a)?;
     Ok(a.to_owned())
+}
+
+/// Probes are kept per QEMU binary: another QEMU is probed afresh.
+fn accel_key(wd: &Workdir, cpu_model: &str) -> Result<String> {
+    Ok(format!("accel:{}:{cpu_model}", binary(wd)?))
 }
 
 /// A stable MAC address for the VM's NIC (locally administered).
@@ -271,9 +326,13 @@ pub fn spawn(wd: &Workdir, cfg: &VmConfig, accel: &str, incoming: bool) -> Resul
 }
 
 /// Start QEMU waiting, paused (`-S`), for a live migration stream: it runs
-/// the guest only when told to continue.
-pub fn spawn_paused_incoming(wd: &Workdir, cfg: &VmConfig, accel: &str) -> Result<i32> {
+/// the guest only when told to continue. `cpu` is the guest's CPU as the
+/// source sent it (`-cpu`), in place of the definition's model.
+pub fn spawn_paused_incoming(wd: &Workdir, cfg: &VmConfig, accel: &str, cpu: &str) -> Result<i32> {
     let mut args = command_line(wd, cfg, accel, true);
+    if let Some(i) = args.iter().position(|a| a == "-cpu") {
+        args[i + 1] = cpu.into();
+    }
     args.push("-S".into());
     spawn_with(wd, cfg, args)
 }
@@ -283,14 +342,11 @@ fn spawn_with(wd: &Workdir, cfg: &VmConfig, args: Vec<OsString>) -> Result<i32> 
     let pid_path = pid_file(wd, j);
     let _ = fs::remove_file(&pid_path);
     let _ = fs::remove_file(qmp_socket(wd, j));
-    let out = qemu()
+    let out = qemu(wd)?
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(Error::io(
-            "cannot run QEMU (install qemu-system-x86)",
-            binary(),
-        ))?;
+        .map_err(cannot_run(wd))?;
     if !out.status.success() {
         return Err(Error::Failed(format!(
             "QEMU did not start {j}: {}",

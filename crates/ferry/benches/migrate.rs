@@ -136,7 +136,7 @@ fn raw(c: &TestCluster, vm: &str, rounds: usize) -> (Vec<Duration>, Vec<Duration
         );
         let st = Command::new("ip")
             .args(["netns", "exec", &net.node(node).ns])
-            .arg(ferry_vm::qemu::binary())
+            .arg(ferry_vm::qemu::binary(&wd).expect("QEMU"))
             .args(&args)
             .status()
             .expect("start QEMU");

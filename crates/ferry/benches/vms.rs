@@ -54,7 +54,7 @@ fn main() {
         settle();
         let mut q = None;
         rs.push(timed(|| {
-            let st = Command::new(ferry_vm::qemu::binary())
+            let st = Command::new(ferry_vm::qemu::binary(&wd).expect("QEMU"))
                 .args(&argv)
                 .stdin(Stdio::null())
                 .status()

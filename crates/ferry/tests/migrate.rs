@@ -275,6 +275,51 @@ fn refusals_come_all_at_once_and_move_nothing() {
     runs_only_on(&p.c, "lmr", 0);
 }
 
+/// n2 runs another QEMU (10.0, n1 has Debian's 7.2): a VM whose CPU is
+/// n1's `max` has a flag QEMU 10 dropped (`pcommit`), and is refused by
+/// that flag's name; a VM on a named baseline moves to QEMU 10 and back,
+/// and keeps counting.
+#[test]
+fn cpu_flags_are_checked_between_nodes_whose_qemus_differ() {
+    let second = ferry_testkit::second_qemu();
+    let p = pair(Storage::Plain, "lmq");
+    let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
+    let conf = n2.root().join("etc/qemu.conf");
+    n2.fails(2, &["initenv", "qemu=usr/bin/qemu-system-x86_64"]);
+    n2.fails(2, &["initenv", "qemu=/bin/true"]);
+    assert!(!conf.exists(), "a refused qemu= was recorded");
+    let out = n2.ok(&["initenv", &format!("qemu={}", second.display())]);
+    assert!(out.contains("QEMU emulator version 10."), "{out}");
+
+    n1.bcreate_guest("lmx", &["vm_cpu_model=max"]);
+    n1.ok(&["bstart", "jname=lmx"]);
+    wait_counter(n1, "lmx", "the max-CPU guest never counted", |c| {
+        c.len() >= 2
+    });
+    for extra in [&["check=1"][..], &[]] {
+        let mut args = vec!["bmigrate", "jname=lmx", "node=n2"];
+        args.extend(extra);
+        let err = n1.fails(6, &args);
+        assert!(
+            err.contains("cannot offer here: pcommit") && err.contains("nothing moved"),
+            "{err}"
+        );
+        runs_only_on(&p.c, "lmx", 0);
+    }
+
+    for (from, to) in [(0, 1), (1, 0)] {
+        let (src, dst) = (&p.c.nodes[from], &p.c.nodes[to]);
+        let before = *guest_counters(src, "lmq").last().expect("counter");
+        let out = src.ok(&["bmigrate", "jname=lmq", &format!("node=n{}", to + 1)]);
+        assert!(out.contains("live-migrated"), "{out}");
+        runs_only_on(&p.c, "lmq", to);
+        kept_counting(dst, "lmq", before);
+        let pid = std::fs::read_to_string(dst.root().join("var/run/lmq.pid")).expect("pid");
+        let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).expect("exe");
+        assert_eq!(exe == second, to == 1, "n{} runs {}", to + 1, exe.display());
+    }
+}
+
 #[test]
 fn the_link_cut_mid_transfer_leaves_the_vm_running_here() {
     let p = pair(Storage::Plain, "lml");

@@ -31,6 +31,7 @@ use ferry_core::lock::EnvLock;
 use ferry_core::registry::Registry;
 use ferry_core::runtime::{self, Outbound, Phase};
 use ferry_core::{lease, sys, EnvKind, EnvState, Error, Jname, Result, Workdir};
+use ferry_vm::cpu::GuestCpu;
 use ferry_vm::migrate::{self as engine, Transfer};
 use ferry_vm::qmp::MigrationInfo;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,10 @@ pub struct MigrateRequest {
     pub ram_mib: u64,
     #[serde(default)]
     pub dir_ids: Vec<(String, String)>,
+    /// The guest's CPU as its QEMU expands it (checked there flag by flag,
+    /// and the incoming QEMU gets exactly it).
+    #[serde(default)]
+    pub cpu: Option<GuestCpu>,
 }
 
 /// How long a prepare may take there (QEMU start, `mnt_start`).
@@ -102,7 +107,14 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
     // The destination's own checks, also when this node already found a
     // reason to refuse: every reason at once. A node not seen alive gets
     // less time to answer.
-    let req = facts(&wd, j)?;
+    let mut req = facts(&wd, j)?;
+    match ferry_vm::cpu::of_running(&wd, j) {
+        Ok(cpu) => req.cpu = Some(cpu),
+        Err(e) => problems.push(format!(
+            "cannot read the guest's CPU here: {}",
+            crate::error_chain(&e)
+        )),
+    }
     let wait = if problems.is_empty() {
         ASK_TIMEOUT
     } else {
@@ -163,6 +175,7 @@ fn facts(wd: &Workdir, j: &Jname) -> Result<MigrateRequest> {
         accel,
         ram_mib: ferry_vm::config::ram_mib(&cfg.args),
         dir_ids: wd.dir_ids()?,
+        cpu: None,
     })
 }
 
@@ -388,8 +401,9 @@ fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json:
         "migrate-prepare" => {
             // Checked just before by migrate-check; what could change
             // since (registered, running here) the engine refuses itself.
+            let cpu = m.cpu.as_ref().ok_or_else(|| no_cpu(&j))?;
             let addr = address_towards(broker)?;
-            let uri = engine::incoming(wd, &reg, &j, addr)?;
+            let uri = engine::incoming(wd, &reg, &j, addr, cpu)?;
             Ok(serde_json::json!({ "uri": uri }))
         }
         "migrate-commit" => {
@@ -453,9 +467,15 @@ fn check_here(wd: &Workdir, reg: &Registry, j: &Jname, m: &MigrateRequest) -> Ve
             "it runs under {} there, and would under {accel} here",
             m.accel
         )),
-        // Machine type and CPU flags at once: would QEMU here start it?
+        // Every CPU flag, then machine type and CPU at once: would QEMU
+        // here start it?
+        // (Without a CPU the source has refused already.)
         Ok(accel) => {
-            if let Err(e) = engine::cpu_starts_here(machine, &accel, cpu) {
+            if let Some(Err(e)) = m
+                .cpu
+                .as_ref()
+                .map(|c| ferry_vm::cpu::runs_here(wd, machine, &accel, c))
+            {
                 p.push(crate::error_chain(&e));
             }
         }
@@ -482,6 +502,14 @@ fn check_here(wd: &Workdir, reg: &Registry, j: &Jname, m: &MigrateRequest) -> Ve
         p.push(format!("mnt_start dry run: {}", crate::error_chain(&e)));
     }
     p
+}
+
+fn no_cpu(j: &Jname) -> Error {
+    Error::bad_value(
+        "migrate",
+        j.as_str(),
+        "the request does not describe the guest's CPU (a ferry older than this node's?)",
+    )
 }
 
 fn mem_available_mib() -> Option<u64> {
