@@ -169,46 +169,84 @@ pub(crate) fn ask_with(
     migrate: Option<crate::migrate::MigrateRequest>,
     timeout: Duration,
 ) -> Result<Answer> {
-    let uri = required_uri(wd)?;
-    let mut b = connect(&uri, timeout)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let reply = format!("ferry.reply.{}.{id}", wd.nodename());
-    let req = Request {
-        kind: kind.to_owned(),
-        id: id.clone(),
-        from: wd.nodename().to_owned(),
-        reply: reply.clone(),
-        task: None,
-        migrate,
-    };
-    let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
-    b.watch(&reply).map_err(broker_err("broker"))?;
-    b.ignore("default").map_err(broker_err("broker"))?;
-    b.use_tube(&node_tube(node.as_str()))
-        .map_err(broker_err("broker"))?;
-    b.put(
-        &body,
-        100,
-        Duration::ZERO,
-        timeout.max(Duration::from_secs(1)),
-    )
-    .map_err(broker_err("cannot send the request"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::Failed(format!(
-                "node {node} did not answer within {}s: is its daemon running, with this broker ({uri})?",
-                timeout.as_secs()
-            )));
-        }
-        let Some(job) = b.reserve(left).map_err(broker_err("broker"))? else {
-            continue;
+    Asker::open(wd, node, timeout)?.ask(kind, migrate, timeout)
+}
+
+/// One connection to ask one node several things, each answered on this
+/// asker's own reply tube. A live migration keeps one from its prepare to
+/// its commit, so that the commit, in the guest's downtime, costs one put
+/// and one reserve.
+pub(crate) struct Asker {
+    b: Reconnecting,
+    node: Jname,
+    from: String,
+    reply: String,
+}
+
+impl Asker {
+    /// Connect (giving up after `timeout`), watch a fresh reply tube and
+    /// use `node`'s tube.
+    pub(crate) fn open(wd: &Workdir, node: &Jname, timeout: Duration) -> Result<Asker> {
+        let uri = required_uri(wd)?;
+        let mut b = connect(&uri, timeout)?;
+        let reply = format!("ferry.reply.{}.{}", wd.nodename(), uuid::Uuid::new_v4());
+        b.watch(&reply).map_err(broker_err("broker"))?;
+        b.ignore("default").map_err(broker_err("broker"))?;
+        b.use_tube(&node_tube(node.as_str()))
+            .map_err(broker_err("broker"))?;
+        Ok(Asker {
+            b,
+            node: node.clone(),
+            from: wd.nodename().to_owned(),
+            reply,
+        })
+    }
+
+    /// Send a request and wait up to `timeout` for its answer (answers to
+    /// earlier requests that came too late are dropped).
+    pub(crate) fn ask(
+        &mut self,
+        kind: &str,
+        migrate: Option<crate::migrate::MigrateRequest>,
+        timeout: Duration,
+    ) -> Result<Answer> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let req = Request {
+            kind: kind.to_owned(),
+            id: id.clone(),
+            from: self.from.clone(),
+            reply: self.reply.clone(),
+            task: None,
+            migrate,
         };
-        let _ = b.delete(job.id);
-        match serde_json::from_slice::<Answer>(&job.body) {
-            Ok(a) if a.id == id => return Ok(a),
-            _ => tracing::warn!(job = %job.id, "an answer that is not ours; dropped"),
+        let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
+        self.b
+            .put(
+                &body,
+                100,
+                Duration::ZERO,
+                timeout.max(Duration::from_secs(1)),
+            )
+            .map_err(broker_err("cannot send the request"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Failed(format!(
+                    "node {} did not answer within {}s: is its daemon running, with this broker ({})?",
+                    self.node,
+                    timeout.as_secs(),
+                    self.b.uri()
+                )));
+            }
+            let Some(job) = self.b.reserve(left).map_err(broker_err("broker"))? else {
+                continue;
+            };
+            let _ = self.b.delete(job.id);
+            match serde_json::from_slice::<Answer>(&job.body) {
+                Ok(a) if a.id == id => return Ok(a),
+                _ => tracing::warn!(job = %job.id, "an answer that is not ours; dropped"),
+            }
         }
     }
 }

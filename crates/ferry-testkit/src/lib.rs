@@ -295,6 +295,14 @@ impl TestWorkdir {
     /// `ferry --workdir <root> args...` as a command to spawn, in this
     /// node's network namespace if it has one.
     pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = self.bare_command(&["--workdir"]);
+        c.arg(self.root()).args(args);
+        c
+    }
+
+    /// `ferry args...` in this node's network namespace, without a
+    /// workdir (`ferry agent` and `ferry client` take theirs from a config).
+    pub fn bare_command(&self, args: &[&str]) -> Command {
         let mut c = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
@@ -303,10 +311,7 @@ impl TestWorkdir {
             }
             None => Command::new(&self.bin),
         };
-        c.arg("--workdir")
-            .arg(self.root())
-            .args(args)
-            .env_remove("workdir");
+        c.args(args).env_remove("workdir");
         c
     }
 

@@ -156,25 +156,30 @@ fn listening_port(q: &mut Qmp, j: &Jname) -> Result<u16> {
 }
 
 /// The lease names this node now: run the received guest and register it
-/// here. The incoming QEMU must have loaded the whole state.
-pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
+/// here. The incoming QEMU must have loaded the whole state. Returns how
+/// long ago the guest was resumed here (zero if it ran already): what
+/// followed its resumption was not part of its downtime.
+pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Duration> {
     let Some(mut rt) = runtime::read(wd, j)? else {
         return Err(Error::Refused(format!(
             "{j} is not waiting for a migration here"
         )));
     };
-    let ours = lease::read(wd, j)?.is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
+    let lease = lease::read(wd, j)?;
+    let ours = lease
+        .as_ref()
+        .is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
     if rt.phase == Phase::Running && ours {
         // Committed already (by the daemon, or a repeated request).
-        return Ok(());
+        return Ok(Duration::ZERO);
     }
     if rt.phase != Phase::Incoming {
         return Err(Error::Refused(format!(
             "{j} is not waiting for a migration here"
         )));
     }
-    let epoch = match lease::read(wd, j)? {
-        Some(l) if l.node.as_deref() == Some(wd.nodename()) => l.epoch,
+    let epoch = match lease {
+        Some(l) if ours => l.epoch,
         l => {
             return Err(Error::Refused(format!(
                 "the lease of {j} does not name {} ({l:?}): the guest stays paused",
@@ -192,11 +197,13 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
         }
         q.cont().map_err(|e| qmp_failed(j, e))?;
     }
+    let resumed = Instant::now();
     rt.phase = Phase::Running;
     rt.epoch = epoch;
     runtime::write(wd, j, &rt)?;
     let def = ferry_core::envdef::load_registered(wd, j)?;
-    reg.upsert(&crate::row_of(wd, &def)?)
+    reg.upsert(&crate::row_of(wd, &def)?)?;
+    Ok(resumed.elapsed())
 }
 
 /// Throw away an incoming QEMU of `j` that was not committed: it quits,

@@ -123,7 +123,10 @@ fn back_and_forth(storage: Storage, vm: &str, rounds: usize) {
         let before = *guest_counters(from, vm).last().expect("counter");
         let out = from.ok(&["bmigrate", &jname, &format!("node=n{}", 2 - on)]);
         eprintln!("round {round}: {}", out.trim());
-        assert!(out.contains("live-migrated"), "{out}");
+        assert!(
+            out.contains("live-migrated") && !out.contains("did not confirm"),
+            "{out}"
+        );
         on = 1 - on;
         runs_only_on(&p.c, vm, on);
         kept_counting(to, vm, before);
@@ -317,6 +320,77 @@ fn cpu_flags_are_checked_between_nodes_whose_qemus_differ() {
         let pid = std::fs::read_to_string(dst.root().join("var/run/lmq.pid")).expect("pid");
         let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).expect("exe");
         assert_eq!(exe == second, to == 1, "n{} runs {}", to + 1, exe.display());
+    }
+}
+
+/// bmigrate as a broker job: `ferry agent` serves n1's pool, `ferry
+/// client` sends the job and prints every reply: progress replies while
+/// the transfer runs, then the one final reply.
+#[test]
+fn bmigrate_as_a_broker_job_sends_progress_replies() {
+    let p = pair(Storage::Plain, "lmb");
+    let n1 = &p.c.nodes[0];
+    let config = n1.root().join("agent.json");
+    std::fs::write(&config, p._b.agent_config(n1.root(), "cbsd_n1", "")).expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let agent = n1
+        .bare_command(&["agent", "-config", &config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    let _agent = Killed(agent);
+    let before = *guest_counters(n1, "lmb").last().expect("counter");
+    // A bandwidth limit makes the transfer last a few progress periods.
+    let body = serde_json::json!({"Command": "bmigrate",
+        "CommandArgs": {"jname": "lmb", "node": "n2", "bandwidth": 8}})
+    .to_string();
+    let out = n1
+        .bare_command(&[
+            "client", "-config", &config, "-json", "-timeout", "120", "-body", &body,
+        ])
+        .output()
+        .expect("client");
+    let replies: Vec<ferry_agent::job::Reply> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| ferry_agent::job::Reply::parse(l.as_bytes()).expect("a reply"))
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{replies:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (last, progress) = replies.split_last().expect("replies");
+    assert_eq!((last.progress, last.err_code), (100, 0), "{last:?}");
+    assert!(last.message.contains("live-migrated to n2"), "{last:?}");
+    let sent: Vec<u8> = progress
+        .iter()
+        .filter(|r| r.message.contains("MiB sent") && r.message.contains("expected downtime"))
+        .map(|r| r.progress)
+        .collect();
+    assert!(sent.len() >= 2, "too few transfer replies: {replies:?}");
+    assert!(
+        sent.windows(2).all(|w| w[0] <= w[1]) && sent.iter().all(|p| (5..=90).contains(p)),
+        "{sent:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|r| r.message.contains("handed over to n2")),
+        "{replies:?}"
+    );
+    runs_only_on(&p.c, "lmb", 1);
+    kept_counting(&p.c.nodes[1], "lmb", before);
+}
+
+/// A child killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

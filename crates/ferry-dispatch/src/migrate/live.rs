@@ -36,7 +36,7 @@ use ferry_vm::migrate::{self as engine, Transfer};
 use ferry_vm::qmp::MigrationInfo;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ask_with, Answer, Request};
+use crate::cluster::{ask_with, Answer, Asker, Request};
 use crate::Context;
 
 /// What a `migrate-*` request is about: the VM, and for `migrate-check`
@@ -221,9 +221,13 @@ fn move_live(
             ))),
         }
     };
-    let prepared = ask_with(
-        wd,
-        node,
+    // One connection from the prepare to the commit: the commit, in the
+    // guest's downtime, is then one put and one reserve.
+    let mut asker = match Asker::open(wd, node, ASK_TIMEOUT) {
+        Ok(a) => a,
+        Err(e) => return undo(e),
+    };
+    let prepared = asker.ask(
         "migrate-prepare",
         Some(req.clone()),
         PREPARE_TIMEOUT.min(transfer.timeout),
@@ -280,10 +284,21 @@ fn move_live(
     }
     ctx.progress(95, &format!("{j} handed over to {node}"));
     ferry_core::sys::crashpoint("bmigrate", 2);
-    let committed = ask_with(wd, node, "migrate-commit", Some(named(j)), ASK_TIMEOUT);
-    let handover = completed.elapsed();
+    let committed = asker.ask("migrate-commit", Some(named(j)), ASK_TIMEOUT);
+    let mut handover = completed.elapsed();
     let commit_note = match committed {
-        Ok(a) if a.code == 0 => String::new(),
+        Ok(a) if a.code == 0 => {
+            // Until the guest resumed there (the answer's way back stays
+            // counted: the figure errs on the long side).
+            let after = a
+                .migrate
+                .as_ref()
+                .and_then(|m| m.get("resumed_us_ago"))
+                .and_then(serde_json::Value::as_u64)
+                .map_or(Duration::ZERO, Duration::from_micros);
+            handover = handover.saturating_sub(after);
+            String::new()
+        }
         Ok(a) => format!(
             "; {node} did not confirm the start ({}), its daemon starts it",
             a.message
@@ -407,8 +422,8 @@ fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json:
             Ok(serde_json::json!({ "uri": uri }))
         }
         "migrate-commit" => {
-            engine::incoming_commit(wd, &reg, &j)?;
-            Ok(serde_json::json!({ "running": true }))
+            let since = engine::incoming_commit(wd, &reg, &j)?;
+            Ok(serde_json::json!({ "running": true, "resumed_us_ago": since.as_micros() as u64 }))
         }
         "migrate-abort" => Ok(serde_json::json!({ "aborted": engine::incoming_abort(wd, &j)? })),
         other => Err(Error::bad_value("kind", other, "unknown migration request")),
@@ -618,7 +633,7 @@ fn recover_incoming(
         matches!((rt.pid, rt.starttime), (Some(p), Some(s)) if runtime::process_alive(p, s));
     if arrived && alive {
         tracing::warn!(jname = %j, "the lease arrived without a commit: running it here");
-        return engine::incoming_commit(wd, reg, j);
+        return engine::incoming_commit(wd, reg, j).map(drop);
     }
     let source_dead = lease
         .as_ref()
