@@ -115,7 +115,7 @@ pub fn incoming(
             .ok_or_else(|| Error::Failed(format!("the incoming QEMU of {j} exited at once")))?;
         let mut q = Qmp::connect_retry(&qemu::qmp_socket(wd, j), Instant::now() + QMP_CONNECT)
             .map_err(|e| qmp_failed(j, e))?;
-        q.set_migrate_capabilities(&[("events", true)])
+        q.set_migrate_capabilities(&[("events", true), ("return-path", true)])
             .map_err(|e| qmp_failed(j, e))?;
         q.migrate_incoming(&format!("tcp:{}", SocketAddr::new(listen, 0)))
             .map_err(|e| qmp_failed(j, e))?;
@@ -254,8 +254,15 @@ pub fn outgoing(
 ) -> Result<MigrationInfo> {
     let mut q = qmp(wd, j)?;
     let failed = |e: QmpError| qmp_failed(j, e);
-    q.set_migrate_capabilities(&[("events", true), ("auto-converge", true)])
-        .map_err(failed)?;
+    // With the return path, "completed" means the destination loaded the
+    // whole state: a destination that fails to load it fails the
+    // migration here, before the lease could move.
+    q.set_migrate_capabilities(&[
+        ("events", true),
+        ("auto-converge", true),
+        ("return-path", true),
+    ])
+    .map_err(failed)?;
     let bandwidth = if t.bandwidth == 0 {
         UNLIMITED
     } else {

@@ -9,8 +9,9 @@
 //! reports (QEMU's downtime plus the hand-over until the destination
 //! confirmed). Raw: a QEMU with the same command line waits with
 //! `-incoming` in the other namespace (started before the clock runs),
-//! and the source is told `migrate` with the same downtime limit,
-//! auto-converge and no bandwidth limit; total and downtime are QEMU's.
+//! and the source is told `migrate` with the same downtime limit and
+//! capabilities (auto-converge, return path) and no bandwidth limit;
+//! total and downtime are QEMU's.
 //!
 //! Run as root: `cargo bench -p ferry --bench migrate` (rounds:
 //! `FERRY_BENCH_ROUNDS`, default 6).
@@ -58,7 +59,7 @@ fn main() {
         // ferry
         n1.ok(&["bstart", &format!("jname={vm}")]);
         wait_counter(n1, &vm, "the guest does not count", |c| c.len() >= 3);
-        let (mut total, mut down) = (Vec::new(), Vec::new());
+        let (mut total, mut down, mut handover) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..rounds {
             let (from, to) = if i % 2 == 0 {
                 ("n1", "n2")
@@ -74,7 +75,11 @@ fn main() {
                 &format!("downtime_ms={DOWNTIME_MS}"),
             ]);
             total.push(t.elapsed());
-            down.push(reported_downtime(&out));
+            down.push(reported(&out, "guest downtime "));
+            handover.push(reported(&out, "hand-over "));
+            if out.contains("did not confirm") {
+                eprintln!("  round {i}: {}", out.trim());
+            }
         }
         let home = if rounds.is_multiple_of(2) { n1 } else { n2 };
         home.ok(&["bstop", &format!("jname={vm}")]);
@@ -89,22 +94,29 @@ fn main() {
         };
         row("bmigrate", &total, &down);
         row("raw QMP", &raw_total, &raw_down);
+        let each = |d: &[Duration]| d.iter().map(|d| d.as_millis()).collect::<Vec<_>>();
+        eprintln!(
+            "  {what}: downtime per move, bmigrate {:?}, raw {:?}",
+            each(&down),
+            each(&raw_down)
+        );
         println!(
-            "  {what:<18} bmigrate - raw: total {:+.1} ms, downtime {:+.1} ms",
+            "  {what:<18} bmigrate - raw: total {:+.1} ms, downtime {:+.1} ms (hand-over {:.1} ms)",
             ms(median(total.clone())) - ms(median(raw_total.clone())),
-            ms(median(down.clone())) - ms(median(raw_down.clone()))
+            ms(median(down.clone())) - ms(median(raw_down.clone())),
+            ms(median(handover))
         );
     }
 }
 
-/// "guest downtime N ms" from bmigrate's result line.
-fn reported_downtime(out: &str) -> Duration {
+/// The "N ms" after `label` in bmigrate's result line.
+fn reported(out: &str, label: &str) -> Duration {
     let n = out
-        .split("guest downtime ")
+        .split(label)
         .nth(1)
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no downtime in {out}"));
+        .unwrap_or_else(|| panic!("no {label:?} in {out}"));
     Duration::from_millis(n)
 }
 
@@ -155,6 +167,8 @@ fn raw(c: &TestCluster, vm: &str, rounds: usize) -> (Vec<Duration>, Vec<Duration
         let to = k % 2; // 1: to n2, 0: back to n1
         let mut dst = start(to, k, true);
         let addr: std::net::IpAddr = net.node(to).addr.parse().expect("address");
+        dst.set_migrate_capabilities(&[("return-path", true)])
+            .expect("caps");
         dst.migrate_incoming(&format!("tcp:{}", SocketAddr::new(addr, 0)))
             .expect("incoming");
         let v = dst.execute("query-migrate", None).expect("query");
@@ -162,8 +176,12 @@ fn raw(c: &TestCluster, vm: &str, rounds: usize) -> (Vec<Duration>, Vec<Duration
             .as_str()
             .and_then(|p| p.parse::<u16>().ok())
             .expect("port");
-        src.set_migrate_capabilities(&[("events", true), ("auto-converge", true)])
-            .expect("caps");
+        src.set_migrate_capabilities(&[
+            ("events", true),
+            ("auto-converge", true),
+            ("return-path", true),
+        ])
+        .expect("caps");
         src.set_migrate_parameters(
             json!({"downtime-limit": DOWNTIME_MS, "max-bandwidth": 1u64 << 40}),
         )

@@ -66,6 +66,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an abort is waited for (the destination may be unreachable:
 /// its daemon aborts by itself once the stream is gone).
 const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused commit waits before it is asked again.
+const COMMIT_AGAIN_AFTER: Duration = Duration::from_millis(200);
 /// Memory kept free on the destination besides the guest's.
 const MEM_MARGIN_MIB: u64 = 64;
 
@@ -284,7 +286,17 @@ fn move_live(
     }
     ctx.progress(95, &format!("{j} handed over to {node}"));
     ferry_core::sys::crashpoint("bmigrate", 2);
-    let committed = asker.ask("migrate-commit", Some(named(j)), ASK_TIMEOUT);
+    // The commit is idempotent: a refusal (the destination's daemon busy
+    // with the same env, say) is asked again, within ASK_TIMEOUT.
+    let asked = Instant::now();
+    let mut committed = asker.ask("migrate-commit", Some(named(j)), ASK_TIMEOUT);
+    while matches!(&committed, Ok(a) if a.code != 0)
+        && asked.elapsed() + COMMIT_AGAIN_AFTER < ASK_TIMEOUT
+    {
+        std::thread::sleep(COMMIT_AGAIN_AFTER);
+        let left = ASK_TIMEOUT.saturating_sub(asked.elapsed());
+        committed = asker.ask("migrate-commit", Some(named(j)), left);
+    }
     let mut handover = completed.elapsed();
     let commit_note = match committed {
         Ok(a) if a.code == 0 => {
