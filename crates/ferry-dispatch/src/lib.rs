@@ -163,20 +163,25 @@ fn initenv(root: &Path, a: &InitenvArgs) -> Result<Outcome> {
         uri.parse::<ferry_broker::BrokerUri>()
             .map_err(|e| Error::bad_value("broker", uri, e.to_string()))?;
     }
-    if let Some(bin) = &a.qemu {
-        ferry_vm::qemu::check_binary(bin)?;
-    }
+    let qemu = a
+        .qemu
+        .as_deref()
+        .map(ferry_vm::qemu::check_binary)
+        .transpose()?;
     let wd = Workdir::init(root, a.nodename.as_ref().map(Jname::as_str))?;
     if let Some(uri) = &a.broker {
         cluster::set_broker(&wd, uri)?;
     }
-    if let Some(bin) = &a.qemu {
-        ferry_vm::qemu::set_binary(&wd, bin)?;
+    if let Some(q) = &qemu {
+        ferry_vm::qemu::set_binary(&wd, q)?;
     }
     let reg = Registry::open(&wd.db_dir())?;
-    let qemu_version = ferry_vm::qemu::binary(&wd)
-        .ok()
-        .and_then(|b| ferry_vm::qemu::version_of(&b));
+    let qemu_version = match qemu {
+        Some(q) => Some(q.version),
+        None => ferry_vm::qemu::binary(&wd)
+            .ok()
+            .and_then(|b| ferry_vm::qemu::version_of(&b)),
+    };
     let mut inv = Inventory::collect(wd.nodename(), VERSION, qemu_version);
     if inv.qemu_version.is_some() {
         inv.accel = ferry_vm::qemu::probe_accel(&wd, &reg, ferry_vm::DEFAULT_CPU_MODEL).ok();

@@ -24,8 +24,17 @@ pub fn binary(wd: &Workdir) -> Result<String> {
 
 const QEMU_CONF: &str = "qemu.conf";
 
-fn qemu(wd: &Workdir) -> Result<Command> {
-    binary(wd).map(Command::new)
+/// Run this node's QEMU with `args` (no stdin) to its end.
+fn output<S: AsRef<std::ffi::OsStr>>(
+    wd: &Workdir,
+    args: impl IntoIterator<Item = S>,
+) -> Result<std::process::Output> {
+    let bin = binary(wd)?;
+    Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(Error::io("cannot run QEMU (install qemu-system-x86)", bin))
 }
 
 /// The first line of `qemu --version`, if that runs and says it is QEMU.
@@ -36,9 +45,17 @@ pub fn version_of(bin: &str) -> Option<String> {
     (out.status.success() && first.starts_with("QEMU emulator version")).then(|| first.to_owned())
 }
 
+/// A program [`check_binary`] accepted as a node's QEMU.
+#[derive(Debug, Clone)]
+pub struct QemuBinary {
+    path: String,
+    /// Its `--version` line.
+    pub version: String,
+}
+
 /// Check that `bin` may be a node's QEMU (`initenv qemu=`): an absolute
-/// path to a program that runs as QEMU. Returns its version line.
-pub fn check_binary(bin: &Path) -> Result<String> {
+/// path to a program that runs as QEMU.
+pub fn check_binary(bin: &Path) -> Result<QemuBinary> {
     let shown = bin.to_string_lossy();
     if !bin.is_absolute()
         || bin
@@ -54,25 +71,22 @@ pub fn check_binary(bin: &Path) -> Result<String> {
     let s = bin
         .to_str()
         .ok_or_else(|| Error::bad_value("qemu", &shown, "must be UTF-8"))?;
-    version_of(s)
-        .ok_or_else(|| Error::bad_value("qemu", s, "does not run as QEMU (`--version` failed)"))
+    let version = version_of(s)
+        .ok_or_else(|| Error::bad_value("qemu", s, "does not run as QEMU (`--version` failed)"))?;
+    Ok(QemuBinary {
+        path: s.to_owned(),
+        version,
+    })
 }
 
-/// Make `bin` the QEMU of this node, once [`check_binary`] accepts it.
-pub fn set_binary(wd: &Workdir, bin: &Path) -> Result<String> {
-    let version = check_binary(bin)?;
+/// Make `bin` the QEMU of this node.
+pub fn set_binary(wd: &Workdir, bin: &QemuBinary) -> Result<()> {
     wd.set_setting(
         QEMU_CONF,
         "binary",
-        &bin.to_string_lossy(),
+        &bin.path,
         "the QEMU this node runs VMs with (ferry initenv qemu=)",
-    )?;
-    Ok(version)
-}
-
-fn cannot_run(wd: &Workdir) -> impl FnOnce(std::io::Error) -> Error {
-    let bin = binary(wd).unwrap_or_default();
-    Error::io("cannot run QEMU (install qemu-system-x86)", bin)
+    )
 }
 
 /// Where a VM's QMP socket and pid file live (local).
@@ -103,10 +117,7 @@ pub fn check_socket_path(p: &Path) -> Result<()> {
 /// for on this QEMU (`pc-q35-7.2`), so the machine a VM was created with is
 /// the one it migrates with. A versioned name is kept; an unknown one is refused.
 pub fn resolve_machine(wd: &Workdir, name: &str) -> Result<String> {
-    let out = qemu(wd)?
-        .args(["-machine", "help"])
-        .output()
-        .map_err(cannot_run(wd))?;
+    let out = output(wd, ["-machine", "help"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines().skip(1) {
         let mut words = line.split_whitespace();
@@ -148,8 +159,8 @@ fn accel_boots(wd: &Workdir, accel: &str, cpu_model: &str) -> bool {
     if fs::write(&bios, probe_bios()).is_err() {
         return false;
     }
-    let Ok(mut cmd) = qemu(wd) else { return false };
-    let child = cmd
+    let Ok(bin) = binary(wd) else { return false };
+    let child = Command::new(bin)
         .args([
             "-accel",
             accel,
@@ -342,11 +353,7 @@ fn spawn_with(wd: &Workdir, cfg: &VmConfig, args: Vec<OsString>) -> Result<i32> 
     let pid_path = pid_file(wd, j);
     let _ = fs::remove_file(&pid_path);
     let _ = fs::remove_file(qmp_socket(wd, j));
-    let out = qemu(wd)?
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(cannot_run(wd))?;
+    let out = output(wd, args)?;
     if !out.status.success() {
         return Err(Error::Failed(format!(
             "QEMU did not start {j}: {}",

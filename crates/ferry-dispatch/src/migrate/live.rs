@@ -488,15 +488,14 @@ fn check_here(wd: &Workdir, reg: &Registry, j: &Jname, m: &MigrateRequest) -> Ve
             return p;
         }
     };
-    let (machine, cpu) = (&cfg.args.vm_machine.0, &cfg.args.vm_cpu_model.0);
-    match ferry_vm::qemu::accel(wd, reg, cpu) {
+    let (machine, model) = (&cfg.args.vm_machine.0, &cfg.args.vm_cpu_model.0);
+    match ferry_vm::qemu::accel(wd, reg, model) {
         Ok(accel) if accel != m.accel => p.push(format!(
             "it runs under {} there, and would under {accel} here",
             m.accel
         )),
         // Every CPU flag, then machine type and CPU at once: would QEMU
-        // here start it?
-        // (Without a CPU the source has refused already.)
+        // here start it? (Without a CPU the source has refused already.)
         Ok(accel) => {
             if let Some(Err(e)) = m
                 .cpu
