@@ -208,8 +208,20 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
     );
 
     // A failure comes back with its exit code, and cancels what is after it.
+    // n1's daemon, which records results, is held meanwhile: else the
+    // failure may be back before the second task is submitted, which is
+    // then refused instead.
+    let signal = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &_d1.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-STOP");
     let fails = submit(n1, &["node=n2", "jstart", "jname=absent"]);
     let after = submit(n1, &["node=n2", &format!("after={fails}"), "jls"]);
+    signal("-CONT");
     wait_for("the failure on n1", Duration::from_secs(20), || {
         task(n1, fails)["state"] == "failed"
     });
