@@ -436,6 +436,10 @@ commands! {
         timeout: u64 = Default("600"),
         /// Seconds a heartbeat must stay still for its node to count as dead.
         lease_time: u64 = Default("30"),
+        /// 1: move even with a QEMU known to corrupt guests in live migration.
+        force: bool = Default("0"),
+        /// Ms the destination watches the moved guest (run state, console faults).
+        verify_ms: u64 = Default("1000"),
     }
 
     /// Move a jail to another node cold, with zero data copy: stop it (if it

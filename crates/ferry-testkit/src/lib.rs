@@ -531,6 +531,98 @@ pub fn guest_counters(t: &TestWorkdir, jname: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The kernel command line of a test guest that checks `mib` MiB of its
+/// memory, rewriting at most `rate` MiB/s (0: as fast as it can):
+/// scripts/test-guest/memcheck.c.
+pub fn memcheck_cmdline(mib: u64, rate: u64) -> String {
+    format!(
+        "vm_cmdline=console=ttyS0 panic=-1 quiet ferry.memcheck={mib} ferry.memcheck_rate={rate}"
+    )
+}
+
+/// A VM's whole console log.
+pub fn console(t: &TestWorkdir, jname: &str) -> String {
+    let log = t
+        .root()
+        .join("jails-system")
+        .join(jname)
+        .join("console.log");
+    String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned()
+}
+
+/// One `ferry-guest memcheck gen=G pages=P bad=B checked=C` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memcheck {
+    pub gen: u64,
+    pub bad: u64,
+    pub checked: u64,
+}
+
+/// The memory checker's reports in a console text, in order.
+pub fn memcheck_reports(console: &str) -> Vec<Memcheck> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ferry-guest memcheck gen="))
+        .filter_map(|rest| {
+            let mut f = rest.split(' ');
+            let gen = f.next()?.parse().ok()?;
+            let get = |k: &str| {
+                f.clone()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse().ok())
+            };
+            Some(Memcheck {
+                gen,
+                bad: get("bad=")?,
+                checked: get("checked=")?,
+            })
+        })
+        .collect()
+}
+
+/// The first line of a console that reports a guest fault: a kernel
+/// oops, BUG or panic, or a bad page found by the memory checker (the
+/// same list `bmigrate` watches for, `ferry_vm::integrity`).
+pub fn guest_fault(console: &str) -> Option<String> {
+    ferry_vm::integrity::fault_in(console).map(str::to_owned)
+}
+
+/// The memory checker of `jname` went on after `since` (two more reports
+/// with a newer generation), every report clean and no fault on its
+/// console. Returns the last report.
+#[track_caller]
+pub fn assert_memory_clean(t: &TestWorkdir, jname: &str, since: u64) -> Memcheck {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = console(t, jname);
+        if let Some(f) = guest_fault(&text) {
+            panic!("{jname}: the guest reported a fault: {f}");
+        }
+        let reports = memcheck_reports(&text);
+        if let Some(bad) = reports.iter().find(|r| r.bad != 0) {
+            panic!("{jname}: memcheck found bad pages: {bad:?}");
+        }
+        let newer: Vec<&Memcheck> = reports.iter().filter(|r| r.gen > since).collect();
+        if newer.len() >= 2 {
+            return *newer[newer.len() - 1];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{jname}: the memory checker did not go on past generation {since}: {:?}",
+            reports.last()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The last generation the memory checker of `jname` reported (0: none
+/// yet).
+pub fn memcheck_gen(t: &TestWorkdir, jname: &str) -> u64 {
+    memcheck_reports(&console(t, jname))
+        .last()
+        .map_or(0, |r| r.gen)
+}
+
 /// Wait until a VM's console shows a counter line satisfying `pred`.
 #[track_caller]
 pub fn wait_counter(

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+pub mod integrity;
 pub mod migrate;
 pub mod qemu;
 pub mod qmp;

@@ -43,6 +43,11 @@ const UNLIMITED: u64 = 1 << 40;
 /// How often progress is reported while the transfer runs.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
+/// A transfer that sent nothing for this long is cancelled (the link to
+/// the destination is cut, or the destination stopped reading): the
+/// guest, which may be stopped for the last pass, runs on here.
+pub const STALL_AFTER: Duration = Duration::from_secs(3);
+
 fn qmp(wd: &Workdir, j: &Jname) -> Result<Qmp> {
     Qmp::connect(&qemu::qmp_socket(wd, j), Duration::from_secs(5)).map_err(|e| qmp_failed(j, e))
 }
@@ -155,11 +160,20 @@ fn listening_port(q: &mut Qmp, j: &Jname) -> Result<u16> {
         .ok_or_else(|| Error::Failed(format!("QEMU of {j} names no listening port: {v}")))
 }
 
+/// What [`incoming_commit`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    /// How long ago the guest was resumed here (zero if it ran already):
+    /// what followed its resumption was not part of its downtime.
+    pub resumed_ago: Duration,
+    /// The size of its console log when it was resumed: what it printed
+    /// since is its life here ([`crate::integrity::verify_resumed`]).
+    pub console_from: u64,
+}
+
 /// The lease names this node now: run the received guest and register it
-/// here. The incoming QEMU must have loaded the whole state. Returns how
-/// long ago the guest was resumed here (zero if it ran already): what
-/// followed its resumption was not part of its downtime.
-pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Duration> {
+/// here. The incoming QEMU must have loaded the whole state.
+pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Committed> {
     let Some(mut rt) = runtime::read(wd, j)? else {
         return Err(Error::Refused(format!(
             "{j} is not waiting for a migration here"
@@ -171,7 +185,10 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Durati
         .is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
     if rt.phase == Phase::Running && ours {
         // Committed already (by the daemon, or a repeated request).
-        return Ok(Duration::ZERO);
+        return Ok(Committed {
+            resumed_ago: Duration::ZERO,
+            console_from: crate::integrity::console_mark(wd, j),
+        });
     }
     if rt.phase != Phase::Incoming {
         return Err(Error::Refused(format!(
@@ -189,6 +206,7 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Durati
     };
     let mut q = qmp(wd, j)?;
     let s = wait_status(&mut q, j, &["paused", "running"], Duration::from_secs(30))?;
+    let console_from = crate::integrity::console_mark(wd, j);
     if s != "running" {
         if s != "paused" {
             return Err(Error::Failed(format!(
@@ -203,7 +221,10 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Durati
     runtime::write(wd, j, &rt)?;
     let def = ferry_core::envdef::load_registered(wd, j)?;
     reg.upsert(&crate::row_of(wd, &def)?)?;
-    Ok(resumed.elapsed())
+    Ok(Committed {
+        resumed_ago: resumed.elapsed(),
+        console_from,
+    })
 }
 
 /// Throw away an incoming QEMU of `j` that was not committed: it quits,
@@ -273,6 +294,7 @@ pub fn outgoing(
         .map_err(failed)?;
     q.migrate(uri).map_err(failed)?;
     let until = Instant::now() + t.timeout;
+    let (mut sent, mut moved) = (0u64, Instant::now());
     let end = |d: &Value| {
         matches!(
             d.get("status").and_then(Value::as_str),
@@ -290,6 +312,17 @@ pub fn outgoing(
             break;
         }
         progress(&info);
+        let now = info.transferred.unwrap_or(0);
+        if now != sent {
+            (sent, moved) = (now, Instant::now());
+        } else if moved.elapsed() >= STALL_AFTER {
+            let _ = q.execute("migrate_cancel", None);
+            return Err(Error::Failed(format!(
+                "the transfer of {j} stalled: nothing sent for {} s (is the link to the \
+                 destination cut?); cancelled",
+                STALL_AFTER.as_secs()
+            )));
+        }
         if Instant::now() >= until {
             let _ = q.execute("migrate_cancel", None);
             return Err(Error::Failed(format!(

@@ -57,6 +57,12 @@ pub struct MigrateRequest {
     /// and the incoming QEMU gets exactly it).
     #[serde(default)]
     pub cpu: Option<GuestCpu>,
+    /// Move even with a QEMU known to corrupt guests (`force=1`).
+    #[serde(default)]
+    pub force: bool,
+    /// How long the destination watches the guest after it resumed it.
+    #[serde(default)]
+    pub verify_ms: u64,
 }
 
 /// How long a prepare may take there (QEMU start, `mnt_start`).
@@ -110,6 +116,15 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
     // reason to refuse: every reason at once. A node not seen alive gets
     // less time to answer.
     let mut req = facts(&wd, j)?;
+    req.force = a.force;
+    req.verify_ms = a.verify_ms;
+    if !a.force {
+        match ferry_vm::integrity::running_corrupts(&wd, j, &req.accel) {
+            Ok(None) => {}
+            Ok(Some(why)) => problems.push(format!("here: {why}")),
+            Err(e) => problems.push(crate::error_chain(&e)),
+        }
+    }
     match ferry_vm::cpu::of_running(&wd, j) {
         Ok(cpu) => req.cpu = Some(cpu),
         Err(e) => problems.push(format!(
@@ -177,7 +192,7 @@ fn facts(wd: &Workdir, j: &Jname) -> Result<MigrateRequest> {
         accel,
         ram_mib: ferry_vm::config::ram_mib(&cfg.args),
         dir_ids: wd.dir_ids()?,
-        cpu: None,
+        ..MigrateRequest::default()
     })
 }
 
@@ -298,8 +313,15 @@ fn move_live(
         committed = asker.ask("migrate-commit", Some(named(j)), left);
     }
     let mut handover = completed.elapsed();
+    let mut fault = None;
     let commit_note = match committed {
         Ok(a) if a.code == 0 => {
+            fault = a
+                .migrate
+                .as_ref()
+                .and_then(|m| m.get("fault"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
             // Until the guest resumed there (the answer's way back stays
             // counted: the figure errs on the long side).
             let after = a
@@ -321,6 +343,12 @@ fn move_live(
     reg.remove(j)?;
     let qemu_downtime = info.downtime_ms.unwrap_or(0);
     let downtime = Duration::from_millis(qemu_downtime) + handover;
+    if let Some(fault) = fault {
+        tracing::error!(event = "migrated-faulty", jname = %j, to = %node, %fault, "the guest is not healthy after the move");
+        return Err(Error::Failed(format!(
+            "{j} moved to {node}, but the guest is not healthy there: {fault}"
+        )));
+    }
     tracing::info!(
         event = "migrated",
         jname = %j,
@@ -434,8 +462,23 @@ fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json:
             Ok(serde_json::json!({ "uri": uri }))
         }
         "migrate-commit" => {
-            let since = engine::incoming_commit(wd, &reg, &j)?;
-            Ok(serde_json::json!({ "running": true, "resumed_us_ago": since.as_micros() as u64 }))
+            let c = engine::incoming_commit(wd, &reg, &j)?;
+            let answered = std::time::Instant::now();
+            // Committed: what the watch finds is reported, not refused
+            // (the guest runs here now, whatever state it is in).
+            let window = Duration::from_millis(m.verify_ms);
+            let fault = ferry_vm::integrity::verify_resumed(wd, &j, c.console_from, window)
+                .err()
+                .map(|e| crate::error_chain(&e));
+            if let Some(f) = &fault {
+                tracing::error!(jname = %j, fault = %f, "the guest is not healthy after the move");
+            }
+            let resumed_ago = c.resumed_ago + answered.elapsed();
+            Ok(serde_json::json!({
+                "running": fault.is_none(),
+                "fault": fault,
+                "resumed_us_ago": resumed_ago.as_micros() as u64,
+            }))
         }
         "migrate-abort" => Ok(serde_json::json!({ "aborted": engine::incoming_abort(wd, &j)? })),
         other => Err(Error::bad_value("kind", other, "unknown migration request")),
@@ -497,6 +540,13 @@ fn check_here(wd: &Workdir, reg: &Registry, j: &Jname, m: &MigrateRequest) -> Ve
         // Every CPU flag, then machine type and CPU at once: would QEMU
         // here start it? (Without a CPU the source has refused already.)
         Ok(accel) => {
+            if !m.force {
+                match ferry_vm::integrity::binary_corrupts(wd, &accel) {
+                    Ok(None) => {}
+                    Ok(Some(why)) => p.push(why),
+                    Err(e) => p.push(crate::error_chain(&e)),
+                }
+            }
             if let Some(Err(e)) = m
                 .cpu
                 .as_ref()
