@@ -188,8 +188,18 @@ fn initenv(root: &Path, a: &InitenvArgs) -> Result<Outcome> {
     }
     let json = serde_json::to_string(&inv).map_err(|e| Error::Failed(e.to_string()))?;
     reg.set_inventory("node", &json)?;
+    // Said now, not only when a move is refused.
+    let corrupts = inv
+        .qemu_version
+        .as_deref()
+        .and_then(ferry_vm::integrity::parse_version_line)
+        .zip(inv.accel.as_deref())
+        .and_then(|(v, accel)| ferry_vm::integrity::known_to_corrupt(&v, accel));
+    if let Some(why) = &corrupts {
+        tracing::warn!(%why, "this node's QEMU cannot live-migrate safely");
+    }
     Ok(Outcome::message(format!(
-        "workdir {} ready for node {} ({}, {} CPUs, {} MiB{})",
+        "workdir {} ready for node {} ({}, {} CPUs, {} MiB{}){}",
         wd.root().display(),
         wd.nodename(),
         inv.arch,
@@ -198,6 +208,9 @@ fn initenv(root: &Path, a: &InitenvArgs) -> Result<Outcome> {
         inv.qemu_version
             .as_deref()
             .map(|q| format!(", {q}, VMs under {}", inv.accel.as_deref().unwrap_or("?")))
+            .unwrap_or_default(),
+        corrupts
+            .map(|why| format!("; warning: bmigrate refuses this node: {why}"))
             .unwrap_or_default()
     )))
 }

@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use ferry_testkit::beanstalkd::Beanstalkd;
-use ferry_testkit::{guest_counters, wait_counter, Daemon, Storage, TestCluster, TestWorkdir};
+use ferry_testkit::{
+    assert_memory_clean, guest_counters, memcheck_cmdline, memcheck_gen, wait_counter, Daemon,
+    Storage, TestCluster, TestWorkdir,
+};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -30,10 +33,24 @@ fn pair(storage: Storage, vm: &str) -> Pair {
         assert!(t0.elapsed() < Duration::from_secs(15), "nodes not alive");
         std::thread::sleep(Duration::from_millis(200));
     }
-    n1.bcreate_guest(vm, &[]);
+    checking_guest(n1, vm, &[]);
     n1.ok(&["bstart", &format!("jname={vm}")]);
     wait_counter(n1, vm, "the guest never counted", |c| c.len() >= 2);
     Pair { c, _b: b, daemons }
+}
+
+/// MiB the guests of these tests check and keep rewriting, and at how
+/// many MiB/s (0: as fast as the guest can).
+const MEMCHECK_MIB: u64 = 96;
+const MEMCHECK_RATE: u64 = 0;
+
+/// `bcreate` a test guest on `t` that checks its memory (`extra` keys
+/// replace the defaults).
+fn checking_guest(t: &TestWorkdir, vm: &str, extra: &[&str]) {
+    let cmdline = memcheck_cmdline(MEMCHECK_MIB, MEMCHECK_RATE);
+    let mut args = vec!["vm_ram=256m", cmdline.as_str()];
+    args.extend_from_slice(extra);
+    t.bcreate_guest(vm, &args);
 }
 
 fn alive(t: &TestWorkdir, node: &str) -> bool {
@@ -86,18 +103,39 @@ fn runs_only_on(c: &TestCluster, vm: &str, on: usize) {
     assert_eq!(qemus, 1, "QEMUs of {vm}");
 }
 
+/// Where a guest was before a move: its counter and its memory checker's
+/// generation.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    counter: u64,
+    gen: u64,
+}
+
+fn mark(t: &TestWorkdir, vm: &str) -> Mark {
+    Mark {
+        counter: *guest_counters(t, vm).last().expect("counter"),
+        gen: memcheck_gen(t, vm),
+    }
+}
+
 /// The guest counted on across a move: no restart (the counter never went
-/// back), and it advanced after it.
+/// back), and it advanced after it; its memory checker went on and found
+/// every page as it left it, and its kernel reported no fault.
 #[track_caller]
-fn kept_counting(t: &TestWorkdir, vm: &str, before: u64) {
+fn kept_counting(t: &TestWorkdir, vm: &str, before: Mark) {
     let after = wait_counter(t, vm, "the guest stopped counting", |c| {
-        c.last().is_some_and(|l| *l > before + 1)
+        c.last().is_some_and(|l| *l > before.counter + 1)
     });
-    let seq: Vec<u64> = after.iter().copied().skip_while(|c| *c < before).collect();
+    let seq: Vec<u64> = after
+        .iter()
+        .copied()
+        .skip_while(|c| *c < before.counter)
+        .collect();
     assert!(
         seq.windows(2).all(|w| w[1] > w[0]),
         "the counter went back (a reboot?): {seq:?}"
     );
+    assert_memory_clean(t, vm, before.gen);
 }
 
 #[test]
@@ -120,7 +158,7 @@ fn back_and_forth(storage: Storage, vm: &str, rounds: usize) {
     let mut on = 0;
     for round in 0..rounds {
         let (from, to) = (&p.c.nodes[on], &p.c.nodes[1 - on]);
-        let before = *guest_counters(from, vm).last().expect("counter");
+        let before = mark(from, vm);
         let out = from.ok(&["bmigrate", &jname, &format!("node=n{}", 2 - on)]);
         eprintln!("round {round}: {}", out.trim());
         assert!(
@@ -185,7 +223,7 @@ fn migrating(t: &TestWorkdir, vm: &str) -> bool {
 fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
     let p = pair(Storage::Plain, "lmk");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
-    let before = *guest_counters(n1, "lmk").last().expect("counter");
+    let before = mark(n1, "lmk");
     let child = spawn(n1, &["jname=lmk", "node=n2", "bandwidth=4"], &[]);
     let mut pid = None;
     wait_until("the destination prepared", 30, || {
@@ -212,7 +250,7 @@ fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
 fn a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons() {
     let p = pair(Storage::Plain, "lms");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
-    let before = *guest_counters(n1, "lms").last().expect("counter");
+    let before = mark(n1, "lms");
     let mut child = spawn(n1, &["jname=lms", "node=n2", "bandwidth=4"], &[]);
     wait_until("the destination prepared", 30, || {
         incoming_pid(n2, "lms").is_some()
@@ -231,7 +269,7 @@ fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() 
     let p = pair(Storage::Plain, "lmc");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     // Transferred, not handed over: it stays here.
-    let before = *guest_counters(n1, "lmc").last().expect("counter");
+    let before = mark(n1, "lmc");
     let r = n1.run_env(
         &["bmigrate", "jname=lmc", "node=n2"],
         &[("FERRY_CRASH_AT", "bmigrate:1")],
@@ -242,7 +280,7 @@ fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() 
     runs_only_on(&p.c, "lmc", 0);
     kept_counting(n1, "lmc", before);
     // Handed over, not committed: it runs there.
-    let before = *guest_counters(n1, "lmc").last().expect("counter");
+    let before = mark(n1, "lmc");
     let r = n1.run_env(
         &["bmigrate", "jname=lmc", "node=n2"],
         &[("FERRY_CRASH_AT", "bmigrate:2")],
@@ -278,49 +316,161 @@ fn refusals_come_all_at_once_and_move_nothing() {
     runs_only_on(&p.c, "lmr", 0);
 }
 
-/// n2 runs another QEMU (10.0, n1 has Debian's 7.2): a VM whose CPU is
-/// n1's `max` has a flag QEMU 10 dropped (`pcommit`), and is refused by
-/// that flag's name; a VM on a named baseline moves to QEMU 10 and back,
-/// and keeps counting.
+/// n2 runs another QEMU (Debian bookworm's 7.2; n1 has the system's,
+/// 10 or later). QEMU 7.2 under TCG is known to corrupt guests in live
+/// migration: a move to it (and, forced there, from it) is refused by its
+/// version, unless force=1. A VM whose CPU is n1's `max` has flags QEMU
+/// 7.2 lacks, and is refused by those flags' names, forced or not. A VM on
+/// a named baseline moves, forced, to QEMU 7.2 and back, and bmigrate's
+/// verdict agrees with the guest's memory checker each time.
 #[test]
-fn cpu_flags_are_checked_between_nodes_whose_qemus_differ() {
+fn qemus_known_to_corrupt_and_missing_cpu_flags_are_refused_between_nodes_whose_qemus_differ() {
     let second = ferry_testkit::second_qemu();
-    let p = pair(Storage::Plain, "lmq");
+    let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, false);
+    let p = Pair {
+        daemons: c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect(),
+        c,
+        _b: b,
+    };
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     let conf = n2.root().join("etc/qemu.conf");
     n2.fails(2, &["initenv", "qemu=usr/bin/qemu-system-x86_64"]);
     n2.fails(2, &["initenv", "qemu=/bin/true"]);
     assert!(!conf.exists(), "a refused qemu= was recorded");
     let out = n2.ok(&["initenv", &format!("qemu={}", second.display())]);
-    assert!(out.contains("QEMU emulator version 10."), "{out}");
+    assert!(
+        out.contains("QEMU emulator version 7.2.")
+            && out.contains("warning: bmigrate refuses this node"),
+        "{out}"
+    );
+    n1.ok(&["node", "mode=add", "node=n2"]);
+    n2.ok(&["node", "mode=add", "node=n1"]);
+    wait_until("both nodes alive", 15, || {
+        alive(n1, "n2") && alive(n2, "n1")
+    });
 
     n1.bcreate_guest("lmx", &["vm_cpu_model=max"]);
     n1.ok(&["bstart", "jname=lmx"]);
     wait_counter(n1, "lmx", "the max-CPU guest never counted", |c| {
         c.len() >= 2
     });
-    for extra in [&["check=1"][..], &[]] {
+    for extra in [&["check=1"][..], &[], &["force=1"]] {
         let mut args = vec!["bmigrate", "jname=lmx", "node=n2"];
         args.extend(extra);
         let err = n1.fails(6, &args);
         assert!(
-            err.contains("cannot offer here: pcommit") && err.contains("nothing moved"),
+            err.contains("cannot offer here:") && err.contains("nothing moved"),
+            "{err}"
+        );
+        assert_eq!(
+            err.contains("QEMU 7.2.") && err.contains("known to corrupt guests"),
+            extra != ["force=1"],
             "{err}"
         );
         runs_only_on(&p.c, "lmx", 0);
     }
+    n1.ok(&["bstop", "jname=lmx"]);
 
+    // A light writer: the forced moves should mostly leave it whole, and
+    // whatever happens, bmigrate must say it. QEMU 7.2 has no machine
+    // type of QEMU 10: the VM is pinned to one both have.
+    n1.bcreate_guest(
+        "lmq",
+        &[
+            "vm_ram=256m",
+            "vm_machine=pc-q35-7.2",
+            &memcheck_cmdline(8, 2),
+        ],
+    );
+    n1.ok(&["bstart", "jname=lmq"]);
+    wait_counter(n1, "lmq", "the guest never counted", |c| c.len() >= 2);
     for (from, to) in [(0, 1), (1, 0)] {
         let (src, dst) = (&p.c.nodes[from], &p.c.nodes[to]);
-        let before = *guest_counters(src, "lmq").last().expect("counter");
-        let out = src.ok(&["bmigrate", "jname=lmq", &format!("node=n{}", to + 1)]);
-        assert!(out.contains("live-migrated"), "{out}");
+        let node = format!("node=n{}", to + 1);
+        let err = src.fails(6, &["bmigrate", "jname=lmq", &node, "check=1"]);
+        let side = if from == 0 {
+            "n2: QEMU 7.2."
+        } else {
+            "here: QEMU 7.2."
+        };
+        assert!(err.contains(side) && err.contains("force=1"), "{err}");
+        let before = mark(src, "lmq");
+        let r = src.run(&["bmigrate", "jname=lmq", &node, "force=1"]);
+        if r.code != 0 {
+            // The move corrupted the guest, and bmigrate said so.
+            assert_eq!(r.code, 1, "{}", r.stderr);
+            assert!(r.stderr.contains("not healthy there"), "{}", r.stderr);
+            let console = ferry_testkit::console(dst, "lmq");
+            assert!(
+                ferry_testkit::guest_fault(&console).is_some(),
+                "{}",
+                r.stderr
+            );
+            eprintln!(
+                "the forced move corrupted the guest, and was reported: {}",
+                r.stderr
+            );
+            return;
+        }
         runs_only_on(&p.c, "lmq", to);
         kept_counting(dst, "lmq", before);
         let pid = std::fs::read_to_string(dst.root().join("var/run/lmq.pid")).expect("pid");
         let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).expect("exe");
-        assert_eq!(exe == second, to == 1, "n{} runs {}", to + 1, exe.display());
+        assert_eq!(
+            exe.starts_with("/opt/ferry-test/qemu-bookworm"),
+            to == 1,
+            "n{} runs {}",
+            to + 1,
+            exe.display()
+        );
     }
+}
+
+/// The destination watches the guest after it continued it: a fault on
+/// the console in that window (here written there by the test, as a
+/// kernel would) makes bmigrate fail and say so, though the VM moved.
+#[test]
+fn a_fault_on_the_console_right_after_the_move_fails_bmigrate() {
+    let p = pair(Storage::Plain, "lmf");
+    let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
+    n1.fails(2, &["bmigrate", "jname=lmf", "node=n2", "verify_ms=60001"]);
+    let rt = n2.root().join("jails/lmf/runtime.json");
+    let log = p.c.shared().join("jails-system/lmf/console.log");
+    let writer = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            let running = std::fs::read(&rt)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["phase"] == "running");
+            if running {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .expect("console log");
+                writeln!(
+                    f,
+                    "[   99.000000] BUG: unable to handle page fault (injected by the test)"
+                )
+                .expect("write");
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    let r = n1.run(&["bmigrate", "jname=lmf", "node=n2", "verify_ms=3000"]);
+    assert!(writer.join().expect("writer"), "the guest never ran on n2");
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("moved to n2, but the guest is not healthy there")
+            && r.stderr.contains("injected by the test"),
+        "{}",
+        r.stderr
+    );
+    runs_only_on(&p.c, "lmf", 1);
 }
 
 /// bmigrate as a broker job: `ferry agent` serves n1's pool, `ferry
@@ -340,7 +490,7 @@ fn bmigrate_as_a_broker_job_sends_progress_replies() {
         .spawn()
         .expect("agent");
     let _agent = Killed(agent);
-    let before = *guest_counters(n1, "lmb").last().expect("counter");
+    let before = mark(n1, "lmb");
     // A bandwidth limit makes the transfer last a few progress periods.
     let body = serde_json::json!({"Command": "bmigrate",
         "CommandArgs": {"jname": "lmb", "node": "n2", "bandwidth": 8}})
@@ -398,7 +548,7 @@ impl Drop for Killed {
 fn the_link_cut_mid_transfer_leaves_the_vm_running_here() {
     let p = pair(Storage::Plain, "lml");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
-    let before = *guest_counters(n1, "lml").last().expect("counter");
+    let before = mark(n1, "lml");
     let child = spawn(
         n1,
         &["jname=lml", "node=n2", "bandwidth=4", "timeout=6"],
@@ -431,25 +581,24 @@ fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here() {
     n1.ok(&["node", "mode=add", "node=n2"]);
     wait_until("n2 alive", 15, || alive(n1, "n2"));
     // Hooks are named relative to the workdir: each node has its own copy.
-    let mark = n1.root().join("prepare-began");
+    let began = n1.root().join("prepare-began");
     let body = format!(
         "[ \"$FERRY_DRY_RUN\" = 1 ] && exit 0\n\
          [ \"$FERRY_PHASE\" = migrate-in ] && {{ touch {m}; sleep 3; }}\nexit 0",
-        m = mark.display()
+        m = began.display()
     );
     n2.hook("slow-in", &body);
     let hook = n1.hook("slow-in", &body);
-    n1.bcreate_guest("lmd", &[&format!("mnt_start={}", hook.display())]);
+    checking_guest(n1, "lmd", &[&format!("mnt_start={}", hook.display())]);
     n1.ok(&["bstart", "jname=lmd"]);
-    let before = *wait_counter(n1, "lmd", "no counter", |c| c.len() >= 2)
-        .last()
-        .expect("counter");
+    wait_counter(n1, "lmd", "no counter", |c| c.len() >= 2);
+    let before = mark(n1, "lmd");
     let mut child = spawn(n1, &["jname=lmd", "node=n2", "timeout=6"], &[]);
     wait_until("the prepare began", 30, || {
-        mark.exists() || child.try_wait().ok().flatten().is_some()
+        began.exists() || child.try_wait().ok().flatten().is_some()
     });
     assert!(
-        mark.exists(),
+        began.exists(),
         "bmigrate ended first: {:?}",
         child
             .wait_with_output()

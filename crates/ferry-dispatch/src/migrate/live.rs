@@ -74,6 +74,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a refused commit waits before it is asked again.
 const COMMIT_AGAIN_AFTER: Duration = Duration::from_millis(200);
+/// The longest the destination watches a moved guest (`verify_ms=`).
+const MAX_VERIFY_MS: u64 = 60_000;
 /// Memory kept free on the destination besides the guest's.
 const MEM_MARGIN_MIB: u64 = 64;
 
@@ -81,6 +83,13 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
     let (j, node) = (&a.jname, &a.node);
     let lease_time = Duration::from_secs(a.lease_time.max(1));
+    if a.verify_ms > MAX_VERIFY_MS {
+        return Err(Error::bad_value(
+            "verify_ms",
+            &a.verify_ms.to_string(),
+            format!("at most {MAX_VERIFY_MS}"),
+        ));
+    }
     let mut problems = super::target_problems(&wd, &reg, node, lease_time)?;
     let mut epoch = None;
     match reg.get(j)? {
@@ -303,14 +312,19 @@ fn move_live(
     ferry_core::sys::crashpoint("bmigrate", 2);
     // The commit is idempotent: a refusal (the destination's daemon busy
     // with the same env, say) is asked again, within ASK_TIMEOUT.
+    // It answers once it watched the guest for verify_ms.
+    let commit = MigrateRequest {
+        verify_ms: req.verify_ms,
+        ..named(j)
+    };
+    let limit = ASK_TIMEOUT + Duration::from_millis(req.verify_ms);
     let asked = Instant::now();
-    let mut committed = asker.ask("migrate-commit", Some(named(j)), ASK_TIMEOUT);
-    while matches!(&committed, Ok(a) if a.code != 0)
-        && asked.elapsed() + COMMIT_AGAIN_AFTER < ASK_TIMEOUT
+    let mut committed = asker.ask("migrate-commit", Some(commit.clone()), limit);
+    while matches!(&committed, Ok(a) if a.code != 0) && asked.elapsed() + COMMIT_AGAIN_AFTER < limit
     {
         std::thread::sleep(COMMIT_AGAIN_AFTER);
-        let left = ASK_TIMEOUT.saturating_sub(asked.elapsed());
-        committed = asker.ask("migrate-commit", Some(named(j)), left);
+        let left = limit.saturating_sub(asked.elapsed());
+        committed = asker.ask("migrate-commit", Some(commit.clone()), left);
     }
     let mut handover = completed.elapsed();
     let mut fault = None;
@@ -466,7 +480,7 @@ fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json:
             let answered = std::time::Instant::now();
             // Committed: what the watch finds is reported, not refused
             // (the guest runs here now, whatever state it is in).
-            let window = Duration::from_millis(m.verify_ms);
+            let window = Duration::from_millis(m.verify_ms.min(MAX_VERIFY_MS));
             let fault = ferry_vm::integrity::verify_resumed(wd, &j, c.console_from, window)
                 .err()
                 .map(|e| crate::error_chain(&e));
