@@ -6,6 +6,7 @@
 pub mod beanstalkd;
 pub mod gluster;
 pub mod net;
+pub mod trials;
 
 use std::collections::BTreeMap;
 use std::fs;
