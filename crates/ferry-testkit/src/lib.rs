@@ -7,6 +7,7 @@ pub mod beanstalkd;
 pub mod gluster;
 pub mod net;
 pub mod trials;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -12,10 +12,7 @@ use ferry_testkit::trials;
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn main() {
-    let per_kind = std::env::var("FERRY_TRIALS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20);
+    let per_kind = trials::per_kind(20);
     let all = trials::run(BIN, "bft", per_kind);
     println!(
         "{per_kind} trials of each fault, guest checking {} MiB rewritten at {} MiB/s:",

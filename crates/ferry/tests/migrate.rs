@@ -6,6 +6,9 @@
 use std::time::{Duration, Instant};
 
 use ferry_testkit::beanstalkd::Beanstalkd;
+use ferry_testkit::view::{
+    bls_row, incoming_pid, lease_owner, node_alive, qemu_pids_of, wait_until,
+};
 use ferry_testkit::{
     assert_memory_clean, guest_counters, memcheck_cmdline, memcheck_gen, wait_counter, Daemon,
     Storage, TestCluster, TestWorkdir,
@@ -13,6 +16,10 @@ use ferry_testkit::{
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
 
 struct Pair {
     c: TestCluster,
@@ -29,7 +36,7 @@ fn pair(storage: Storage, vm: &str) -> Pair {
     n1.ok(&["node", "mode=add", "node=n2"]);
     n2.ok(&["node", "mode=add", "node=n1"]);
     let t0 = Instant::now();
-    while !(alive(n1, "n2") && alive(n2, "n1")) {
+    while !(node_alive(n1, "n2") && node_alive(n2, "n1")) {
         assert!(t0.elapsed() < Duration::from_secs(15), "nodes not alive");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -53,29 +60,11 @@ fn checking_guest(t: &TestWorkdir, vm: &str, extra: &[&str]) {
     t.bcreate_guest(vm, &args);
 }
 
-fn alive(t: &TestWorkdir, node: &str) -> bool {
-    let v: Value = serde_json::from_str(&t.ok(&["node", "--json"])).expect("JSON");
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .any(|n| n["node"] == node && n["state"] == "alive")
-}
-
-/// `bls --json` of `t`, the row of `vm` if listed.
-fn row(t: &TestWorkdir, vm: &str) -> Option<Value> {
-    let v: Value = serde_json::from_str(&t.ok(&["bls", "--json"])).expect("JSON");
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["jname"] == vm)
-        .cloned()
-}
-
 /// Where `vm` runs: exactly one node lists it, running, and owns it.
 #[track_caller]
 fn runs_only_on(c: &TestCluster, vm: &str, on: usize) {
     for (i, n) in c.nodes.iter().enumerate() {
-        let r = row(n, vm);
+        let r = bls_row(n, vm);
         if i == on {
             let r = r.unwrap_or_else(|| panic!("{vm} not listed on n{}", i + 1));
             assert_eq!(r["status"], "running", "on n{}: {r}", i + 1);
@@ -83,23 +72,9 @@ fn runs_only_on(c: &TestCluster, vm: &str, on: usize) {
             assert!(r.is_none(), "{vm} still listed on n{}: {r:?}", i + 1);
         }
     }
-    let owner = std::fs::read_to_string(c.shared().join(format!("jails-system/{vm}/owner")))
-        .expect("lease");
-    assert!(owner.starts_with(&format!("node=n{}\n", on + 1)), "{owner}");
+    assert_eq!(lease_owner(c, vm), Some(on), "the lease of {vm}");
     // One QEMU of it in the whole machine.
-    let qemus = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("qemu-system") && c.contains(&format!("guest={vm},"))
-                })
-                .unwrap_or(false)
-        })
-        .count();
+    let qemus = qemu_pids_of(vm).len();
     assert_eq!(qemus, 1, "QEMUs of {vm}");
 }
 
@@ -184,30 +159,6 @@ fn spawn(t: &TestWorkdir, args: &[&str], env: &[(&str, &str)]) -> std::process::
         .expect("spawn bmigrate")
 }
 
-/// The pid of the incoming QEMU on `t`, once it is prepared.
-fn incoming_pid(t: &TestWorkdir, vm: &str) -> Option<i32> {
-    let rt: Value = serde_json::from_slice(
-        &std::fs::read(t.root().join(format!("jails/{vm}/runtime.json"))).ok()?,
-    )
-    .ok()?;
-    (rt["phase"] == "incoming")
-        .then(|| rt["pid"].as_i64())??
-        .try_into()
-        .ok()
-}
-
-#[track_caller]
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "{what}: not within {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn no_runtime(t: &TestWorkdir, vm: &str) -> bool {
     !t.root().join(format!("jails/{vm}/runtime.json")).exists()
 }
@@ -226,7 +177,7 @@ fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
     let before = mark(n1, "lmk");
     let child = spawn(n1, &["jname=lmk", "node=n2", "bandwidth=4"], &[]);
     let mut pid = None;
-    wait_until("the destination prepared", 30, || {
+    wait_until("the destination prepared", secs(30), || {
         pid = incoming_pid(n2, "lmk");
         pid.is_some()
     });
@@ -241,7 +192,9 @@ fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("not moved, it runs here"), "{err}");
-    wait_until("the destination cleaned up", 20, || no_runtime(n2, "lmk"));
+    wait_until("the destination cleaned up", secs(20), || {
+        no_runtime(n2, "lmk")
+    });
     runs_only_on(&p.c, "lmk", 0);
     kept_counting(n1, "lmk", before);
 }
@@ -252,14 +205,18 @@ fn a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons() {
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     let before = mark(n1, "lms");
     let mut child = spawn(n1, &["jname=lms", "node=n2", "bandwidth=4"], &[]);
-    wait_until("the destination prepared", 30, || {
+    wait_until("the destination prepared", secs(30), || {
         incoming_pid(n2, "lms").is_some()
     });
     std::thread::sleep(Duration::from_secs(1));
     child.kill().expect("kill bmigrate");
     let _ = child.wait();
-    wait_until("the source's daemon undid it", 30, || !migrating(n1, "lms"));
-    wait_until("the destination aborted", 30, || no_runtime(n2, "lms"));
+    wait_until("the source's daemon undid it", secs(30), || {
+        !migrating(n1, "lms")
+    });
+    wait_until("the destination aborted", secs(30), || {
+        no_runtime(n2, "lms")
+    });
     runs_only_on(&p.c, "lms", 0);
     kept_counting(n1, "lms", before);
 }
@@ -275,8 +232,12 @@ fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() 
         &[("FERRY_CRASH_AT", "bmigrate:1")],
     );
     assert_ne!(r.code, 0, "did not crash");
-    wait_until("the source's daemon undid it", 30, || !migrating(n1, "lmc"));
-    wait_until("the destination aborted", 30, || no_runtime(n2, "lmc"));
+    wait_until("the source's daemon undid it", secs(30), || {
+        !migrating(n1, "lmc")
+    });
+    wait_until("the destination aborted", secs(30), || {
+        no_runtime(n2, "lmc")
+    });
     runs_only_on(&p.c, "lmc", 0);
     kept_counting(n1, "lmc", before);
     // Handed over, not committed: it runs there.
@@ -286,10 +247,10 @@ fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() 
         &[("FERRY_CRASH_AT", "bmigrate:2")],
     );
     assert_ne!(r.code, 0, "did not crash");
-    wait_until("the destination committed", 30, || {
-        row(n2, "lmc").is_some_and(|r| r["status"] == "running")
+    wait_until("the destination committed", secs(30), || {
+        bls_row(n2, "lmc").is_some_and(|r| r["status"] == "running")
     });
-    wait_until("the source ended", 30, || no_runtime(n1, "lmc"));
+    wait_until("the source ended", secs(30), || no_runtime(n1, "lmc"));
     runs_only_on(&p.c, "lmc", 1);
     kept_counting(n2, "lmc", before);
 }
@@ -345,8 +306,8 @@ fn qemus_known_to_corrupt_and_missing_cpu_flags_are_refused_between_nodes_whose_
     );
     n1.ok(&["node", "mode=add", "node=n2"]);
     n2.ok(&["node", "mode=add", "node=n1"]);
-    wait_until("both nodes alive", 15, || {
-        alive(n1, "n2") && alive(n2, "n1")
+    wait_until("both nodes alive", secs(15), || {
+        node_alive(n1, "n2") && node_alive(n2, "n1")
     });
 
     n1.bcreate_guest("lmx", &["vm_cpu_model=max"]);
@@ -554,7 +515,7 @@ fn the_link_cut_mid_transfer_leaves_the_vm_running_here() {
         &["jname=lml", "node=n2", "bandwidth=4", "timeout=6"],
         &[],
     );
-    wait_until("the destination prepared", 30, || {
+    wait_until("the destination prepared", secs(30), || {
         incoming_pid(n2, "lml").is_some()
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -579,7 +540,7 @@ fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here() {
     };
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     n1.ok(&["node", "mode=add", "node=n2"]);
-    wait_until("n2 alive", 15, || alive(n1, "n2"));
+    wait_until("n2 alive", secs(15), || node_alive(n1, "n2"));
     // Hooks are named relative to the workdir: each node has its own copy.
     let began = n1.root().join("prepare-began");
     let body = format!(
@@ -594,7 +555,7 @@ fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here() {
     wait_counter(n1, "lmd", "no counter", |c| c.len() >= 2);
     let before = mark(n1, "lmd");
     let mut child = spawn(n1, &["jname=lmd", "node=n2", "timeout=6"], &[]);
-    wait_until("the prepare began", 30, || {
+    wait_until("the prepare began", secs(30), || {
         began.exists() || child.try_wait().ok().flatten().is_some()
     });
     assert!(
@@ -620,7 +581,7 @@ fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here() {
 #[track_caller]
 fn runs_only_on_source_while_the_destination_cleans_up(c: &TestCluster, vm: &str) {
     let n2 = &c.nodes[1];
-    wait_until("the destination cleaned up", 60, || {
+    wait_until("the destination cleaned up", secs(60), || {
         no_runtime(n2, vm) && incoming_pid(n2, vm).is_none()
     });
     runs_only_on(c, vm, 0);

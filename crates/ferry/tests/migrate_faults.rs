@@ -11,10 +11,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 #[test]
 fn every_fault_at_a_random_moment_of_a_move_leaves_one_whole_running_guest() {
-    let per_kind = std::env::var("FERRY_TRIALS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2);
+    let per_kind = trials::per_kind(2);
     let all = trials::run(BIN, "lft", per_kind);
     let table = trials::table(&all);
     eprintln!("{table}");
