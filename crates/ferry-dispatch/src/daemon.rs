@@ -63,6 +63,7 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
         .into_iter()
         .flatten()
         .collect();
+    let recovery = crate::migrate::Recovery::default();
     let mut last_beat = Instant::now();
     let mut next_beat = Instant::now();
     let mut first = true;
@@ -78,7 +79,7 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
                     }
                 }
             }
-            crate::migrate::recover(&wd, &reg, lease_time);
+            recovery.tick(&wd, lease_time);
             fence_superseded(&wd, &reg);
             watch_nodes(&wd, &reg, lease_time);
             if first {
@@ -135,6 +136,12 @@ fn fence_superseded(wd: &Workdir, reg: &Registry) {
             _ => false,
         };
         if !superseded {
+            continue;
+        }
+        // A VM handed over by a live migration: its bmigrate, or the
+        // migration's recovery (migrate::Recovery), ends it here.
+        if matches!(ferry_core::runtime::read(wd, &row.jname), Ok(Some(rt)) if rt.migration.is_some())
+        {
             continue;
         }
         tracing::warn!(jname = %row.jname, "lease taken by another node: stopping (self-fencing)");

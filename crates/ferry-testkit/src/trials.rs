@@ -72,7 +72,7 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(150);
 const MOVE_ARGS: [&str; 3] = ["bandwidth=40", "downtime_ms=50", "timeout=120"];
 /// The guest: 96 MiB checked and rewritten at this many MiB/s.
 pub const MEMCHECK_MIB: u64 = 96;
-pub const MEMCHECK_RATE: u64 = 32;
+pub const MEMCHECK_RATE: u64 = 16;
 
 /// What one trial found.
 #[derive(Debug, Clone)]

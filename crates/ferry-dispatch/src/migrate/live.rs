@@ -74,6 +74,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a refused commit waits before it is asked again.
 const COMMIT_AGAIN_AFTER: Duration = Duration::from_millis(200);
+/// How long the daemon watches a guest it committed itself.
+const RECOVERY_VERIFY: Duration = Duration::from_secs(1);
 /// The longest the destination watches a moved guest (`verify_ms=`).
 const MAX_VERIFY_MS: u64 = 60_000;
 /// Memory kept free on the destination besides the guest's.
@@ -634,42 +636,69 @@ fn address_towards(broker: &BrokerUri) -> Result<IpAddr> {
 
 // ---- after a crash ----
 
-/// The daemon's part, every beat: finish live migrations whose `bmigrate`
-/// is gone. A source VM whose lease is still this node's is continued
-/// here (the destination aborted); a destination whose lease arrived is
-/// committed; one whose source is dead, or whose QEMU died, is aborted.
-pub fn recover(wd: &Workdir, reg: &Registry, lease_time: Duration) {
-    let Ok(entries) = std::fs::read_dir(wd.root().join("jails")) else {
-        return;
+/// The daemon's part: finish live migrations whose `bmigrate` is gone. A
+/// source VM whose lease is still this node's is continued here (the
+/// destination aborted); one whose lease moved is committed there and
+/// ended here; a destination whose lease arrived is committed; one whose
+/// source is dead, or whose QEMU died, is aborted.
+///
+/// Each such env is watched by a thread of its own, which waits for the
+/// env's lock: a `bmigrate` (or a prepare) in progress holds it, so the
+/// heartbeat never waits for a migration, and a `bmigrate` that dies lets
+/// its watcher act at once.
+#[derive(Debug, Default, Clone)]
+pub struct Recovery {
+    watched: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<Jname>>>,
+}
+
+impl Recovery {
+    /// Every beat: a watcher for each env of this node in a migration
+    /// that has none yet.
+    pub fn tick(&self, wd: &Workdir, lease_time: Duration) {
+        let Ok(entries) = std::fs::read_dir(wd.root().join("jails")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Some(j) = e.file_name().to_str().and_then(|n| Jname::new(n).ok()) else {
+                continue;
+            };
+            let Ok(Some(rt)) = runtime::read(wd, &j) else {
+                continue;
+            };
+            if rt.phase != Phase::Incoming && rt.migration.is_none() {
+                continue;
+            }
+            let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+            if !watched.insert(j.clone()) {
+                continue;
+            }
+            drop(watched);
+            let (wd, set) = (wd.clone(), std::sync::Arc::clone(&self.watched));
+            std::thread::spawn(move || {
+                if let Err(e) = recover_one(&wd, &j, lease_time) {
+                    tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted migration");
+                }
+                set.lock().unwrap_or_else(|e| e.into_inner()).remove(&j);
+            });
+        }
+    }
+}
+
+/// Under the env's lock (waited for), with its record read again: a
+/// prepare or a bmigrate in progress holds it, and its record is only
+/// whole once it is done.
+fn recover_one(wd: &Workdir, j: &Jname, lease_time: Duration) -> Result<()> {
+    let _lock = EnvLock::acquire(wd, j)?;
+    let Some(rt) = runtime::read(wd, j)? else {
+        return Ok(());
     };
-    for e in entries.flatten() {
-        let Some(j) = e.file_name().to_str().and_then(|n| Jname::new(n).ok()) else {
-            continue;
-        };
-        let Ok(Some(rt)) = runtime::read(wd, &j) else {
-            continue;
-        };
-        if rt.phase != Phase::Incoming && rt.migration.is_none() {
-            continue;
-        }
-        // Under the env's lock, and read again: a prepare or a bmigrate in
-        // progress holds it, and its record is only whole once it is done.
-        let Ok(_lock) = EnvLock::acquire(wd, &j) else {
-            continue;
-        };
-        let Ok(Some(rt)) = runtime::read(wd, &j) else {
-            continue;
-        };
-        let r = if rt.phase == Phase::Incoming {
-            recover_incoming(wd, reg, &j, &rt, lease_time)
-        } else if let Some(ob) = &rt.migration {
-            recover_outbound(wd, &j, ob)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = r {
-            tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted migration");
-        }
+    if rt.phase == Phase::Incoming {
+        let reg = Registry::open(&wd.db_dir())?;
+        recover_incoming(wd, &reg, j, &rt, lease_time)
+    } else if let Some(ob) = &rt.migration {
+        recover_outbound(wd, j, ob)
+    } else {
+        Ok(())
     }
 }
 
@@ -679,7 +708,12 @@ fn recover_outbound(wd: &Workdir, j: &Jname, ob: &Outbound) -> Result<()> {
     }
     let mine = lease::read(wd, j)?.is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
     if !mine {
-        tracing::warn!(jname = %j, to = %ob.node, "bmigrate died after the hand-over: ending the source here");
+        tracing::warn!(jname = %j, to = %ob.node, "bmigrate died after the hand-over: committed there, ended here");
+        // The destination's daemon commits by itself at its next beat;
+        // asked, it does now (a commit is idempotent).
+        if let Ok(node) = Jname::new(&ob.node) {
+            let _ = ask_with(wd, &node, "migrate-commit", Some(named(j)), ABORT_TIMEOUT);
+        }
         engine::outgoing_finish(wd, j)?;
         let reg = Registry::open(&wd.db_dir())?;
         reg.remove(j)?;
@@ -708,7 +742,13 @@ fn recover_incoming(
         matches!((rt.pid, rt.starttime), (Some(p), Some(s)) if runtime::process_alive(p, s));
     if arrived && alive {
         tracing::warn!(jname = %j, "the lease arrived without a commit: running it here");
-        return engine::incoming_commit(wd, reg, j).map(drop);
+        let c = engine::incoming_commit(wd, reg, j)?;
+        // No bmigrate is left to say it: the log does.
+        if let Err(e) = ferry_vm::integrity::verify_resumed(wd, j, c.console_from, RECOVERY_VERIFY)
+        {
+            tracing::error!(event = "migrated-faulty", jname = %j, fault = %crate::error_chain(&e), "the guest is not healthy after the move");
+        }
+        return Ok(());
     }
     let source_dead = lease
         .as_ref()
