@@ -66,6 +66,9 @@ impl fmt::Display for Fault {
 
 /// How long the destination stays cut off in a [`Fault::CutLink`] trial.
 pub const CUT_FOR: Duration = Duration::from_secs(8);
+/// A guest that printed no counter line (every 0.2 s) for longer than
+/// this was stopped.
+const PAUSE: Duration = Duration::from_secs(1);
 /// How long a trial may take to settle after its fault.
 const SETTLE_WITHIN: Duration = Duration::from_secs(150);
 /// The move: as the issue asks, a 40 MiB/s link and a 50 ms downtime limit.
@@ -84,8 +87,13 @@ pub struct Trial {
     /// incoming QEMU waits there), `after` (the lease moved, or bmigrate
     /// ended).
     pub phase: &'static str,
-    /// From the fault until the guest's counter moved again.
+    /// From the fault until the guest ran again: its counter moved past
+    /// the one at the fault, and after its last stop (no counter line for
+    /// over a second) moved again.
     pub recovery: Option<Duration>,
+    /// The guest's longest stop after the fault (between two counter
+    /// lines; 0.2 s or so when it never stopped).
+    pub pause: Duration,
     /// From the fault until everything that must hold held (bmigrate
     /// ended, one QEMU, lease, listings, no leftovers).
     pub settled: Option<Duration>,
@@ -284,8 +292,12 @@ impl Rig {
         if missed {
             phase = "after";
         }
-        // The guest runs again: its counter moves past the one at the fault.
+        // The guest runs again: its counter moves past the one at the
+        // fault, and after its last pause (no new counter line for more
+        // than PAUSE) it moves again.
         let mut recovery = None;
+        let mut pause = Duration::ZERO;
+        let (mut last, mut last_change) = (counter_at_fault, fault_time);
         let mut link_down = fault == Fault::CutLink;
         let settle_by = fault_time + SETTLE_WITHIN;
         let mut bmigrate = String::new();
@@ -295,15 +307,17 @@ impl Rig {
                 self.c.net().expect("namespaces").link(dst, true);
                 link_down = false;
             }
-            if recovery.is_none() {
-                let moved = (0..2).any(|i| {
-                    guest_counters(self.node(i), &vm)
-                        .last()
-                        .is_some_and(|c| *c > counter_at_fault)
-                });
-                if moved {
+            let now = guest_counters(self.node(src), &vm)
+                .last()
+                .copied()
+                .unwrap_or(0);
+            if now > last {
+                let silent = last_change.elapsed();
+                pause = pause.max(silent);
+                if recovery.is_none() || silent > PAUSE {
                     recovery = Some(fault_time.elapsed());
                 }
+                (last, last_change) = (now, Instant::now());
             }
             if let Some(c) = child.as_mut() {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -319,7 +333,7 @@ impl Rig {
                         .unwrap_or_default();
                 }
             }
-            if child.is_none() && !link_down && recovery.is_some() {
+            if child.is_none() && !link_down && last_change.elapsed() < PAUSE {
                 if let Some(on) = settled_on(&self.c, &vm) {
                     settled = Some((on, fault_time.elapsed()));
                     break;
@@ -359,6 +373,7 @@ impl Rig {
             at,
             phase,
             recovery,
+            pause,
             settled: settled.map(|s| s.1),
             ended_on: settled.map(|s| s.0),
             failure,
@@ -469,7 +484,7 @@ fn memory_clean_since(
 /// of the time until the guest ran again and until all had settled.
 pub fn table(trials: &[Trial]) -> String {
     let mut out = String::from(
-        "| fault | trials | failures | fault before prepare / in transfer / after hand-over | guest runs again p50 / max | settled p50 / max |\n|---|---|---|---|---|---|\n",
+        "| fault | trials | failures | fault before prepare / in transfer / after hand-over | guest runs again p50 / max | its longest stop p50 / max | all settled p50 / max |\n|---|---|---|---|---|---|---|\n",
     );
     let p50_max = |mut v: Vec<Duration>| {
         v.sort();
@@ -485,13 +500,14 @@ pub fn table(trials: &[Trial]) -> String {
         }
         let count = |p: &str| of.iter().filter(|t| t.phase == p).count();
         out.push_str(&format!(
-            "| {f} | {} | {} | {} / {} / {} | {} | {} |\n",
+            "| {f} | {} | {} | {} / {} / {} | {} | {} | {} |\n",
             of.len(),
             of.iter().filter(|t| t.failure.is_some()).count(),
             count("before-prepare"),
             count("transfer"),
             count("after"),
             p50_max(of.iter().filter_map(|t| t.recovery).collect()),
+            p50_max(of.iter().map(|t| t.pause).collect()),
             p50_max(of.iter().filter_map(|t| t.settled).collect()),
         ));
     }
@@ -517,11 +533,12 @@ pub fn run(bin: &str, vm: &str, per_kind: usize) -> Vec<Trial> {
         for f in Fault::ALL {
             let t = rig.trial(f, &mut rng);
             eprintln!(
-                "trial {round} {f}: at {:.2} s ({}), guest ran again after {}, settled after {}, ended on {}{}; bmigrate: {}",
+                "trial {round} {f}: at {:.2} s ({}), guest ran again after {} (longest stop {:.2} s), settled after {}, ended on {}{}; bmigrate: {}",
                 t.at.as_secs_f64(),
                 t.phase,
                 t.recovery
                     .map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+                t.pause.as_secs_f64(),
                 t.settled
                     .map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64())),
                 t.ended_on.map_or("?".into(), |i| format!("n{}", i + 1)),

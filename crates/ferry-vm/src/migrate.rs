@@ -163,9 +163,10 @@ fn listening_port(q: &mut Qmp, j: &Jname) -> Result<u16> {
 /// What [`incoming_commit`] did.
 #[derive(Debug, Clone, Copy)]
 pub struct Committed {
-    /// How long ago the guest was resumed here (zero if it ran already):
-    /// what followed its resumption was not part of its downtime.
-    pub resumed_ago: Duration,
+    /// How long ago the guest was resumed here (`None`: it ran already,
+    /// resumed by an earlier commit): what followed its resumption was
+    /// not part of its downtime.
+    pub resumed_ago: Option<Duration>,
     /// The size of its console log when it was resumed: what it printed
     /// since is its life here ([`crate::integrity::verify_resumed`]).
     pub console_from: u64,
@@ -186,7 +187,7 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Commit
     if rt.phase == Phase::Running && ours {
         // Committed already (by the daemon, or a repeated request).
         return Ok(Committed {
-            resumed_ago: Duration::ZERO,
+            resumed_ago: None,
             console_from: crate::integrity::console_mark(wd, j),
         });
     }
@@ -222,7 +223,7 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Commit
     let def = ferry_core::envdef::load_registered(wd, j)?;
     reg.upsert(&crate::row_of(wd, &def)?)?;
     Ok(Committed {
-        resumed_ago: resumed.elapsed(),
+        resumed_ago: Some(resumed.elapsed()),
         console_from,
     })
 }

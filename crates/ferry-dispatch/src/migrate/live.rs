@@ -328,25 +328,25 @@ fn move_live(
         let left = limit.saturating_sub(asked.elapsed());
         committed = asker.ask("migrate-commit", Some(commit.clone()), left);
     }
-    let mut handover = completed.elapsed();
+    let waited = completed.elapsed();
+    // Until the guest resumed there; not known when the destination's
+    // daemon had resumed it before the commit arrived, or when no answer
+    // came.
+    let mut handover = None;
     let mut fault = None;
     let commit_note = match committed {
         Ok(a) if a.code == 0 => {
-            fault = a
-                .migrate
-                .as_ref()
+            let m = a.migrate.as_ref();
+            fault = m
                 .and_then(|m| m.get("fault"))
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned);
-            // Until the guest resumed there (the answer's way back stays
-            // counted: the figure errs on the long side).
-            let after = a
-                .migrate
-                .as_ref()
+            // The answer's way back stays counted: the figure errs on the
+            // long side.
+            handover = m
                 .and_then(|m| m.get("resumed_us_ago"))
                 .and_then(serde_json::Value::as_u64)
-                .map_or(Duration::ZERO, Duration::from_micros);
-            handover = handover.saturating_sub(after);
+                .map(|us| waited.saturating_sub(Duration::from_micros(us)));
             String::new()
         }
         Ok(a) => format!(
@@ -358,27 +358,34 @@ fn move_live(
     engine::outgoing_finish(wd, j)?;
     reg.remove(j)?;
     let qemu_downtime = info.downtime_ms.unwrap_or(0);
-    let downtime = Duration::from_millis(qemu_downtime) + handover;
     if let Some(fault) = fault {
         tracing::error!(event = "migrated-faulty", jname = %j, to = %node, %fault, "the guest is not healthy after the move");
         return Err(Error::Failed(format!(
             "{j} moved to {node}, but the guest is not healthy there: {fault}"
         )));
     }
+    let downtime = handover.map(|h| Duration::from_millis(qemu_downtime) + h);
     tracing::info!(
         event = "migrated",
         jname = %j,
         to = %node,
         total_ms = t0.elapsed().as_millis() as u64,
-        downtime_ms = downtime.as_millis() as u64,
+        downtime_ms = downtime.map(|d| d.as_millis() as u64),
         "live migration done"
     );
+    let downtime = match (downtime, handover) {
+        (Some(d), Some(h)) => format!(
+            "guest downtime {} ms (QEMU {qemu_downtime} ms + hand-over {} ms)",
+            d.as_millis(),
+            h.as_millis()
+        ),
+        _ => format!(
+            "guest downtime not known here (QEMU {qemu_downtime} ms, then {node}'s daemon resumed it)"
+        ),
+    };
     Ok(Outcome::message(format!(
-        "{j} live-migrated to {node} in {} ms; guest downtime {} ms (QEMU {qemu_downtime} ms + \
-         hand-over {} ms); {} MiB sent{commit_note}",
+        "{j} live-migrated to {node} in {} ms; {downtime}; {} MiB sent{commit_note}",
         t0.elapsed().as_millis(),
-        downtime.as_millis(),
-        handover.as_millis(),
         info.transferred.unwrap_or(0) >> 20
     )))
 }
@@ -489,11 +496,14 @@ fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json:
             if let Some(f) = &fault {
                 tracing::error!(jname = %j, fault = %f, "the guest is not healthy after the move");
             }
-            let resumed_ago = c.resumed_ago + answered.elapsed();
+            // None: resumed before this request (by the daemon itself).
+            let resumed_ago = c
+                .resumed_ago
+                .map(|r| (r + answered.elapsed()).as_micros() as u64);
             Ok(serde_json::json!({
                 "running": fault.is_none(),
                 "fault": fault,
-                "resumed_us_ago": resumed_ago.as_micros() as u64,
+                "resumed_us_ago": resumed_ago,
             }))
         }
         "migrate-abort" => Ok(serde_json::json!({ "aborted": engine::incoming_abort(wd, &j)? })),
