@@ -333,7 +333,8 @@ impl Rig {
                         .unwrap_or_default();
                 }
             }
-            if child.is_none() && !link_down && last_change.elapsed() < PAUSE {
+            if child.is_none() && !link_down && recovery.is_some() && last_change.elapsed() < PAUSE
+            {
                 if let Some(on) = settled_on(&self.c, &vm) {
                     settled = Some((on, fault_time.elapsed()));
                     break;
