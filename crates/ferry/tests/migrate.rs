@@ -30,6 +30,11 @@ struct Pair {
 /// Two nodes in namespaces that know each other, daemons running, and a
 /// running counting guest `vm` on n1.
 fn pair(storage: Storage, vm: &str) -> Pair {
+    pair_with(storage, vm, &[])
+}
+
+/// [`pair`], the guest created with `extra` keys.
+fn pair_with(storage: Storage, vm: &str, extra: &[&str]) -> Pair {
     let (c, b) = TestCluster::with_broker(BIN, 2, storage, false);
     let daemons = c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect();
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
@@ -40,7 +45,7 @@ fn pair(storage: Storage, vm: &str) -> Pair {
         assert!(t0.elapsed() < Duration::from_secs(15), "nodes not alive");
         std::thread::sleep(Duration::from_millis(200));
     }
-    checking_guest(n1, vm, &[]);
+    checking_guest(n1, vm, extra);
     n1.ok(&["bstart", &format!("jname={vm}")]);
     wait_counter(n1, vm, "the guest never counted", |c| c.len() >= 2);
     Pair { c, _b: b, daemons }
@@ -55,7 +60,11 @@ const MEMCHECK_RATE: u64 = 0;
 /// replace the defaults).
 fn checking_guest(t: &TestWorkdir, vm: &str, extra: &[&str]) {
     let cmdline = memcheck_cmdline(MEMCHECK_MIB, MEMCHECK_RATE);
-    let mut args = vec!["vm_ram=256m", cmdline.as_str()];
+    let key = |a: &str| a.split('=').next().unwrap_or_default().to_owned();
+    let mut args: Vec<&str> = ["vm_ram=256m", cmdline.as_str()]
+        .into_iter()
+        .filter(|d| !extra.iter().any(|e| key(e) == key(d)))
+        .collect();
     args.extend_from_slice(extra);
     t.bcreate_guest(vm, &args);
 }
@@ -439,7 +448,9 @@ fn a_fault_on_the_console_right_after_the_move_fails_bmigrate() {
 /// the transfer runs, then the one final reply.
 #[test]
 fn bmigrate_as_a_broker_job_sends_progress_replies() {
-    let p = pair(Storage::Plain, "lmb");
+    // A guest rewriting at 8 MiB/s: a transfer limited to 16 MiB/s ends.
+    let cmdline = memcheck_cmdline(MEMCHECK_MIB, 8);
+    let p = pair_with(Storage::Plain, "lmb", &[&cmdline]);
     let n1 = &p.c.nodes[0];
     let config = n1.root().join("agent.json");
     std::fs::write(&config, p._b.agent_config(n1.root(), "cbsd_n1", "")).expect("config");
@@ -454,7 +465,7 @@ fn bmigrate_as_a_broker_job_sends_progress_replies() {
     let before = mark(n1, "lmb");
     // A bandwidth limit makes the transfer last a few progress periods.
     let body = serde_json::json!({"Command": "bmigrate",
-        "CommandArgs": {"jname": "lmb", "node": "n2", "bandwidth": 8}})
+        "CommandArgs": {"jname": "lmb", "node": "n2", "bandwidth": 16}})
     .to_string();
     let out = n1
         .bare_command(&[
