@@ -136,7 +136,7 @@ pub fn state(wd: &Workdir, j: &Jname) -> Result<(EnvState, Option<Runtime>)> {
         return Ok((EnvState::Stopped, None));
     };
     let alive = match (rt.phase, rt.pid, rt.starttime) {
-        (Phase::Running | Phase::Stopping, Some(pid), Some(start)) => process_alive(pid, start),
+        (Phase::Running | Phase::Stopping, Some(pid), Some(start)) => sys::is_alive(pid, start),
         _ => false,
     };
     let state = if alive && rt.phase == Phase::Running {
@@ -200,23 +200,9 @@ pub fn finish_teardown_as(
     clear(wd, j)
 }
 
-/// Whether `pid` is alive (not a zombie) and is the process started at `start`.
-pub fn process_alive(pid: i32, start: u64) -> bool {
-    sys::proc_stat(pid).is_some_and(|p| p.is_live() && p.starttime == start)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_process_is_alive_and_a_wrong_start_time_is_not() {
-        let me = i32::try_from(std::process::id()).unwrap();
-        let start = sys::proc_stat(me).unwrap().starttime;
-        assert!(process_alive(me, start));
-        assert!(!process_alive(me, start + 1));
-        assert!(!process_alive(i32::MAX, start));
-    }
 
     #[test]
     fn record_round_trip_and_state() {

@@ -97,7 +97,7 @@ pub fn signal(pid: i32, start: u64, sig: nix::sys::signal::Signal) -> bool {
         return false;
     };
     // Checked after the pidfd pins the process: it is the one we mean.
-    if !proc_stat(pid).is_some_and(|p| p.is_live() && p.starttime == start) {
+    if !is_alive(pid, start) {
         return false;
     }
     Signal::from_named_raw(sig as i32).is_some_and(|s| pidfd_send_signal(&fd, s).is_ok())
@@ -196,6 +196,15 @@ pub fn crashpoint(op: &str, step: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let start = proc_stat(me).unwrap().starttime;
+        assert!(is_alive(me, start));
+        assert!(!is_alive(me, start + 1));
+        assert!(!is_alive(i32::MAX, start));
+    }
 
     #[test]
     fn formats_utc_timestamps() {

@@ -168,10 +168,23 @@ fn raw(c: &TestCluster, vm: &str, rounds: usize) -> (Vec<Duration>, Vec<Duration
     // The console log is the VM's (shared, appended to): wait for lines
     // of this boot.
     let seen = ferry_testkit::guest_counters(&c.nodes[0], vm).len();
+    let reports = |c: &TestCluster| {
+        ferry_testkit::memcheck_reports(&ferry_testkit::console(&c.nodes[0], vm)).len()
+    };
+    let reported = reports(c);
     let mut src = start(0, 0, false);
     wait_counter(&c.nodes[0], vm, "the raw guest does not count", |c| {
         c.len() >= seen + 3
     });
+    // The checker of this boot reported (it counts generations afresh).
+    let t0 = Instant::now();
+    while reports(c) < reported + 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the raw guest's checker is silent"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (mut total, mut down) = (Vec::new(), Vec::new());
     for k in 1..=rounds {
         let to = k % 2; // 1: to n2, 0: back to n1

@@ -713,7 +713,7 @@ fn recover_one(wd: &Workdir, j: &Jname, lease_time: Duration) -> Result<()> {
 }
 
 fn recover_outbound(wd: &Workdir, j: &Jname, ob: &Outbound) -> Result<()> {
-    if runtime::process_alive(ob.pid, ob.start) {
+    if sys::is_alive(ob.pid, ob.start) {
         return Ok(());
     }
     let mine = lease::read(wd, j)?.is_some_and(|l| l.node.as_deref() == Some(wd.nodename()));
@@ -748,8 +748,7 @@ fn recover_incoming(
     let arrived = lease
         .as_ref()
         .is_some_and(|l| l.node.as_deref() == Some(wd.nodename()) && l.epoch > rt.epoch);
-    let alive =
-        matches!((rt.pid, rt.starttime), (Some(p), Some(s)) if runtime::process_alive(p, s));
+    let alive = matches!((rt.pid, rt.starttime), (Some(p), Some(s)) if sys::is_alive(p, s));
     if arrived && alive {
         tracing::warn!(jname = %j, "the lease arrived without a commit: running it here");
         let c = engine::incoming_commit(wd, reg, j)?;
