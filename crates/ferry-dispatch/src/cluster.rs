@@ -77,7 +77,7 @@ pub struct Answer {
     pub task: Option<TaskResult>,
     /// What a `migrate-*` request found or did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub migrate: Option<serde_json::Value>,
+    pub migrate: Option<crate::migrate::MigrateAnswer>,
 }
 
 impl Answer {

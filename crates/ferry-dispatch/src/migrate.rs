@@ -31,7 +31,7 @@ use crate::{dispatch, Context};
 
 mod live;
 
-pub use live::{answer, bmigrate, MigrateRequest, Recovery};
+pub use live::{answer, bmigrate, MigrateAnswer, MigrateRequest, Recovery};
 
 pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;

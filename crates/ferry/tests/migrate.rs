@@ -259,7 +259,10 @@ fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() 
     wait_until("the destination committed", secs(30), || {
         bls_row(n2, "lmc").is_some_and(|r| r["status"] == "running")
     });
-    wait_until("the source ended", secs(30), || no_runtime(n1, "lmc"));
+    // Its runtime record goes first, then its row.
+    wait_until("the source ended", secs(30), || {
+        no_runtime(n1, "lmc") && bls_row(n1, "lmc").is_none()
+    });
     runs_only_on(&p.c, "lmc", 1);
     kept_counting(n2, "lmc", before);
 }

@@ -65,6 +65,32 @@ pub struct MigrateRequest {
     pub verify_ms: u64,
 }
 
+/// What the destination answers to a `migrate-*` request: the fields of
+/// the request's kind are set, the others left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateAnswer {
+    /// `migrate-check`: why it cannot take the VM (empty: it can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
+    /// `migrate-prepare`: where the incoming QEMU listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// `migrate-commit`: whether the guest runs healthy there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+    /// `migrate-commit`: what the watch of the guest found wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// `migrate-commit`: how long ago the guest was resumed there (absent:
+    /// before this request, by its daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_us_ago: Option<u64>,
+    /// `migrate-abort`: whether there was an incoming QEMU to throw away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<bool>,
+}
+
 /// How long a prepare may take there (QEMU start, `mnt_start`).
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the other requests may take.
@@ -156,12 +182,10 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
             problems.extend(
                 checked
                     .migrate
-                    .as_ref()
-                    .and_then(|m| m.get("problems"))
-                    .and_then(|p| p.as_array())
+                    .and_then(|m| m.problems)
                     .into_iter()
                     .flatten()
-                    .filter_map(|p| p.as_str().map(|p| format!("{node}: {p}"))),
+                    .map(|p| format!("{node}: {p}")),
             );
         }
         Err(e) => problems.push(crate::error_chain(&e)),
@@ -261,12 +285,7 @@ fn move_live(
         PREPARE_TIMEOUT.min(transfer.timeout),
     );
     let uri = match prepared {
-        Ok(a) if a.code == 0 => a
-            .migrate
-            .as_ref()
-            .and_then(|m| m.get("uri"))
-            .and_then(|u| u.as_str())
-            .map(str::to_owned),
+        Ok(a) if a.code == 0 => a.migrate.and_then(|m| m.uri),
         Ok(a) => {
             return undo(Error::Failed(format!(
                 "{node} could not prepare: {}",
@@ -336,16 +355,12 @@ fn move_live(
     let mut fault = None;
     let commit_note = match committed {
         Ok(a) if a.code == 0 => {
-            let m = a.migrate.as_ref();
-            fault = m
-                .and_then(|m| m.get("fault"))
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_owned);
+            let m = a.migrate.unwrap_or_default();
+            fault = m.fault;
             // The answer's way back stays counted: the figure errs on the
             // long side.
             handover = m
-                .and_then(|m| m.get("resumed_us_ago"))
-                .and_then(serde_json::Value::as_u64)
+                .resumed_us_ago
                 .map(|us| waited.saturating_sub(Duration::from_micros(us)));
             String::new()
         }
@@ -466,7 +481,7 @@ pub fn answer(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Answer {
     }
 }
 
-fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json::Value> {
+fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<MigrateAnswer> {
     let Some(m) = &req.migrate else {
         return Err(Error::bad_value("migrate", "", "missing"));
     };
@@ -475,14 +490,20 @@ fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json:
     // Not with the daemon's own recovery of the same env.
     let _lock = EnvLock::acquire(wd, &j)?;
     match req.kind.as_str() {
-        "migrate-check" => Ok(serde_json::json!({ "problems": check_here(wd, &reg, &j, m) })),
+        "migrate-check" => Ok(MigrateAnswer {
+            problems: Some(check_here(wd, &reg, &j, m)),
+            ..MigrateAnswer::default()
+        }),
         "migrate-prepare" => {
             // Checked just before by migrate-check; what could change
             // since (registered, running here) the engine refuses itself.
             let cpu = m.cpu.as_ref().ok_or_else(|| no_cpu(&j))?;
             let addr = address_towards(broker)?;
             let uri = engine::incoming(wd, &reg, &j, addr, cpu)?;
-            Ok(serde_json::json!({ "uri": uri }))
+            Ok(MigrateAnswer {
+                uri: Some(uri),
+                ..MigrateAnswer::default()
+            })
         }
         "migrate-commit" => {
             let c = engine::incoming_commit(wd, &reg, &j)?;
@@ -500,13 +521,17 @@ fn handle(wd: &Workdir, broker: &BrokerUri, req: &Request) -> Result<serde_json:
             let resumed_ago = c
                 .resumed_ago
                 .map(|r| (r + answered.elapsed()).as_micros() as u64);
-            Ok(serde_json::json!({
-                "running": fault.is_none(),
-                "fault": fault,
-                "resumed_us_ago": resumed_ago,
-            }))
+            Ok(MigrateAnswer {
+                running: Some(fault.is_none()),
+                fault,
+                resumed_us_ago: resumed_ago,
+                ..MigrateAnswer::default()
+            })
         }
-        "migrate-abort" => Ok(serde_json::json!({ "aborted": engine::incoming_abort(wd, &j)? })),
+        "migrate-abort" => Ok(MigrateAnswer {
+            aborted: Some(engine::incoming_abort(wd, &j)?),
+            ..MigrateAnswer::default()
+        }),
         other => Err(Error::bad_value("kind", other, "unknown migration request")),
     }
 }
@@ -771,4 +796,39 @@ fn recover_incoming(
         engine::incoming_abort(wd, j)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_carry_only_their_kind_s_fields_and_read_back() {
+        let commit = MigrateAnswer {
+            running: Some(true),
+            resumed_us_ago: Some(1234),
+            ..MigrateAnswer::default()
+        };
+        let text = serde_json::to_string(&commit).expect("JSON");
+        assert_eq!(text, r#"{"running":true,"resumed_us_ago":1234}"#);
+        let back: MigrateAnswer = serde_json::from_str(&text).expect("read");
+        assert_eq!(back, commit);
+        // Resumed by the daemon before the commit came: no figure.
+        let late: MigrateAnswer = serde_json::from_str(r#"{"running":true}"#).expect("read");
+        assert_eq!(late.resumed_us_ago, None);
+        let faulty: MigrateAnswer =
+            serde_json::from_str(r#"{"running":false,"fault":"BUG: x"}"#).expect("read");
+        assert_eq!(faulty.fault.as_deref(), Some("BUG: x"));
+        assert!(serde_json::from_str::<MigrateAnswer>(r#"{"uri":"tcp:a:1","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_request_without_the_newer_keys_reads_as_not_forced_and_not_watched() {
+        let m: MigrateRequest = serde_json::from_str(r#"{"jname":"vm1"}"#).expect("read");
+        assert_eq!((m.force, m.verify_ms, m.cpu.is_none()), (false, 0, true));
+        let m: MigrateRequest =
+            serde_json::from_str(r#"{"jname":"vm1","force":true,"verify_ms":1000}"#).expect("read");
+        assert_eq!((m.force, m.verify_ms), (true, 1000));
+        assert!(serde_json::from_str::<MigrateRequest>(r#"{"jname":"vm1","forse":true}"#).is_err());
+    }
 }
