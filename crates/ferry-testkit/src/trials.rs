@@ -85,7 +85,8 @@ pub struct Trial {
     pub at: Duration,
     /// What the move was doing then: `before-prepare`, `transfer` (an
     /// incoming QEMU waits there), `after` (the lease moved, or bmigrate
-    /// ended).
+    /// ended); `missed` for a [`Fault::KillDestQemu`] that found no
+    /// incoming QEMU left (not counted as a trial of it).
     pub phase: &'static str,
     /// From the fault until the guest ran again: its counter moved past
     /// the one at the fault, and after its last stop (no counter line for
@@ -290,7 +291,8 @@ impl Rig {
             }
         }
         if missed {
-            phase = "after";
+            // The incoming QEMU was gone already: nothing was killed.
+            phase = "missed";
         }
         // The guest runs again: its counter moves past the one at the
         // fault, and after its last pause (no new counter line for more
@@ -500,9 +502,13 @@ pub fn table(trials: &[Trial]) -> String {
             continue;
         }
         let count = |p: &str| of.iter().filter(|t| t.phase == p).count();
+        let missed = match count("missed") {
+            0 => String::new(),
+            n => format!(" (+{n} missed: no incoming QEMU left to kill)"),
+        };
         out.push_str(&format!(
-            "| {f} | {} | {} | {} / {} / {} | {} | {} | {} |\n",
-            of.len(),
+            "| {f} | {}{missed} | {} | {} / {} / {} | {} | {} | {} |\n",
+            of.len() - count("missed"),
             of.iter().filter(|t| t.failure.is_some()).count(),
             count("before-prepare"),
             count("transfer"),
