@@ -21,9 +21,9 @@ use ferry_api::{exit, Command, Outcome};
 use ferry_broker::{
     Broker, ConnectOptions, Error as BrokerError, Job, JobId, ReconnectPolicy, Reconnecting,
 };
+use ferry_cluster::{dispatch, error_chain, Context};
 use ferry_core::registry::Registry;
 use ferry_core::{Jname, Workdir};
-use ferry_dispatch::{dispatch, error_chain, Context};
 
 use crate::config::Config;
 use crate::job::{self, Rejection, Reply, Request};
@@ -365,8 +365,8 @@ impl Runner {
         let progress = tx.clone();
         let ctx = Context::new(workdir)
             .with_registry_pool()
-            .with_progress(Arc::new(move |p, m: &str| {
-                let _ = progress.send(Event::Progress(p, m.to_owned()));
+            .with_progress(Arc::new(move |p: &ferry_api::Progress| {
+                let _ = progress.send(Event::Progress(p.percent(), p.message()));
             }));
         std::thread::spawn(move || {
             for cmd in jobs {
@@ -402,33 +402,13 @@ pub fn run_command(ctx: &Context, cmd: Command) -> Reply {
     let bstart = matches!(cmd, Command::Bstart(_));
     match dispatch(ctx, cmd) {
         Ok(outcome) => {
-            let mut reply = Reply::done(outcome.exit_code(), render(&outcome));
+            let mut reply = Reply::done(outcome.exit_code(), outcome.to_text());
             if bstart {
                 reply.vnc = vnc_of(ctx, &outcome);
             }
             reply
         }
         Err(e) => Reply::done(exit::for_kind(e.kind()), error_chain(&e)),
-    }
-}
-
-/// The text the command line prints (errors of single envs included).
-fn render(o: &Outcome) -> String {
-    match o {
-        Outcome::Message { message } => message.clone(),
-        Outcome::Listing(l) => l.to_text(true),
-        Outcome::PerEnv { results } => results
-            .iter()
-            .map(|r| {
-                if r.code == exit::OK {
-                    r.message.clone()
-                } else {
-                    format!("{}: {}", r.jname, r.message)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        Outcome::Exited { status } => format!("exit status {status}"),
     }
 }
 

@@ -10,7 +10,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferry_api::command::{BaseMode, CheckpointMode, NodeMode, TaskMode};
 use ferry_api::{exit, ArgError, Command, RawArgs};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -125,9 +124,12 @@ pub fn decode(body: &[u8], key: Option<&[u8]>, now: u64) -> Result<Request, Reje
         Some(_) => return Err(Rejection::CommandNotString),
     };
     let command = Command::parse(&name, RawArgs::from_json(&args)?)?;
-    refuse_over_broker(&command)?;
+    let policy = command.policy();
+    if let Some(why) = policy.not_over_broker {
+        return Err(Rejection::NotOverBroker(command.name(), why));
+    }
     Ok(Request {
-        read_only: read_only(&command),
+        read_only: policy.read_only,
         command,
         nonce,
     })
@@ -168,39 +170,6 @@ fn open_envelope(
         return Err(Rejection::Expired(skew));
     }
     Ok((job, nonce))
-}
-
-/// Commands the agent does not run: the daemon runs until stopped, `jexec`
-/// hands the caller's terminal to the jail, and `task mode=run` is the task
-/// runner's own.
-fn refuse_over_broker(c: &Command) -> Result<(), Rejection> {
-    match c {
-        Command::Daemon(_) => Err(Rejection::NotOverBroker(
-            "daemon",
-            "it runs until stopped; start it as a service",
-        )),
-        Command::Jexec(_) => Err(Rejection::NotOverBroker(
-            "jexec",
-            "its output goes to a terminal; queue it with task mode=new",
-        )),
-        Command::Task(t) if t.mode == TaskMode::Run => Err(Rejection::NotOverBroker(
-            "task mode=run",
-            "it is the task runner's own",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Listings: they change nothing, so running one twice is harmless.
-pub fn read_only(c: &Command) -> bool {
-    match c {
-        Command::Jls(_) | Command::Bls(_) | Command::Taskls(_) => true,
-        Command::Base(a) => a.mode == BaseMode::List,
-        Command::Task(a) => a.mode == TaskMode::List,
-        Command::Node(a) => a.mode == NodeMode::List,
-        Command::Bcheckpoint(a) => a.mode == CheckpointMode::List,
-        _ => false,
-    }
 }
 
 /// The SHA-256 of a body, hex: tells a redelivered job from a new job

@@ -220,6 +220,8 @@ pub trait FromArg: Sized {
     /// How the type shows in help.
     const TYPE: &'static str;
     fn from_arg(key: &str, value: &str) -> Result<Self, ArgError>;
+    /// The value as an argument reads it back.
+    fn to_arg(&self) -> String;
 }
 
 /// How a field is filled: required, optional, defaulted, or trailing words.
@@ -227,6 +229,9 @@ pub trait Rule<T> {
     fn take(&self, r: &mut ArgReader, key: &'static str) -> Result<T, ArgError>;
     /// Type and requiredness, for help.
     fn describe(&self) -> (&'static str, String);
+    /// Write `v` back as words: `key=value` into `pairs`, trailing words
+    /// into `rest`.
+    fn render(&self, v: &T, key: &str, pairs: &mut Vec<String>, rest: &mut Vec<String>);
 }
 
 /// The key must be given.
@@ -250,6 +255,9 @@ impl<T: FromArg> Rule<T> for Required {
     fn describe(&self) -> (&'static str, String) {
         (T::TYPE, "required".into())
     }
+    fn render(&self, v: &T, key: &str, pairs: &mut Vec<String>, _: &mut Vec<String>) {
+        pairs.push(format!("{key}={}", v.to_arg()));
+    }
 }
 
 impl<T: FromArg> Rule<Option<T>> for Optional {
@@ -258,6 +266,11 @@ impl<T: FromArg> Rule<Option<T>> for Optional {
     }
     fn describe(&self) -> (&'static str, String) {
         (T::TYPE, "optional".into())
+    }
+    fn render(&self, v: &Option<T>, key: &str, pairs: &mut Vec<String>, _: &mut Vec<String>) {
+        if let Some(v) = v {
+            pairs.push(format!("{key}={}", v.to_arg()));
+        }
     }
 }
 
@@ -275,6 +288,9 @@ impl<T: FromArg> Rule<T> for Default {
             ),
         )
     }
+    fn render(&self, v: &T, key: &str, pairs: &mut Vec<String>, _: &mut Vec<String>) {
+        pairs.push(format!("{key}={}", v.to_arg()));
+    }
 }
 
 impl Rule<Vec<String>> for Rest {
@@ -287,6 +303,9 @@ impl Rule<Vec<String>> for Rest {
             "trailing words after the arguments, or cmd=\"...\"".into(),
         )
     }
+    fn render(&self, v: &Vec<String>, _: &str, _: &mut Vec<String>, rest: &mut Vec<String>) {
+        rest.extend(v.iter().cloned());
+    }
 }
 
 impl FromArg for String {
@@ -297,6 +316,9 @@ impl FromArg for String {
         }
         Ok(v.to_owned())
     }
+    fn to_arg(&self) -> String {
+        self.clone()
+    }
 }
 
 impl FromArg for u32 {
@@ -304,6 +326,9 @@ impl FromArg for u32 {
     fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
         v.parse()
             .map_err(|_| ArgError::invalid(key, v, "not a whole number"))
+    }
+    fn to_arg(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -313,6 +338,9 @@ impl FromArg for u64 {
         v.parse()
             .map_err(|_| ArgError::invalid(key, v, "not a whole number"))
     }
+    fn to_arg(&self) -> String {
+        self.to_string()
+    }
 }
 
 impl FromArg for u16 {
@@ -320,6 +348,9 @@ impl FromArg for u16 {
     fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
         v.parse()
             .map_err(|_| ArgError::invalid(key, v, "not a whole number from 0 to 65535"))
+    }
+    fn to_arg(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -369,6 +400,9 @@ impl FromArg for Size {
     fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
         Size::parse(v).map_err(|e| ArgError::invalid(key, v, e))
     }
+    fn to_arg(&self) -> String {
+        self.render()
+    }
 }
 
 /// A plain token (a CPU model, a machine type, a checkpoint name): the
@@ -383,6 +417,9 @@ impl FromArg for Word {
             .map(|j| Word(j.as_str().to_owned()))
             .map_err(|e| ArgError::invalid(key, v, e))
     }
+    fn to_arg(&self) -> String {
+        self.0.clone()
+    }
 }
 
 impl FromArg for bool {
@@ -394,6 +431,9 @@ impl FromArg for bool {
             _ => Err(ArgError::invalid(key, v, "expected 0 or 1")),
         }
     }
+    fn to_arg(&self) -> String {
+        if *self { "1" } else { "0" }.to_owned()
+    }
 }
 
 impl FromArg for Jname {
@@ -401,12 +441,18 @@ impl FromArg for Jname {
     fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
         Jname::new(v).map_err(|e| ArgError::invalid(key, v, e))
     }
+    fn to_arg(&self) -> String {
+        self.to_string()
+    }
 }
 
 impl FromArg for NameSelector {
     const TYPE: &'static str = "NAME|GLOB";
     fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
         NameSelector::new(v).map_err(|e| ArgError::invalid(key, v, e))
+    }
+    fn to_arg(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -425,6 +471,9 @@ impl FromArg for PathBuf {
         }
         Ok(p)
     }
+    fn to_arg(&self) -> String {
+        self.to_string_lossy().into_owned()
+    }
 }
 
 /// A mount hook setting: `0` (none) or an absolute path.
@@ -438,6 +487,11 @@ impl FromArg for HookPath {
             return Ok(HookPath(None));
         }
         PathBuf::from_arg(key, v).map(|p| HookPath(Some(p)))
+    }
+    fn to_arg(&self) -> String {
+        self.0
+            .as_ref()
+            .map_or_else(|| "0".to_owned(), |p| p.to_string_lossy().into_owned())
     }
 }
 
@@ -484,6 +538,9 @@ impl FromArg for Ip4List {
     fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
         Ip4List::parse(v).map_err(|e| ArgError::invalid(key, v, e))
     }
+    fn to_arg(&self) -> String {
+        self.render()
+    }
 }
 
 impl FromArg for Ipv4Addr {
@@ -491,6 +548,9 @@ impl FromArg for Ipv4Addr {
     fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
         v.parse()
             .map_err(|_| ArgError::invalid(key, v, "not an IPv4 address"))
+    }
+    fn to_arg(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -514,6 +574,9 @@ macro_rules! keyword_enum {
                     _ => Err($crate::args::ArgError::invalid(
                         key, v, concat!("expected one of:", $(" ", $word),+))),
                 }
+            }
+            fn to_arg(&self) -> String {
+                self.as_str().to_owned()
             }
         }
     };

@@ -11,6 +11,7 @@ use crate::args::{
     ArgError, ArgReader, Default, FromArg, HookPath, Ip4List, Optional, RawArgs, Required, Rest,
     Rule, Size, Word,
 };
+pub use crate::policy::Policy;
 
 /// Where a command sits in `ferry help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,10 +66,14 @@ impl CommandSpec {
     }
 }
 
+/// Why a task may not run the queue's own commands.
+const THE_QUEUE_S_OWN: &str = "it is the task queue's own";
+
 macro_rules! commands {
     ($(
         $(#[doc = $cdoc:literal])+
-        $variant:ident($args:ident) = $name:literal in $area:ident, listing = $listing:literal {
+        $variant:ident($args:ident) = $name:literal in $area:ident, listing = $listing:literal,
+            policy($policy:expr) {
             $( $(#[doc = $fdoc:literal])+ $field:ident : $ty:ty = $rule:expr ),* $(,)?
         }
     )+) => {
@@ -87,6 +92,14 @@ macro_rules! commands {
                     };
                     r.finish()?;
                     Ok(v)
+                }
+
+                /// The arguments as words that parse back to them.
+                #[allow(unused_mut)]
+                fn to_words(&self, words: &mut Vec<String>) {
+                    let mut rest = Vec::new();
+                    $( Rule::<$ty>::render(&$rule, &self.$field, stringify!($field), words, &mut rest); )*
+                    words.extend(rest);
                 }
 
                 fn arg_specs() -> Vec<ArgSpec> {
@@ -135,6 +148,20 @@ macro_rules! commands {
             pub fn name(&self) -> &'static str {
                 match self { $( Command::$variant(_) => $name, )+ }
             }
+
+            /// The command as ferry command words (its word first), which
+            /// [`Command::parse_words`] reads back to it: how a command
+            /// built in code is queued as a task.
+            pub fn to_words(&self) -> Vec<String> {
+                let mut words = vec![self.name().to_owned()];
+                match self { $( Command::$variant(a) => a.to_words(&mut words), )+ }
+                words
+            }
+
+            /// Where this command may run, as declared beside it.
+            pub fn policy(&self) -> Policy {
+                match self { $( Command::$variant(a) => ($policy)(a), )+ }
+            }
         }
     };
 }
@@ -170,6 +197,9 @@ impl FromArg for IfName {
                 "not an interface name (1-15 of A-Z a-z 0-9 _ - .)",
             ))
         }
+    }
+    fn to_arg(&self) -> String {
+        self.0.clone()
     }
 }
 
@@ -208,7 +238,8 @@ commands! {
     /// Create or update the workdir: layout, shared-dir ids, registry, node inventory.
     /// Non-interactive and idempotent: a re-run keeps ids, data and registry.
     /// The workdir comes from --workdir, else $workdir, else /usr/jails.
-    Initenv(InitenvArgs) = "initenv" in Setup, listing = false {
+    Initenv(InitenvArgs) = "initenv" in Setup, listing = false,
+        policy(|_| Policy::ACTS) {
         /// This node's name (default: the current one, else the host name).
         nodename: Option<Jname> = Optional,
         /// The broker of the cluster (host:port or beanstalk://host:port),
@@ -222,7 +253,8 @@ commands! {
     /// Create, list or remove local read-only bases for jails.
     /// A base is built from Debian's busybox-static or copied from a directory
     /// tree (e.g. a debootstrap). Removing a base some jail uses is refused.
-    Base(BaseArgs) = "base" in Setup, listing = true {
+    Base(BaseArgs) = "base" in Setup, listing = true,
+        policy(|a: &BaseArgs| Policy::reads_if(a.mode == BaseMode::List)) {
         /// create, list or remove.
         mode: BaseMode = Default("list"),
         /// The base's name (create, remove).
@@ -234,7 +266,8 @@ commands! {
     }
 
     /// Create a jail: its definition, data dir and registry row on this node.
-    Jcreate(JcreateArgs) = "jcreate" in Jails, listing = false {
+    Jcreate(JcreateArgs) = "jcreate" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The jail's name.
         jname: Jname = Required,
         /// The local base its root is built from.
@@ -267,31 +300,36 @@ commands! {
     }
 
     /// Start jails.
-    Jstart(JstartArgs) = "jstart" in Jails, listing = false {
+    Jstart(JstartArgs) = "jstart" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The jail, or a quoted glob such as 'web*'.
         jname: NameSelector = Required,
     }
 
     /// Stop jails: SIGTERM, SIGKILL after stop_timeout, then mnt_stop.
-    Jstop(JstopArgs) = "jstop" in Jails, listing = false {
+    Jstop(JstopArgs) = "jstop" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The jail, or a quoted glob such as 'web*'.
         jname: NameSelector = Required,
     }
 
     /// Restart jails (a stopped jail is just started).
-    Jrestart(JrestartArgs) = "jrestart" in Jails, listing = false {
+    Jrestart(JrestartArgs) = "jrestart" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The jail, or a quoted glob such as 'web*'.
         jname: NameSelector = Required,
     }
 
     /// Remove stopped jails: definition, data, system dir, fstab and registry row.
-    Jremove(JremoveArgs) = "jremove" in Jails, listing = false {
+    Jremove(JremoveArgs) = "jremove" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The jail, or a quoted glob such as 'web*'.
         jname: NameSelector = Required,
     }
 
     /// List the jails registered on this node, with their live state.
-    Jls(JlsArgs) = "jls" in Jails, listing = true {
+    Jls(JlsArgs) = "jls" in Jails, listing = true,
+        policy(|_| Policy::READS) {
         /// Only jails matching this name or glob.
         jname: NameSelector = Default("*"),
         /// Comma-separated columns to show (CBSD's display=).
@@ -299,7 +337,8 @@ commands! {
     }
 
     /// Run a command inside a running jail; exits with the command's status.
-    Jexec(JexecArgs) = "jexec" in Jails, listing = false {
+    Jexec(JexecArgs) = "jexec" in Jails, listing = false,
+        policy(|_| Policy::ACTS.not_over_broker("its output goes to a terminal; queue it with task mode=new")) {
         /// The jail.
         jname: Jname = Required,
         /// The command and its arguments.
@@ -307,7 +346,8 @@ commands! {
     }
 
     /// Create a VM: its definition, disk images and registry row on this node.
-    Bcreate(BcreateArgs) = "bcreate" in Vms, listing = false {
+    Bcreate(BcreateArgs) = "bcreate" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The VM's name.
         jname: Jname = Required,
         /// Memory, e.g. 512m or 2g (at least 16m).
@@ -351,7 +391,8 @@ commands! {
     }
 
     /// Start VMs (optionally restoring a checkpoint).
-    Bstart(BstartArgs) = "bstart" in Vms, listing = false {
+    Bstart(BstartArgs) = "bstart" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The VM, or a quoted glob such as 'vm*'.
         jname: NameSelector = Required,
         /// Restore this checkpoint instead of booting.
@@ -359,25 +400,29 @@ commands! {
     }
 
     /// Stop VMs: ACPI power-down, then a hard stop after stop_timeout, then mnt_stop.
-    Bstop(BstopArgs) = "bstop" in Vms, listing = false {
+    Bstop(BstopArgs) = "bstop" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The VM, or a quoted glob such as 'vm*'.
         jname: NameSelector = Required,
     }
 
     /// Restart VMs (a stopped VM is just started).
-    Brestart(BrestartArgs) = "brestart" in Vms, listing = false {
+    Brestart(BrestartArgs) = "brestart" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The VM, or a quoted glob such as 'vm*'.
         jname: NameSelector = Required,
     }
 
     /// Remove stopped VMs: definition, disks, checkpoints and registry row.
-    Bremove(BremoveArgs) = "bremove" in Vms, listing = false {
+    Bremove(BremoveArgs) = "bremove" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The VM, or a quoted glob such as 'vm*'.
         jname: NameSelector = Required,
     }
 
     /// List the VMs registered on this node, with their state read from QEMU.
-    Bls(BlsArgs) = "bls" in Vms, listing = true {
+    Bls(BlsArgs) = "bls" in Vms, listing = true,
+        policy(|_| Policy::READS) {
         /// Only VMs matching this name or glob.
         jname: NameSelector = Default("*"),
         /// Comma-separated columns to show (CBSD's display=).
@@ -386,13 +431,15 @@ commands! {
 
     /// Unregister stopped jails: their definition moves to jails-rcconf, their lease is released.
     /// Zero copy: data, system dir and fstab stay where they are.
-    Junregister(JunregisterArgs) = "junregister" in Shared, listing = false {
+    Junregister(JunregisterArgs) = "junregister" in Shared, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The jail, or a quoted glob such as 'web*'.
         jname: NameSelector = Required,
     }
 
     /// Register unregistered jails on this node, taking their owner lease.
-    Jregister(JregisterArgs) = "jregister" in Shared, listing = false {
+    Jregister(JregisterArgs) = "jregister" in Shared, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The jail, or a quoted glob such as 'web*' (matched in jails-rcconf).
         jname: NameSelector = Required,
         /// Take over from an owner node whose heartbeat stays still for lease_time.
@@ -402,13 +449,15 @@ commands! {
     }
 
     /// Unregister stopped VMs: their definition moves to jails-rcconf, their lease is released.
-    Bunregister(BunregisterArgs) = "bunregister" in Shared, listing = false {
+    Bunregister(BunregisterArgs) = "bunregister" in Shared, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The VM, or a quoted glob such as 'vm*'.
         jname: NameSelector = Required,
     }
 
     /// Register unregistered VMs on this node, taking their owner lease.
-    Bregister(BregisterArgs) = "bregister" in Shared, listing = false {
+    Bregister(BregisterArgs) = "bregister" in Shared, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The VM, or a quoted glob such as 'vm*' (matched in jails-rcconf).
         jname: NameSelector = Required,
         /// Take over from an owner node whose heartbeat stays still for lease_time.
@@ -421,7 +470,8 @@ commands! {
     /// prechecks at once, the destination prepared through its daemon, the
     /// memory sent over QMP with a downtime limit, then the lease handed
     /// over. Any failure before the handover leaves it running here.
-    Bmigrate(BmigrateArgs) = "bmigrate" in Vms, listing = false {
+    Bmigrate(BmigrateArgs) = "bmigrate" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The VM (one name, no glob).
         jname: Jname = Required,
         /// The node to move it to (added with node mode=add, alive).
@@ -445,7 +495,8 @@ commands! {
     /// Move a jail to another node cold, with zero data copy: stop it (if it
     /// runs), unregister it here, register (and start) it there through a
     /// task over the broker. Any failure there brings it back here as it was.
-    Jmigrate(JmigrateArgs) = "jmigrate" in Shared, listing = false {
+    Jmigrate(JmigrateArgs) = "jmigrate" in Shared, listing = false,
+        policy(|_| Policy::ACTS) {
         /// The jail (one name, no glob).
         jname: Jname = Required,
         /// The node to move it to (added with node mode=add, alive).
@@ -460,7 +511,10 @@ commands! {
     /// lease another node took (self-fencing) or all of them when the
     /// heartbeat cannot be written for lease_time, starts astart envs.
     /// Runs until SIGTERM or SIGINT.
-    Daemon(DaemonArgs) = "daemon" in Cluster, listing = false {
+    Daemon(DaemonArgs) = "daemon" in Cluster, listing = false,
+        policy(|_| Policy::ACTS
+            .not_queueable("it runs until stopped")
+            .not_over_broker("it runs until stopped; start it as a service")) {
         /// Seconds between heartbeats and lease checks.
         heartbeat: u64 = Default("2"),
         /// Seconds of failed heartbeats after which this node stops all its envs.
@@ -477,7 +531,14 @@ commands! {
     /// mode=list lists the tasks; mode=cancel cancels a pending task, or stops a
     /// running one; mode=flush removes finished records (all, or id=).
     /// mode=run is internal: the daemon's runner of one claimed task.
-    Task(TaskArgs) = "task" in Cluster, listing = true {
+    Task(TaskArgs) = "task" in Cluster, listing = true,
+        policy(|a: &TaskArgs| match a.mode {
+            TaskMode::Run => Policy::ACTS
+                .not_queueable(THE_QUEUE_S_OWN)
+                .not_over_broker("mode=run is the task runner's own"),
+            TaskMode::List => Policy::READS.not_queueable(THE_QUEUE_S_OWN),
+            _ => Policy::ACTS.not_queueable(THE_QUEUE_S_OWN),
+        }) {
         /// new, list, cancel, flush (or run, internal to the daemon).
         mode: TaskMode = Default("list"),
         /// The task (cancel, flush, run).
@@ -505,7 +566,8 @@ commands! {
     /// or dead from its heartbeat as watched by this node's daemon, its
     /// inventory, and how many envs it owns; mode=remove forgets a node,
     /// refused while it owns envs unless force=1.
-    Node(NodeArgs) = "node" in Cluster, listing = true {
+    Node(NodeArgs) = "node" in Cluster, listing = true,
+        policy(|a: &NodeArgs| Policy::reads_if(a.mode == NodeMode::List)) {
         /// add, list or remove.
         mode: NodeMode = Default("list"),
         /// The node (add, remove).
@@ -521,13 +583,15 @@ commands! {
     }
 
     /// List the local task queue (the same as `task mode=list`).
-    Taskls(TasklsArgs) = "taskls" in Cluster, listing = true {
+    Taskls(TasklsArgs) = "taskls" in Cluster, listing = true,
+        policy(|_| Policy::READS.not_queueable(THE_QUEUE_S_OWN)) {
         /// Comma-separated columns to show (CBSD's display=).
         display: Option<String> = Optional,
     }
 
     /// Create, list or destroy checkpoints of a VM (RAM, devices and disks).
-    Bcheckpoint(BcheckpointArgs) = "bcheckpoint" in Vms, listing = true {
+    Bcheckpoint(BcheckpointArgs) = "bcheckpoint" in Vms, listing = true,
+        policy(|a: &BcheckpointArgs| Policy::reads_if(a.mode == CheckpointMode::List)) {
         /// create, list or destroyall.
         mode: CheckpointMode = Default("list"),
         /// The VM.
@@ -540,106 +604,4 @@ commands! {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(words: &[&str]) -> Result<Command, ArgError> {
-        Command::parse(words[0], RawArgs::from_words(words[1..].iter().copied())?)
-    }
-
-    #[test]
-    fn parses_cbsd_grammar() {
-        let Command::Jstart(a) = parse(&["jstart", "jname=jail*"]).unwrap() else {
-            panic!()
-        };
-        assert!(a.jname.is_glob());
-        let Command::Jcreate(c) = parse(&["jcreate", "jname=j1", "ip4_addr=10.0.0.2/24"]).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(c.base.as_str(), "busybox");
-        assert_eq!(c.mnt_timeout, 60);
-        assert_eq!(c.ip4_addr.render(), "10.0.0.2/24");
-        let Command::Jexec(e) = parse(&["jexec", "jname=j1", "ls", "-la"]).unwrap() else {
-            panic!()
-        };
-        assert_eq!(e.cmd, ["ls", "-la"]);
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let e = parse(&["jstart", "jname=j1", "colour=red"]).unwrap_err();
-        assert_eq!(
-            e,
-            ArgError::UnknownKey {
-                command: "jstart",
-                key: "colour".into()
-            }
-        );
-        assert!(e.to_string().contains("colour"));
-        let e = parse(&["jcreate", "jname=j1", "mnt_timeout=abc"]).unwrap_err();
-        assert!(e.to_string().contains("mnt_timeout"), "{e}");
-        let e = parse(&["jcreate", "jname=../x"]).unwrap_err();
-        assert!(e.to_string().contains("jname"), "{e}");
-        assert_eq!(
-            parse(&["jstart"]).unwrap_err(),
-            ArgError::Missing { key: "jname" }
-        );
-        assert!(matches!(
-            parse(&["jstrat"]),
-            Err(ArgError::UnknownCommand(_))
-        ));
-        assert!(matches!(
-            parse(&["jstart", "jname=a", "oops"]),
-            Err(ArgError::UnexpectedWords { .. })
-        ));
-    }
-
-    #[test]
-    fn every_command_has_docs_and_unique_keys() {
-        for spec in COMMANDS {
-            assert!(!spec.summary().is_empty(), "{}", spec.name);
-            let args = (spec.args)();
-            for a in &args {
-                assert!(!a.doc.is_empty(), "{}.{}", spec.name, a.key);
-            }
-            let mut keys: Vec<_> = args.iter().map(|a| a.key).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            assert_eq!(keys.len(), args.len(), "{}", spec.name);
-        }
-    }
-
-    #[test]
-    fn a_task_carries_a_whole_command_line() {
-        let Command::Task(t) =
-            parse(&["task", "mode=new", "after=3", "jstart", "jname=web1"]).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!((t.mode, t.after), (TaskMode::New, Some(3)));
-        assert_eq!(t.cmd, ["jstart", "jname=web1"]);
-        assert!(matches!(
-            Command::parse_words(&t.cmd).unwrap(),
-            Command::Jstart(_)
-        ));
-        assert!(Command::parse_words(&[]).is_err());
-        assert!(parse(&["task", "mode=cancel", "id=abc"]).is_err());
-        assert!(parse(&["task", "autoflush=3"]).is_err());
-        let raw = RawArgs::from_json(&serde_json::json!({"mode": "new", "cmd": ["jls"]})).unwrap();
-        let Command::Task(t) = Command::parse("task", raw).unwrap() else {
-            panic!()
-        };
-        assert_eq!(t.cmd, ["jls"]);
-    }
-
-    #[test]
-    fn broker_json_reaches_the_same_commands() {
-        let raw =
-            RawArgs::from_json(&serde_json::json!({"jname": "j1", "mnt_timeout": 5})).unwrap();
-        let Command::Jcreate(c) = Command::parse("jcreate", raw).unwrap() else {
-            panic!()
-        };
-        assert_eq!(c.mnt_timeout, 5);
-    }
-}
+mod tests;

@@ -9,7 +9,10 @@ pub mod definition;
 pub mod exit;
 pub mod help;
 pub mod output;
+pub mod policy;
+pub mod progress;
 
 pub use args::{ArgError, FromArg, RawArgs};
-pub use command::{Command, CommandSpec, COMMANDS};
-pub use output::{EnvResult, Listing, Outcome};
+pub use command::{Command, CommandSpec, Policy, COMMANDS};
+pub use output::{EnvResult, Format, Listing, Outcome, Rendered};
+pub use progress::Progress;

@@ -22,6 +22,46 @@ impl Outcome {
         Outcome::Message { message: m.into() }
     }
 
+    /// The outcome as the command line shows it, in `format`: what goes to
+    /// stdout, and the lines about envs that failed, for stderr.
+    pub fn render(&self, format: Format) -> Rendered {
+        let mut r = Rendered::default();
+        match (self, format) {
+            (Outcome::Listing(l), Format::Json) => r.stdout = format!("{}\n", l.to_json()),
+            (Outcome::Listing(l), Format::Text) => r.stdout = l.to_text(true),
+            (Outcome::Exited { .. }, _) => {}
+            (o, Format::Json) => {
+                r.stdout = format!("{}\n", serde_json::to_string(o).unwrap_or_default());
+            }
+            (Outcome::Message { message }, Format::Text) => r.stdout = format!("{message}\n"),
+            (Outcome::PerEnv { results }, Format::Text) => {
+                for res in results {
+                    if res.code == crate::exit::OK {
+                        r.stdout.push_str(&res.message);
+                        r.stdout.push('\n');
+                    } else {
+                        r.errors.push(format!("{}: {}", res.jname, res.message));
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// The outcome as one text, failures of single envs included: the
+    /// message of a broker reply, the end of a task's log.
+    pub fn to_text(&self) -> String {
+        match self {
+            Outcome::Exited { status } => format!("exit status {status}"),
+            o => {
+                let r = o.render(Format::Text);
+                let mut lines: Vec<&str> = r.stdout.lines().collect();
+                lines.extend(r.errors.iter().map(String::as_str));
+                lines.join("\n")
+            }
+        }
+    }
+
     /// The exit code this outcome maps to.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -40,6 +80,22 @@ impl Outcome {
             }
         }
     }
+}
+
+/// How the command line prints an outcome (`--json` or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// An outcome rendered for the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    /// For stdout, newline-terminated.
+    pub stdout: String,
+    /// One line per env that failed (`jname: why`), for stderr.
+    pub errors: Vec<String>,
 }
 
 /// A table: column names in display order and one JSON object per row.
@@ -140,4 +196,43 @@ pub struct EnvResult {
     /// The exit code this env alone would have given.
     pub code: i32,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn per_env() -> Outcome {
+        let r = |j: &str, code, m: &str| EnvResult {
+            jname: j.into(),
+            code,
+            message: m.into(),
+        };
+        Outcome::PerEnv {
+            results: vec![r("a", 0, "a started"), r("b", 4, "b is running")],
+        }
+    }
+
+    #[test]
+    fn per_env_failures_go_apart_on_the_command_line_and_together_in_a_reply() {
+        let r = per_env().render(Format::Text);
+        assert_eq!(r.stdout, "a started\n");
+        assert_eq!(r.errors, ["b: b is running"]);
+        assert_eq!(per_env().to_text(), "a started\nb: b is running");
+        assert_eq!(per_env().exit_code(), 4);
+        let json = per_env().render(Format::Json).stdout;
+        assert!(
+            json.starts_with(r#"{"type":"perenv","results":["#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_command_run_in_an_env_prints_nothing_of_its_own_but_its_reply_says_how_it_ended() {
+        let o = Outcome::Exited { status: 3 };
+        assert_eq!(o.render(Format::Text), Rendered::default());
+        assert_eq!(o.to_text(), "exit status 3");
+        assert_eq!(o.exit_code(), 3);
+        assert_eq!(Outcome::message("hi").render(Format::Text).stdout, "hi\n");
+    }
 }

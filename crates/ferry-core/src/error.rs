@@ -118,6 +118,37 @@ pub enum Error {
     Refused(String),
     #[error("{0}")]
     Failed(String),
+    /// An error of an engine or of the cluster layer, with the kind it
+    /// says it is.
+    #[error(transparent)]
+    Classified(Classified),
+}
+
+/// An error of another crate carried by [`Error`]: shown as itself (its
+/// causes after it), reported as the kind it was given.
+#[derive(Debug)]
+pub struct Classified {
+    kind: ErrorKind,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Classified {
+    /// The error carried, to look at what it is.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.error.as_ref()
+    }
+}
+
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Classified {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
 }
 
 impl Error {
@@ -146,7 +177,20 @@ impl Error {
             | Error::TaskStore { .. }
             | Error::Hook(_)
             | Error::Failed(_) => ErrorKind::Failed,
+            Error::Classified(c) => c.kind,
         }
+    }
+
+    /// Carry an error of another crate, reported as `kind`: what that
+    /// crate's `From<ItsError> for Error` builds.
+    pub fn classified(
+        kind: ErrorKind,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Classified(Classified {
+            kind,
+            error: Box::new(error),
+        })
     }
 
     /// Attach what was being done and where to an I/O error.

@@ -367,6 +367,18 @@ fn check_pool(wd: &Workdir, j: &Jname) -> Result<()> {
     Ok(())
 }
 
+/// Push what a batch of registers or unregisters changed on shared
+/// storage to disk with one `syncfs` per file system, where the file
+/// system implements it (FUSE mounts such as GlusterFS's may not; their
+/// bricks' journals order the changes).
+pub fn sync_shared(wd: &Workdir) {
+    for d in [wd.rcconf_dir(), wd.root().join("jails-system")] {
+        if let Err(e) = crate::atomic::sync_fs(&d) {
+            tracing::warn!(dir = %d.display(), error = %e, "syncfs failed");
+        }
+    }
+}
+
 /// Unregistered envs whose name matches, from `jails-rcconf/`.
 pub fn unregistered_names(wd: &Workdir, matches: impl Fn(&str) -> bool) -> Result<Vec<Jname>> {
     let dir = wd.rcconf_dir();

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use ferry_api::Command;
 use ferry_broker::{Broker, ConnectOptions, Connection};
+use ferry_cluster::{dispatch, Context};
 use ferry_core::task::TaskStore;
-use ferry_dispatch::{dispatch, Context};
 use ferry_testkit::beanstalkd::Beanstalkd;
 use ferry_testkit::bench::{ms, percentile};
 use ferry_testkit::{Storage, TestCluster};

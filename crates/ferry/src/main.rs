@@ -13,15 +13,16 @@ use std::time::Duration;
 
 use clap::{Arg, ArgAction};
 use ferry_agent::{Client, ClientError, Config};
-use ferry_api::{exit, help, Command, CommandSpec, Outcome, RawArgs, COMMANDS};
-use ferry_dispatch::{dispatch, error_chain, Context};
+use ferry_api::{exit, help, Command, CommandSpec, Format, Outcome, Progress, RawArgs, COMMANDS};
+use ferry_cluster::{dispatch, error_chain, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The flags of `agent` and `client`; bs_router spells them with one dash.
 const BROKER_FLAGS: [&str; 3] = ["config", "body", "timeout"];
 
 fn cli() -> clap::Command {
     let mut app = clap::Command::new("ferry")
-        .version(ferry_dispatch::VERSION)
+        .version(ferry_cluster::VERSION)
         .about("Jails (runc) and VMs (QEMU) on shared storage, with CBSD's command words")
         .after_help(exit_codes())
         .subcommand_required(true)
@@ -228,7 +229,12 @@ fn run() -> i32 {
             return exit::USAGE;
         }
     };
-    match dispatch(&Context::new(workdir), cmd) {
+    let bar = progress_bar();
+    let shown = bar.clone();
+    let ctx = Context::new(workdir).with_progress(Arc::new(move |p: &Progress| show(&shown, p)));
+    let result = dispatch(&ctx, cmd);
+    bar.finish_and_clear();
+    match result {
         Ok(outcome) => print(&outcome, json),
         Err(e) => {
             eprintln!("ferry {name}: {}", error_chain(&e));
@@ -237,27 +243,30 @@ fn run() -> i32 {
     }
 }
 
+/// The bar long commands draw on stderr; hidden unless stderr is a
+/// terminal (indicatif draws nothing then).
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30}] {pos:>2}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("#> "),
+    );
+    bar
+}
+
+fn show(bar: &ProgressBar, p: &Progress) {
+    bar.set_position(u64::from(p.percent()));
+    bar.set_message(p.message());
+}
+
 fn print(outcome: &Outcome, json: bool) -> i32 {
+    let r = outcome.render(if json { Format::Json } else { Format::Text });
+    for line in &r.errors {
+        eprintln!("ferry: {line}");
+    }
     let mut out = std::io::stdout().lock();
-    let r = match (outcome, json) {
-        (Outcome::Listing(l), true) => writeln!(out, "{}", l.to_json()),
-        (Outcome::Listing(l), false) => write!(out, "{}", l.to_text(true)),
-        (Outcome::Exited { .. }, _) => Ok(()),
-        (o, true) => writeln!(out, "{}", serde_json::to_string(o).unwrap_or_default()),
-        (Outcome::Message { message }, false) => writeln!(out, "{message}"),
-        (Outcome::PerEnv { results }, false) => {
-            let mut r = Ok(());
-            for res in results {
-                if res.code == exit::OK {
-                    r = r.and(writeln!(out, "{}", res.message));
-                } else {
-                    eprintln!("ferry: {}: {}", res.jname, res.message);
-                }
-            }
-            r
-        }
-    };
-    if r.is_err() {
+    if out.write_all(r.stdout.as_bytes()).is_err() {
         return exit::FAILED;
     }
     outcome.exit_code()

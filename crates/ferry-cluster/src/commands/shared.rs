@@ -7,37 +7,8 @@ use ferry_api::Outcome;
 use ferry_core::register::{self, Takeover};
 use ferry_core::{EnvKind, Error, NameSelector, Result};
 
-use crate::{per_env_parallel, select, Context};
-
-/// The kind a definition declares (CBSD's `emulator`).
-fn kind_of(def: &ferry_core::rcconf::Definition) -> EnvKind {
-    match def.get("emulator") {
-        None | Some("jail") => EnvKind::Jail,
-        Some(_) => EnvKind::Vm,
-    }
-}
-
-/// The row of a definition of either kind.
-pub(crate) fn row_any(
-    wd: &ferry_core::Workdir,
-    def: &ferry_core::rcconf::Definition,
-) -> Result<ferry_core::registry::EnvRow> {
-    match kind_of(def) {
-        EnvKind::Jail => ferry_jail::row_of(wd, def),
-        EnvKind::Vm => ferry_vm::row_of(wd, def),
-    }
-}
-
-/// Push what a batch changed on shared storage to disk with one `syncfs`
-/// per file system, where the file system implements it (FUSE mounts
-/// such as GlusterFS's may not; their bricks' journals order the changes).
-fn flush(wd: &ferry_core::Workdir) {
-    for d in [wd.rcconf_dir(), wd.root().join("jails-system")] {
-        if let Err(e) = ferry_core::atomic::sync_fs(&d) {
-            tracing::warn!(dir = %d.display(), error = %e, "syncfs failed");
-        }
-    }
-}
+use crate::context::{per_env_parallel, select, Context};
+use crate::engines::row_any;
 
 pub fn unregister(ctx: &Context, sel: &NameSelector, kind: EnvKind) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -51,7 +22,7 @@ pub fn unregister(ctx: &Context, sel: &NameSelector, kind: EnvKind) -> Result<Ou
     let results = per_env_parallel(&wd, names, "unregistered", |wd, reg, j| {
         register::unregister(wd, reg, j, kind, &row_any).map(|()| true)
     });
-    flush(&wd);
+    register::sync_shared(&wd);
     Ok(Outcome::PerEnv { results })
 }
 
@@ -80,7 +51,7 @@ pub fn register(
             r => r.map(|_| true),
         }
     });
-    flush(&wd);
+    register::sync_shared(&wd);
     if results.is_empty() {
         return Err(Error::NoMatch(sel.to_string()));
     }

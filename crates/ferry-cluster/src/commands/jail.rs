@@ -36,7 +36,7 @@ pub fn list(
     sel: &NameSelector,
     display: Option<&str>,
 ) -> Result<Outcome> {
-    let mut l = crate::listing(&COLUMNS, display)?;
+    let mut l = crate::context::listing(&COLUMNS, display)?;
     for row in reg.list()? {
         if row.kind != EnvKind::Jail || !sel.matches(row.jname.as_str()) {
             continue;

@@ -1,21 +1,27 @@
 //! `ferry daemon`, the node daemon (CBSD's cbsdd): the heartbeat and the
-//! self-fencing half of the split-brain guard (DESIGN §5, I2), astart, and
-//! the local task queue (`queue.rs`). The broker arrives with the cluster
-//! issue.
+//! self-fencing half of the split-brain guard (DESIGN §5, I2), astart, the
+//! local task queue ([`Queue`]), the recovery of interrupted migrations,
+//! and the router of node messages: each [`NodeRequest`] on this node's
+//! tube goes to the code that answers it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_api::command::DaemonArgs;
 use ferry_api::Outcome;
+use ferry_broker::{Broker, BrokerUri, Reconnecting};
+use ferry_core::inventory::Inventory;
 use ferry_core::lease::{self, Lease};
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::{EnvRow, Registry};
 use ferry_core::{heartbeat, EnvKind, EnvState, Error, Result, Workdir};
 
-use crate::queue::Queue;
-use crate::Context;
+use crate::context::Context;
+use crate::migrate;
+use crate::rpc::{self, transport, NodeReply, NodeRequest, Reply, TubeEvent, Undecodable};
+use crate::tasks::{self, queue::Queue};
 
 /// How often the task queue is looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -44,26 +50,26 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
         "daemon started"
     );
     // Finish what a crash left of registers and unregisters here.
-    for (j, e) in ferry_core::register::settle_all(&wd, &reg, &crate::shared::row_any) {
+    for (j, e) in ferry_core::register::settle_all(&wd, &reg, &crate::engines::row_any) {
         tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted operation");
     }
     // The node tube and the task tube, each on its own thread (they wait
     // on the broker). A task received from another node wakes the queue.
     let (wake, woken) = std::sync::mpsc::channel();
-    let broker = crate::cluster::broker_uri(&wd)?;
+    let broker = rpc::broker_uri(&wd)?;
     let servers: Vec<_> = broker
         .map(|uri| {
             let (wd2, stop2, uri2) = (wd.clone(), Arc::clone(&stop), uri.clone());
             let (wd, stop, wake) = (wd.clone(), Arc::clone(&stop), wake.clone());
             [
-                std::thread::spawn(move || crate::cluster::serve(&wd, &uri, &stop, &wake)),
-                std::thread::spawn(move || crate::remote::serve(&wd2, &uri2, &stop2, lease_time)),
+                std::thread::spawn(move || serve(&wd, &uri, &stop, &wake)),
+                std::thread::spawn(move || tasks::remote::serve(&wd2, &uri2, &stop2, lease_time)),
             ]
         })
         .into_iter()
         .flatten()
         .collect();
-    let recovery = crate::migrate::Recovery::default();
+    let recovery = migrate::Recovery::default();
     let mut last_beat = Instant::now();
     let mut next_beat = Instant::now();
     let mut first = true;
@@ -107,6 +113,78 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
         "daemon of {} stopped",
         wd.nodename()
     )))
+}
+
+/// Serve this node's tube until `stop`: every request is routed to the
+/// code that answers it. Runs on its own thread; no request can stop it.
+fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, wake: &Sender<()>) {
+    transport::serve_tube(uri, &rpc::node_tube(wd.nodename()), stop, |b, event| {
+        let TubeEvent::Job(job) = event else { return };
+        let handled = match rpc::decode_request(&job.body) {
+            Ok(req) => route(wd, uri, b, &req, wake).map_err(|e| {
+                format!(
+                    "cannot answer {} {}: {}",
+                    req.body.kind(),
+                    req.id,
+                    crate::error_chain(&e)
+                )
+            }),
+            Err(Undecodable::Refused { id, reply, why }) => {
+                tracing::warn!(job = %job.id, request = %id, %why, "a request this node cannot take; refused");
+                let refusal = Reply::error(&id, ferry_api::exit::USAGE, why);
+                transport::put_reply(b, &reply, &refusal).map_err(|e| crate::error_chain(&e))
+            }
+            Err(Undecodable::Unreadable(why)) => {
+                tracing::warn!(job = %job.id, why, "a malformed request on the node tube; buried");
+                let _ = b.bury(job.id, 1000);
+                return;
+            }
+        };
+        match handled {
+            // Deleted only once handled: a crash before is redelivered.
+            Ok(()) => drop(b.delete(job.id)),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    });
+}
+
+/// Answer one request: the router of node messages.
+fn route(
+    wd: &Workdir,
+    uri: &BrokerUri,
+    b: &mut Reconnecting,
+    req: &rpc::Request,
+    wake: &Sender<()>,
+) -> Result<()> {
+    let mut reply = |body: Result<NodeReply>| -> Result<()> {
+        let r = match body {
+            Ok(body) => Reply::to(&req.id, body),
+            Err(e) => {
+                tracing::warn!(kind = req.body.kind(), error = %e, "request failed");
+                Reply::failed(&req.id, &e)
+            }
+        };
+        Ok(transport::put_reply(b, &req.reply, &r)?)
+    };
+    match &req.body {
+        NodeRequest::Inventory => reply(inventory(wd)),
+        NodeRequest::Task(task) => tasks::remote::receive(wd, b, req, task, wake),
+        NodeRequest::Cancel => tasks::remote::cancel_received(wd, &req.id),
+        NodeRequest::MigrateCheck(m) => reply(migrate::incoming::check(wd, m)),
+        NodeRequest::MigratePrepare(m) => reply(migrate::incoming::prepare(wd, uri, m)),
+        NodeRequest::MigrateCommit(m) => reply(migrate::incoming::commit(wd, m)),
+        NodeRequest::MigrateAbort(m) => reply(migrate::incoming::abort(wd, m)),
+    }
+}
+
+/// This node's inventory, as `initenv` recorded it.
+fn inventory(wd: &Workdir) -> Result<NodeReply> {
+    let json = Registry::open(&wd.db_dir())?
+        .inventory("node")?
+        .ok_or_else(|| Error::Failed("no inventory: run initenv".into()))?;
+    let inv: Inventory = serde_json::from_str(&json)
+        .map_err(|e| Error::Failed(format!("the inventory recorded here does not read: {e}")))?;
+    Ok(NodeReply::Inventory(Box::new(inv)))
 }
 
 fn stop_env(wd: &Workdir, row: &EnvRow) -> Result<()> {

@@ -7,7 +7,7 @@ use ferry_core::registry::Registry;
 use ferry_core::{EnvKind, EnvState, Error, NameSelector, Result, Workdir};
 use serde_json::{json, Value};
 
-use crate::{select, Context};
+use crate::context::{select, Context};
 
 pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -16,9 +16,9 @@ pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     let size = a.imgsize.render();
     let mut cfg = ferry_vm::VmConfig::from_args(a, wd.root())?;
     let _lock = EnvLock::acquire(&wd, &j)?;
-    ctx.progress(
+    ctx.step(
         10,
-        &format!(
+        format!(
             "creating {j}: definition and a {size} disk{}",
             if runasap { ", then starting it" } else { "" }
         ),
@@ -49,7 +49,7 @@ pub fn list(
     sel: &NameSelector,
     display: Option<&str>,
 ) -> Result<Outcome> {
-    let mut l = crate::listing(&COLUMNS, display)?;
+    let mut l = crate::context::listing(&COLUMNS, display)?;
     for row in reg.list()? {
         if row.kind != EnvKind::Vm || !sel.matches(row.jname.as_str()) {
             continue;

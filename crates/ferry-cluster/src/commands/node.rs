@@ -4,10 +4,12 @@ use std::time::Duration;
 
 use ferry_api::command::{NodeArgs, NodeMode};
 use ferry_api::Outcome;
+use ferry_core::inventory::Inventory;
 use ferry_core::node::{self, Liveness};
 use ferry_core::{Error, Jname, Result};
 
-use crate::Context;
+use crate::context::Context;
+use crate::rpc::{Asker, NodeReply, NodeRequest, RpcError};
 
 const COLUMNS: &[&str] = &[
     "node",
@@ -32,16 +34,42 @@ pub fn run(ctx: &Context, a: NodeArgs) -> Result<Outcome> {
             Duration::from_secs(a.lease_time.max(1)),
             a.display.as_deref(),
         ),
-        NodeMode::Add => {
-            crate::cluster::add_node(ctx, &named()?, Duration::from_secs(a.timeout.max(1)))
-        }
+        NodeMode::Add => add(ctx, &named()?, Duration::from_secs(a.timeout.max(1))),
         NodeMode::Remove => remove(ctx, &named()?, a.force),
     }
 }
 
+/// `node mode=add`: fetch the node's inventory over the broker and keep it.
+fn add(ctx: &Context, node: &Jname, timeout: Duration) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    if node.as_str() == wd.nodename() {
+        return Err(Error::Refused(format!("{node} is this node")));
+    }
+    let inv = match Asker::ask_once(&wd, node, NodeRequest::Inventory, timeout)? {
+        NodeReply::Inventory(inv) => inv,
+        other => {
+            return Err(RpcError::Unexpected {
+                node: node.to_string(),
+                asked: "inventory",
+                got: other.kind().to_owned(),
+            }
+            .into())
+        }
+    };
+    if inv.nodename != node.as_str() {
+        return Err(Error::Failed(format!(
+            "the daemon on {node}'s tube says it is {:?}",
+            inv.nodename
+        )));
+    }
+    let json = serde_json::to_string(&inv).map_err(|e| Error::Failed(e.to_string()))?;
+    reg.add_node(node, &json)?;
+    Ok(Outcome::message(format!("node {node} added")))
+}
+
 fn list(ctx: &Context, lease_time: Duration, display: Option<&str>) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
-    let mut l = crate::listing(COLUMNS, display)?;
+    let mut l = crate::context::listing(COLUMNS, display)?;
     let added = reg.nodes()?;
     let owned = node::owned_envs(&wd);
     let mut names: Vec<String> = added.iter().map(|n| n.name.to_string()).collect();
@@ -55,20 +83,16 @@ fn list(ctx: &Context, lease_time: Duration, display: Option<&str>) -> Result<Ou
             node::liveness(&reg, &name, lease_time)?
         };
         let row = added.iter().find(|n| n.name.as_str() == name);
-        let inv: serde_json::Value = row
-            .and_then(|r| serde_json::from_str(&r.inventory).ok())
-            .unwrap_or(serde_json::Value::Null);
+        let inv: Option<Inventory> = row.and_then(|r| serde_json::from_str(&r.inventory).ok());
         l.push(serde_json::json!({
             "node": name,
             "state": state.as_str(),
             "envs": owned.get(&name).copied().unwrap_or(0),
             "added": row.map(|r| r.added.clone()),
-            "addresses": inv.get("addresses").and_then(|a| a.as_array()).map(|a| {
-                a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(",")
-            }),
-            "cpus": inv.get("ncpu"),
-            "memory": inv.get("mem_bytes"),
-            "accel": inv.get("accel"),
+            "addresses": inv.as_ref().map(|i| i.addresses.join(",")),
+            "cpus": inv.as_ref().map(|i| i.ncpu),
+            "memory": inv.as_ref().map(|i| i.mem_bytes),
+            "accel": inv.as_ref().and_then(|i| i.accel.clone()),
         }));
     }
     Ok(Outcome::Listing(l))

@@ -17,54 +17,46 @@
 //! ends `interrupted` here (or is queued again when retryable): its
 //! result is unknown.
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use ferry_api::exit;
 use ferry_broker::{Broker, BrokerUri};
 use ferry_core::node::{self, Liveness};
 use ferry_core::registry::Registry;
 use ferry_core::task::{Accepted, Claimer, RemoteClaim, TaskRow, TaskState, TaskStore};
-use ferry_core::{sys, Error, Result, Workdir};
+use ferry_core::{Error, Result, Workdir};
 
-use crate::cluster::{self, serve_tube, Answer, Request, TaskRequest, TaskResult, TubeEvent};
-
-/// How much of a task's log travels back with its result.
-const OUTPUT_TAIL: u64 = 8 * 1024;
+use super::{cancel, log, words};
+use crate::context::error_chain;
+use crate::rpc::transport::{self, serve_tube, TubeEvent};
+use crate::rpc::{
+    self, tasks_tube, NodeReply, NodeRequest, Reply, Request, TaskRequest, TaskResult,
+};
 
 /// How often the daemon puts what was not put and looks for dead targets.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
-
-/// The tube a node's task results arrive on.
-pub fn tasks_tube(node: &str) -> String {
-    format!("ferry.tasks.{node}")
-}
 
 // ---- the asking node ----
 
 /// Put the request of one claimed task on its target's tube.
 fn send(b: &mut impl Broker, wd: &Workdir, store: &mut TaskStore, c: &RemoteClaim) -> Result<()> {
     let req = Request {
-        kind: "task".into(),
+        v: rpc::VERSION,
         id: c.request.clone(),
         from: wd.nodename().to_owned(),
         reply: tasks_tube(wd.nodename()),
-        task: Some(TaskRequest {
+        body: NodeRequest::Task(TaskRequest {
             words: c.words.clone(),
             retry: c.retry,
         }),
-        migrate: None,
     };
-    let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
-    b.use_tube(&cluster::node_tube(&c.node))
-        .map_err(cluster::broker_err("broker"))?;
     // An ambiguous put is left unsent: putting it again is harmless, the
     // target stores a request id once.
-    b.put(&body, 100, Duration::ZERO, Duration::from_secs(30))
-        .map_err(cluster::broker_err("cannot send the task"))?;
+    transport::put_request(b, &c.node, &req, 100)?;
     store.mark_sent(c.id, c.run)?;
-    log_line(
+    log::note(
         wd,
         c.id,
         &format!(
@@ -100,50 +92,76 @@ fn forward(
 /// the task does not wait for the daemon. Anything that fails here is
 /// left to the daemon, which sends it within a second of being able to.
 pub fn send_now(wd: &Workdir, store: &mut TaskStore) -> Result<usize> {
-    let uri = cluster::required_uri(wd)?;
-    let mut b = cluster::connect(&uri, Duration::from_secs(1))?;
+    let uri = rpc::required_uri(wd)?;
+    let mut b = transport::connect(&uri, Duration::from_secs(1))?;
     forward(&mut b, wd, store, &Claimer::of_this_process()?)
+}
+
+/// How a task sent to another node ended, as its result says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settlement {
+    pub state: TaskState,
+    pub code: Option<i32>,
+    pub reason: String,
+    /// Where it ran there (`as task 7 there`, or why it was refused).
+    pub there: String,
+    /// The end of its log there.
+    pub output: String,
+}
+
+/// Read a task's result: a final state of a task run there, or a refusal
+/// (a command it cannot run: the task failed without running).
+pub(crate) fn settlement(body: NodeReply) -> Result<Settlement> {
+    match body {
+        NodeReply::TaskResult(t) => Ok(Settlement {
+            state: TaskState::parse(&t.state)
+                .filter(|s| s.is_final())
+                .ok_or_else(|| Error::bad_value("task result state", &t.state, "not final"))?,
+            code: t.exit_code,
+            reason: t.reason.unwrap_or_default(),
+            there: format!("as task {} there", t.task),
+            output: t.output,
+        }),
+        NodeReply::Error { code, message } => Ok(Settlement {
+            state: TaskState::Failed,
+            code: Some(code),
+            there: format!("refused there: {message}"),
+            reason: message,
+            output: String::new(),
+        }),
+        other => Err(Error::bad_value(
+            "task result",
+            "",
+            format!("a {} reply is not a task's result", other.kind()),
+        )),
+    }
 }
 
 /// Record a result that arrived on this node's task tube. Returns the
 /// task it settled, if it was still waiting for that result.
 pub fn receive_result(wd: &Workdir, store: &mut TaskStore, body: &[u8]) -> Result<Option<u64>> {
-    let a: Answer = serde_json::from_slice(body)
-        .map_err(|e| Error::bad_value("task result", "", e.to_string()))?;
-    let (state, code, reason, output) = match &a.task {
-        Some(t) => (
-            TaskState::parse(&t.state)
-                .filter(|s| s.is_final())
-                .ok_or_else(|| Error::bad_value("task result state", &t.state, "not final"))?,
-            t.exit_code,
-            t.reason.clone().unwrap_or_default(),
-            Some(t),
-        ),
-        // Refused there (a command it cannot run): it never ran.
-        None => (TaskState::Failed, Some(a.code), a.message.clone(), None),
-    };
-    let row = store.by_request(&a.id)?;
-    let settled = store.settle_remote(&a.id, state, code, &reason)?;
+    let reply = rpc::decode_reply(body)
+        .map_err(|e| Error::bad_value("task result", "", error_chain(&e)))?;
+    let s = settlement(reply.body)?;
+    let row = store.by_request(&reply.id)?;
+    let settled = store.settle_remote(&reply.id, s.state, s.code, &s.reason)?;
     if let (Some(id), Some(row)) = (settled, row) {
-        let there = match output {
-            Some(t) => format!("as task {} there", t.task),
-            None => format!("refused there: {}", a.message),
-        };
-        log_line(
+        log::note(
             wd,
             id,
             &format!(
-                "task {id} run {} ended on node {} {there}: {} (exit {})",
+                "task {id} run {} ended on node {} {}: {} (exit {})",
                 row.runs,
                 row.node.as_deref().unwrap_or("?"),
-                state.as_str(),
-                code.map_or("-".into(), |c| c.to_string())
+                s.there,
+                s.state.as_str(),
+                s.code.map_or("-".into(), |c| c.to_string())
             ),
         );
-        if let Some(t) = output.filter(|t| !t.output.is_empty()) {
-            append_log(wd, id, t.output.as_bytes());
+        if !s.output.is_empty() {
+            log::append(wd, id, s.output.as_bytes());
         }
-        crate::task::remove_log_if_flushed(wd, store, id);
+        log::remove_if_flushed(wd, store, id);
     }
     Ok(settled)
 }
@@ -170,8 +188,8 @@ fn settle_dead(wd: &Workdir, store: &mut TaskStore, reg: &Registry, lease_time: 
                     state = s.as_str(),
                     "target node dead"
                 );
-                log_line(wd, row.id, &why);
-                crate::task::remove_log_if_flushed(wd, store, row.id);
+                log::note(wd, row.id, &why);
+                log::remove_if_flushed(wd, store, row.id);
             }
             Ok(None) => {}
             Err(e) => tracing::error!(task = row.id, error = %e, "cannot settle the task"),
@@ -179,82 +197,48 @@ fn settle_dead(wd: &Workdir, store: &mut TaskStore, reg: &Registry, lease_time: 
     }
 }
 
-/// Ask the node running task `row` (sent from here) to cancel it. Its
-/// result (`cancelled`, or how it ended first) comes back as any other.
-pub fn send_cancel(wd: &Workdir, row: &TaskRow) -> Result<()> {
-    let (Some(node), Some(request)) = (row.node.as_deref(), row.request.as_deref()) else {
-        return Err(Error::Failed(format!("task {} was not sent", row.id)));
-    };
-    let uri = cluster::required_uri(wd)?;
-    let mut b = cluster::connect(&uri, Duration::from_secs(2))?;
-    let req = Request {
-        kind: "cancel".into(),
-        id: request.to_owned(),
-        from: wd.nodename().to_owned(),
-        reply: tasks_tube(wd.nodename()),
-        task: None,
-        migrate: None,
-    };
-    let body = serde_json::to_vec(&req).map_err(|e| Error::Failed(e.to_string()))?;
-    b.use_tube(&cluster::node_tube(node))
-        .map_err(cluster::broker_err("broker"))?;
-    b.put(&body, 50, Duration::ZERO, Duration::from_secs(30))
-        .map_err(cluster::broker_err("cannot send the cancel"))?;
-    Ok(())
-}
-
 // ---- the target node ----
 
 /// A `task` request on this node's tube: store it (once), wake the queue.
-/// A request seen before whose task has ended gets its result again.
+/// A request seen before whose task has ended gets its result again; one
+/// this node cannot run is refused on the asker's tube.
 pub fn receive(
     wd: &Workdir,
     b: &mut impl Broker,
     req: &Request,
+    task: &TaskRequest,
     wake: &Sender<()>,
-) -> std::result::Result<(), String> {
-    let Some(task) = &req.task else {
-        return Err("a task request without a task".into());
-    };
-    if let Err(why) = crate::task::check_words(&task.words) {
+) -> Result<()> {
+    if let Err(why) = words::check(&task.words) {
         tracing::warn!(request = %req.id, from = %req.from, %why, "task refused");
-        let a = Answer {
-            code: ferry_api::exit::USAGE,
-            message: why.to_string(),
-            ..Answer::to(&req.id)
-        };
-        return cluster::put_answer(b, &req.reply, &a);
+        let refusal = Reply::error(&req.id, exit::USAGE, why.to_string());
+        return Ok(transport::put_reply(b, &req.reply, &refusal)?);
     }
-    let mut store = TaskStore::open(&wd.db_dir()).map_err(|e| e.to_string())?;
-    match store
-        .accept(wd.nodename(), &req.id, &req.reply, &task.words, task.retry)
-        .map_err(|e| e.to_string())?
-    {
+    let mut store = TaskStore::open(&wd.db_dir())?;
+    match store.accept(wd.nodename(), &req.id, &req.reply, &task.words, task.retry)? {
         Accepted::New(id) => {
             tracing::info!(task = id, request = %req.id, from = %req.from, "task received");
             let _ = wake.send(());
         }
-        Accepted::Again(row) if row.state.is_final() => {
-            reply(b, wd, &mut store, &row).map_err(|e| e.to_string())?;
-        }
+        Accepted::Again(row) if row.state.is_final() => reply(b, wd, &mut store, &row)?,
         Accepted::Again(_) => {}
     }
     Ok(())
 }
 
-/// A `cancel` request: cancel the task that request `req.id` brought,
+/// A `cancel` request: cancel the task that request `request` brought,
 /// on a thread of its own (stopping a runner takes up to its grace time).
-pub fn cancel_received(wd: &Workdir, req: &Request) -> std::result::Result<(), String> {
-    let store = TaskStore::open(&wd.db_dir()).map_err(|e| e.to_string())?;
-    let Some(row) = store.by_origin(&req.id).map_err(|e| e.to_string())? else {
-        tracing::warn!(request = %req.id, "cancel of a task never received; ignored");
+pub fn cancel_received(wd: &Workdir, request: &str) -> Result<()> {
+    let store = TaskStore::open(&wd.db_dir())?;
+    let Some(row) = store.by_origin(request)? else {
+        tracing::warn!(request, "cancel of a task never received; ignored");
         return Ok(());
     };
     if row.state.is_final() {
         return Ok(());
     }
     let wd = wd.clone();
-    std::thread::spawn(move || match crate::task::cancel_in(&wd, row.id) {
+    std::thread::spawn(move || match cancel::cancel(&wd, row.id) {
         Ok(m) => {
             tracing::info!(task = row.id, "{m}");
             match TaskStore::open(&wd.db_dir()) {
@@ -273,17 +257,17 @@ fn reply(b: &mut impl Broker, wd: &Workdir, store: &mut TaskStore, row: &TaskRow
     let (Some(origin), Some(tube)) = (&row.origin, &row.reply) else {
         return Ok(());
     };
-    let a = Answer {
-        task: Some(TaskResult {
+    let result = Reply::to(
+        origin,
+        NodeReply::TaskResult(TaskResult {
             task: row.id,
             state: row.state.as_str().to_owned(),
             exit_code: row.exit_code,
             reason: row.reason.clone(),
-            output: log_tail(wd, row),
+            output: log::tail(wd, row),
         }),
-        ..Answer::to(origin)
-    };
-    cluster::put_answer(b, tube, &a).map_err(Error::Failed)?;
+    );
+    transport::put_reply(b, tube, &result)?;
     store.mark_replied(row.id)
 }
 
@@ -298,8 +282,8 @@ pub fn reply_now(wd: &Workdir, store: &mut TaskStore, id: u64) {
         if row.origin.is_none() || row.replied || !row.state.is_final() {
             return Ok(());
         }
-        let uri = cluster::required_uri(wd)?;
-        let mut b = cluster::connect(&uri, Duration::from_secs(1))?;
+        let uri = rpc::required_uri(wd)?;
+        let mut b = transport::connect(&uri, Duration::from_secs(1))?;
         reply(&mut b, wd, store, &row)
     };
     if let Err(e) = attempt() {
@@ -370,35 +354,4 @@ pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, lease_time: Durat
             },
         },
     );
-}
-
-// ---- logs ----
-
-fn log_line(wd: &Workdir, id: u64, line: &str) {
-    let stamp = sys::utc_timestamp(SystemTime::now());
-    append_log(wd, id, format!("--- {stamp} {line}\n").as_bytes());
-}
-
-fn append_log(wd: &Workdir, id: u64, bytes: &[u8]) {
-    match crate::queue::open_log(wd, id) {
-        Ok(mut f) => {
-            let _ = f.write_all(bytes);
-        }
-        Err(e) => tracing::warn!(task = id, error = %e, "cannot write the task log"),
-    }
-}
-
-/// The last [`OUTPUT_TAIL`] bytes of a task's log (valid UTF-8, lossy).
-fn log_tail(wd: &Workdir, row: &TaskRow) -> String {
-    let Some(rel) = &row.log else {
-        return String::new();
-    };
-    let Ok(mut f) = std::fs::File::open(wd.root().join(rel)) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL)));
-    let mut buf = Vec::new();
-    let _ = f.take(OUTPUT_TAIL).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
 }

@@ -11,14 +11,15 @@
 //! recovery) and the task becomes `interrupted` (or `pending` again when
 //! it is retryable).
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_core::task::{self, Claim, Claimer, TaskStore};
+use ferry_core::task::{Claim, Claimer, TaskStore};
 use ferry_core::{Error, Result, Workdir};
+
+use super::log;
+use crate::context::error_chain;
 
 /// How often running tasks of vanished runners are looked for.
 const RECOVER_EVERY: Duration = Duration::from_secs(1);
@@ -75,7 +76,7 @@ impl Queue {
         {
             for (id, state) in self.store.recover(self.wd.nodename())? {
                 tracing::warn!(task = id, state = state.as_str(), "task's runner vanished");
-                crate::task::remove_log_if_flushed(&self.wd, &self.store, id);
+                log::remove_if_flushed(&self.wd, &self.store, id);
             }
             self.last_recover = Some(Instant::now());
         }
@@ -92,10 +93,10 @@ impl Queue {
     /// process), the task fails with the reason; the daemon goes on.
     fn start(&mut self, c: Claim) {
         tracing::info!(task = c.id, run = c.run, "starting task");
-        let spawned = open_log(&self.wd, c.id).and_then(|log| {
-            let err = log.try_clone().map_err(Error::io(
+        let spawned = log::open(&self.wd, c.id).and_then(|out| {
+            let err = out.try_clone().map_err(Error::io(
                 "cannot open the task log",
-                log_path(&self.wd, c.id),
+                log::path(&self.wd, c.id),
             ))?;
             std::process::Command::new(&self.exe)
                 .arg("--workdir")
@@ -106,7 +107,7 @@ impl Queue {
                 .arg(format!("run={}", c.run))
                 .env_remove("workdir")
                 .stdin(Stdio::null())
-                .stdout(log)
+                .stdout(out)
                 .stderr(err)
                 .spawn()
                 .map_err(Error::io("cannot start the task runner", &self.exe))
@@ -118,7 +119,7 @@ impl Queue {
                 child,
             }),
             Err(e) => {
-                let why = crate::error_chain(&e);
+                let why = error_chain(&e);
                 tracing::error!(task = c.id, error = %why, "task not started");
                 if let Err(e) = self.store.fail_unstarted(c.id, c.run, &why) {
                     tracing::error!(task = c.id, error = %e, "cannot record the failure");
@@ -145,39 +146,11 @@ impl Queue {
             match self.store.end_unrecorded(r.id, r.run, &why) {
                 Ok(Some(state)) => {
                     tracing::warn!(task = r.id, state = state.as_str(), %why, "task settled");
-                    crate::task::remove_log_if_flushed(&self.wd, &self.store, r.id);
+                    log::remove_if_flushed(&self.wd, &self.store, r.id);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::error!(task = r.id, error = %e, "cannot settle the task"),
             }
         }
     }
-}
-
-fn log_path(wd: &Workdir, id: u64) -> PathBuf {
-    wd.root().join(task::log_rel(id))
-}
-
-/// The task's log, opened for appending (a retried run adds to it),
-/// created 0600 in a 0700 dir; a symlink is refused.
-pub(crate) fn open_log(wd: &Workdir, id: u64) -> Result<File> {
-    let path = log_path(wd, id);
-    let dir = wd.log_dir().join("tasks");
-    fs::create_dir_all(&dir).map_err(Error::io("cannot create the task log dir", &dir))?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-        .map_err(Error::io("cannot protect the task log dir", &dir))?;
-    let f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc_o_nofollow())
-        .open(&path)
-        .map_err(Error::io("cannot open the task log", &path))?;
-    f.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(Error::io("cannot protect the task log", &path))?;
-    Ok(f)
-}
-
-fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }

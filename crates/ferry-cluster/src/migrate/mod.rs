@@ -20,18 +20,32 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_api::command::JmigrateArgs;
+use ferry_api::command::{JmigrateArgs, JregisterArgs, JstartArgs, JunregisterArgs};
 use ferry_api::{Command, Outcome};
+use ferry_core::lock::EnvLock;
 use ferry_core::node::{self, Liveness};
+use ferry_core::register::{self, Takeover};
 use ferry_core::registry::Registry;
 use ferry_core::task::{Autoflush, NewTask, TaskRow, TaskState, TaskStore};
-use ferry_core::{lease, EnvKind, EnvState, Error, Jname, Result, Workdir};
+use ferry_core::{lease, EnvKind, EnvState, Error, Jname, NameSelector, Result, Workdir};
 
-use crate::{dispatch, Context};
+use crate::context::{error_chain, Context};
+use crate::engines::row_any;
+use crate::{rpc, tasks};
 
+pub mod incoming;
 mod live;
+mod recovery;
 
-pub use live::{answer, bmigrate, MigrateAnswer, MigrateRequest, Recovery};
+pub use live::bmigrate;
+pub use recovery::Recovery;
+
+/// The longest the destination watches a moved guest (`verify_ms=`).
+pub(crate) const MAX_VERIFY_MS: u64 = 60_000;
+
+/// The lease time a registration here or there waits for (`jregister`'s
+/// default).
+const LEASE_TIME: Duration = Duration::from_secs(30);
 
 pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -45,7 +59,7 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
         }
         Some(_) => {
             if let Err(e) = lease::held(&wd, j) {
-                problems.push(crate::error_chain(&e));
+                problems.push(error_chain(&e));
             }
         }
     }
@@ -59,34 +73,37 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
     let t0 = Instant::now();
     let was_running = ferry_jail::state(&wd, j)? != EnvState::Stopped;
     if was_running {
-        local(ctx, &["jstop", &format!("jname={j}")])?;
+        Here::Stop.run(&wd, &reg, j)?;
     }
-    if let Err(e) = local(ctx, &["junregister", &format!("jname={j}")]) {
+    if let Err(e) = Here::Unregister.run(&wd, &reg, j) {
         if was_running {
-            let _ = local(ctx, &["jstart", &format!("jname={j}")]);
+            let _ = Here::Start.run(&wd, &reg, j);
         }
         return Err(e);
     }
     let deadline = Instant::now() + Duration::from_secs(a.timeout.max(1));
     let mut store = TaskStore::open(&wd.db_dir())?;
-    let registered = remote(&wd, &mut store, node, &["jregister", &format!("jname={j}")])?;
+    let one = || NameSelector::One(j.clone());
+    let register_there = Command::Jregister(JregisterArgs {
+        jname: one(),
+        force: false,
+        lease_time: LEASE_TIME.as_secs(),
+    });
+    let registered = remote(&wd, &mut store, node, &register_there)?;
     let there = wait(&store, registered, deadline)?;
     if there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
         let why = outcome(there.as_ref(), node);
-        return take_back(ctx, j, node, was_running, &why);
+        return take_back(&wd, &reg, j, node, was_running, &why);
     }
     if was_running {
-        let started = remote(&wd, &mut store, node, &["jstart", &format!("jname={j}")])?;
+        let start_there = Command::Jstart(JstartArgs { jname: one() });
+        let started = remote(&wd, &mut store, node, &start_there)?;
         let there = wait(&store, started, deadline)?;
         if there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
             let why = outcome(there.as_ref(), node);
             // Registered there but not running: bring it back.
-            let back = remote(
-                &wd,
-                &mut store,
-                node,
-                &["junregister", &format!("jname={j}")],
-            )?;
+            let unregister_there = Command::Junregister(JunregisterArgs { jname: one() });
+            let back = remote(&wd, &mut store, node, &unregister_there)?;
             let undone = wait(&store, back, Instant::now() + Duration::from_secs(30))?;
             if undone.map(|t| t.state) != Some(TaskState::Done) {
                 return Err(Error::Failed(format!(
@@ -94,7 +111,7 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
                      be unregistered there: start it there, or unregister it there and register it here"
                 )));
             }
-            return take_back(ctx, j, node, true, &why);
+            return take_back(&wd, &reg, j, node, true, &why);
         }
     }
     Ok(Outcome::message(format!(
@@ -133,38 +150,55 @@ fn target_problems(
             },
         }
     }
-    if let Err(e) = crate::cluster::required_uri(wd) {
+    if let Err(e) = rpc::required_uri(wd) {
         problems.push(e.to_string());
     }
     Ok(problems)
 }
 
-/// Run a ferry command here through the dispatcher; a failure is an error.
-fn local(ctx: &Context, words: &[&str]) -> Result<()> {
-    let words: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
-    let cmd = Command::parse_words(&words).map_err(|e| Error::Failed(e.to_string()))?;
-    match dispatch(ctx, cmd)? {
-        Outcome::PerEnv { results } if results.iter().any(|r| r.code != 0) => Err(Error::Failed(
-            results
-                .iter()
-                .map(|r| r.message.clone())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-        _ => Ok(()),
+/// What a cold move does here, to the jail, under its lock.
+#[derive(Debug, Clone, Copy)]
+enum Here {
+    Stop,
+    Start,
+    Unregister,
+    Register,
+}
+
+impl Here {
+    fn run(self, wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
+        let _lock = EnvLock::acquire(wd, j)?;
+        match self {
+            Here::Stop => ferry_jail::stop(wd, j),
+            Here::Start => ferry_jail::start(wd, j),
+            Here::Unregister => {
+                register::unregister(wd, reg, j, EnvKind::Jail, &row_any)?;
+                register::sync_shared(wd);
+                Ok(())
+            }
+            Here::Register => {
+                let takeover = Takeover {
+                    force: false,
+                    lease_time: LEASE_TIME,
+                };
+                register::register(wd, reg, j, EnvKind::Jail, takeover, &row_any)?;
+                register::sync_shared(wd);
+                Ok(())
+            }
+        }
     }
 }
 
-/// Queue `words` as a task for `node` and send it now.
-fn remote(wd: &Workdir, store: &mut TaskStore, node: &Jname, words: &[&str]) -> Result<u64> {
+/// Queue `cmd` as a task for `node` and send it now.
+fn remote(wd: &Workdir, store: &mut TaskStore, node: &Jname, cmd: &Command) -> Result<u64> {
     let id = store.submit(&NewTask {
         node: Some(node.to_string()),
         after: None,
         autoflush: Autoflush::Keep,
         retry: false,
-        words: words.iter().map(|w| (*w).to_owned()).collect(),
+        words: cmd.to_words(),
     })?;
-    if let Err(e) = crate::remote::send_now(wd, store) {
+    if let Err(e) = tasks::remote::send_now(wd, store) {
         tracing::warn!(task = id, error = %e, "left for the daemon to send");
     }
     Ok(id)
@@ -202,11 +236,18 @@ fn outcome(t: Option<&TaskRow>, node: &Jname) -> String {
 
 /// The move failed there (`why`): register the jail here again, and start
 /// it if it ran. The lease decides a race with a late registration there.
-fn take_back(ctx: &Context, j: &Jname, node: &Jname, start: bool, why: &str) -> Result<Outcome> {
-    match local(ctx, &["jregister", &format!("jname={j}")]) {
+fn take_back(
+    wd: &Workdir,
+    reg: &Registry,
+    j: &Jname,
+    node: &Jname,
+    start: bool,
+    why: &str,
+) -> Result<Outcome> {
+    match Here::Register.run(wd, reg, j) {
         Ok(()) => {
             if start {
-                local(ctx, &["jstart", &format!("jname={j}")]).map_err(|e| {
+                Here::Start.run(wd, reg, j).map_err(|e| {
                     Error::Failed(format!(
                         "{j} not moved ({why}); registered here again but not started: {e}"
                     ))

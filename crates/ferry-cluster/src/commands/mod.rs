@@ -1,0 +1,169 @@
+//! The command handlers: one place where a typed [`Command`] is carried
+//! out, whichever front door it came through (the CLI, the broker agent,
+//! a task runner). Handlers are short: open, call the engine or the
+//! cluster code, shape the outcome.
+
+mod base;
+mod jail;
+mod node;
+mod shared;
+mod vm;
+
+use std::path::Path;
+
+use ferry_api::command::InitenvArgs;
+use ferry_api::{Command, Outcome};
+use ferry_core::inventory::Inventory;
+use ferry_core::registry::Registry;
+use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
+
+use crate::context::{per_env, select, Context};
+use crate::{daemon, migrate, rpc, tasks, VERSION};
+
+/// Carry out one command.
+pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
+    tracing::debug!(command = cmd.name(), "dispatch");
+    match cmd {
+        Command::Initenv(a) => initenv(&ctx.workdir, &a),
+        Command::Base(a) => {
+            let (wd, reg) = ctx.open()?;
+            base::run(&wd, &reg, a)
+        }
+        Command::Jcreate(a) => {
+            let (wd, reg) = ctx.open()?;
+            jail::create(&wd, &reg, a)
+        }
+        Command::Jstart(a) => each(ctx, EnvKind::Jail, &a.jname, "started", |wd, _, j| {
+            ferry_jail::start(wd, j)
+        }),
+        Command::Jstop(a) => each(ctx, EnvKind::Jail, &a.jname, "stopped", |wd, _, j| {
+            ferry_jail::stop(wd, j)
+        }),
+        Command::Jrestart(a) => each(ctx, EnvKind::Jail, &a.jname, "restarted", |wd, _, j| {
+            ferry_jail::restart(wd, j)
+        }),
+        Command::Jremove(a) => each(ctx, EnvKind::Jail, &a.jname, "removed", ferry_jail::remove),
+        Command::Jls(a) => {
+            let (wd, reg) = ctx.open()?;
+            jail::list(&wd, &reg, &a.jname, a.display.as_deref())
+        }
+        Command::Jexec(a) => {
+            let (wd, _) = ctx.open()?;
+            let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;
+            Ok(Outcome::Exited { status })
+        }
+        Command::Bcreate(a) => vm::create(ctx, a),
+        Command::Bstart(a) => {
+            let ckp = a.checkpoint.as_ref().map(|w| w.0.as_str());
+            each(ctx, EnvKind::Vm, &a.jname, "started", |wd, reg, j| {
+                ferry_vm::start(wd, reg, j, ckp)
+            })
+        }
+        Command::Bstop(a) => each(ctx, EnvKind::Vm, &a.jname, "stopped", |wd, _, j| {
+            ferry_vm::stop(wd, j)
+        }),
+        Command::Brestart(a) => each(ctx, EnvKind::Vm, &a.jname, "restarted", ferry_vm::restart),
+        Command::Bremove(a) => each(ctx, EnvKind::Vm, &a.jname, "removed", ferry_vm::remove),
+        Command::Bls(a) => {
+            let (wd, reg) = ctx.open()?;
+            vm::list(&wd, &reg, &a.jname, a.display.as_deref())
+        }
+        Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
+        Command::Daemon(a) => daemon::run(ctx, a),
+        Command::Task(a) => tasks::run(ctx, a, dispatch),
+        Command::Taskls(a) => tasks::list(ctx, a.display.as_deref()),
+        Command::Node(a) => node::run(ctx, a),
+        Command::Jmigrate(a) => migrate::jmigrate(ctx, &a),
+        Command::Bmigrate(a) => migrate::bmigrate(ctx, &a),
+        Command::Junregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Jail),
+        Command::Bunregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Vm),
+        Command::Jregister(a) => {
+            shared::register(ctx, &a.jname, EnvKind::Jail, a.force, a.lease_time)
+        }
+        Command::Bregister(a) => {
+            shared::register(ctx, &a.jname, EnvKind::Vm, a.force, a.lease_time)
+        }
+    }
+}
+
+fn initenv(root: &Path, a: &InitenvArgs) -> Result<Outcome> {
+    // Checked before anything is written.
+    if let Some(uri) = &a.broker {
+        uri.parse::<ferry_broker::BrokerUri>()
+            .map_err(|e| Error::bad_value("broker", uri, e.to_string()))?;
+    }
+    let qemu = a
+        .qemu
+        .as_deref()
+        .map(ferry_vm::qemu::check_binary)
+        .transpose()?;
+    let wd = Workdir::init(root, a.nodename.as_ref().map(Jname::as_str))?;
+    if let Some(uri) = &a.broker {
+        rpc::set_broker(&wd, uri)?;
+    }
+    if let Some(q) = &qemu {
+        ferry_vm::qemu::set_binary(&wd, q)?;
+    }
+    let reg = Registry::open(&wd.db_dir())?;
+    let qemu_version = match qemu {
+        Some(q) => Some(q.version),
+        None => ferry_vm::qemu::binary(&wd)
+            .ok()
+            .and_then(|b| ferry_vm::qemu::version_of(&b)),
+    };
+    let mut inv = Inventory::collect(wd.nodename(), VERSION, qemu_version);
+    if inv.qemu_version.is_some() {
+        inv.accel = ferry_vm::qemu::probe_accel(&wd, &reg, ferry_vm::DEFAULT_CPU_MODEL).ok();
+    }
+    let json = serde_json::to_string(&inv).map_err(|e| Error::Failed(e.to_string()))?;
+    reg.set_inventory("node", &json)?;
+    // Said now, not only when a move is refused.
+    let corrupts = inv
+        .qemu_version
+        .as_deref()
+        .and_then(ferry_vm::integrity::parse_version_line)
+        .zip(inv.accel.as_deref())
+        .and_then(|(v, accel)| ferry_vm::integrity::known_to_corrupt(&v, accel));
+    if let Some(why) = &corrupts {
+        tracing::warn!(%why, "this node's QEMU cannot live-migrate safely");
+    }
+    Ok(Outcome::message(format!(
+        "workdir {} ready for node {} ({}, {} CPUs, {} MiB{}){}",
+        wd.root().display(),
+        wd.nodename(),
+        inv.arch,
+        inv.ncpu,
+        inv.mem_bytes >> 20,
+        inv.qemu_version
+            .as_deref()
+            .map(|q| format!(", {q}, VMs under {}", inv.accel.as_deref().unwrap_or("?")))
+            .unwrap_or_default(),
+        corrupts
+            .map(|why| format!("; warning: bmigrate refuses this node: {why}"))
+            .unwrap_or_default()
+    )))
+}
+
+/// Apply a lifecycle operation to every env of `kind` the selector names.
+fn each(
+    ctx: &Context,
+    kind: EnvKind,
+    sel: &NameSelector,
+    done: &str,
+    op: impl Fn(&Workdir, &Registry, &Jname) -> Result<()>,
+) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let names = select(&reg, kind, sel)?;
+    let total = names.len();
+    let mut finished = 0;
+    let results = per_env(&wd, names, done, |wd, j| {
+        let r = op(wd, &reg, j);
+        finished += 1;
+        if total > 1 {
+            let pct = u8::try_from(finished * 100 / total).unwrap_or(99);
+            ctx.step(pct, format!("{j}: {finished} of {total} done"));
+        }
+        r
+    });
+    Ok(Outcome::PerEnv { results })
+}
