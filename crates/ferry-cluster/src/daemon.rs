@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 use ferry_api::command::DaemonArgs;
 use ferry_api::Outcome;
 use ferry_broker::{Broker, BrokerUri, Reconnecting};
+use ferry_core::engine::StartOptions;
 use ferry_core::inventory::Inventory;
 use ferry_core::lease::{self, Lease};
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::{EnvRow, Registry};
-use ferry_core::{heartbeat, EnvKind, EnvState, Error, Result, Workdir};
+use ferry_core::{heartbeat, EnvState, Error, Result, Workdir};
 
 use crate::context::Context;
+use crate::engines::{self, ENGINES};
 use crate::migrate;
 use crate::rpc::{self, transport, NodeReply, NodeRequest, Reply, TubeEvent, Undecodable};
 use crate::tasks::{self, queue::Queue};
@@ -50,7 +52,7 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
         "daemon started"
     );
     // Finish what a crash left of registers and unregisters here.
-    for (j, e) in ferry_core::register::settle_all(&wd, &reg, &crate::engines::row_any) {
+    for (j, e) in ferry_core::register::settle_all(&wd, &reg, &ENGINES) {
         tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted operation");
     }
     // The node tube and the task tube, each on its own thread (they wait
@@ -189,17 +191,11 @@ fn inventory(wd: &Workdir) -> Result<NodeReply> {
 
 fn stop_env(wd: &Workdir, row: &EnvRow) -> Result<()> {
     let _lock = EnvLock::acquire(wd, &row.jname)?;
-    let running = match row.kind {
-        EnvKind::Jail => ferry_jail::state(wd, &row.jname)?,
-        EnvKind::Vm => ferry_vm::state(wd, &row.jname)?,
-    } != EnvState::Stopped;
-    if !running {
+    let engine = engines::of(row.kind);
+    if engine.state(wd, &row.jname)? == EnvState::Stopped {
         return Ok(());
     }
-    match row.kind {
-        EnvKind::Jail => ferry_jail::stop(wd, &row.jname),
-        EnvKind::Vm => ferry_vm::stop(wd, &row.jname),
-    }
+    engine.stop(wd, &row.jname)
 }
 
 /// Stop every env registered here whose lease now names another node, and
@@ -265,13 +261,9 @@ fn autostart(wd: &Workdir, reg: &Registry) {
         let Ok(_lock) = EnvLock::acquire(wd, &row.jname) else {
             continue;
         };
-        let r = match row.kind {
-            EnvKind::Jail if ferry_jail::state(wd, &row.jname).ok() == Some(EnvState::Stopped) => {
-                ferry_jail::start(wd, &row.jname)
-            }
-            EnvKind::Vm if ferry_vm::state(wd, &row.jname).ok() == Some(EnvState::Stopped) => {
-                ferry_vm::start(wd, reg, &row.jname, None)
-            }
+        let engine = engines::of(row.kind);
+        let r = match engine.state(wd, &row.jname) {
+            Ok(EnvState::Stopped) => engine.start(wd, reg, &row.jname, &StartOptions::default()),
             _ => Ok(()),
         };
         if let Err(e) = r {

@@ -1,21 +1,15 @@
-//! The engines this node runs envs with, by kind.
+//! The engines this node runs envs with: one entry per kind.
 
-use ferry_core::rcconf::Definition;
-use ferry_core::registry::EnvRow;
-use ferry_core::{EnvKind, Result, Workdir};
+use ferry_core::engine::{Engine, EngineSet};
+use ferry_core::EnvKind;
 
-/// The kind a definition declares (CBSD's `emulator`).
-pub(crate) fn kind_of(def: &Definition) -> EnvKind {
-    match def.get("emulator") {
-        None | Some("jail") => EnvKind::Jail,
-        Some(_) => EnvKind::Vm,
-    }
-}
+/// Jails by runc, VMs by QEMU.
+pub static ENGINES: EngineSet = EngineSet {
+    jail: &ferry_jail::JAILS,
+    vm: &ferry_vm::VMS,
+};
 
-/// The row of a definition of either kind.
-pub(crate) fn row_any(wd: &Workdir, def: &Definition) -> Result<EnvRow> {
-    match kind_of(def) {
-        EnvKind::Jail => ferry_jail::row_of(wd, def),
-        EnvKind::Vm => ferry_vm::row_of(wd, def),
-    }
+/// The engine of `kind`.
+pub fn of(kind: EnvKind) -> &'static dyn Engine {
+    ENGINES.of(kind)
 }

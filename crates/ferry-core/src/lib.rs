@@ -5,6 +5,7 @@
 
 pub mod atomic;
 pub mod base;
+pub mod engine;
 pub mod envdef;
 pub mod envfs;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod model;
 pub mod name;
 pub mod net;
 pub mod node;
+pub mod process;
 pub mod rcconf;
 pub mod register;
 pub mod registry;

@@ -45,6 +45,9 @@ pub enum EnvState {
     /// was killed mid-start): shown as stopped; start, stop and remove clean
     /// up what is left first.
     Crashed,
+    /// A VM arriving by live migration, paused: not this node's to run
+    /// until the lease names it; only the migration ends this state.
+    Incoming,
 }
 
 impl EnvState {
@@ -53,6 +56,7 @@ impl EnvState {
         match self {
             EnvState::Running => "running",
             EnvState::Stopped | EnvState::Crashed => "stopped",
+            EnvState::Incoming => "incoming",
         }
     }
 }
@@ -88,6 +92,9 @@ pub fn check(jname: &Jname, state: EnvState, action: Action) -> Result<()> {
     use Action::*;
     use EnvState::*;
     let needs = match (state, action) {
+        // Arriving by live migration: the migration alone ends it.
+        (Incoming, Start | Remove | Unregister | Restart) => "stopped",
+        (Incoming, Stop | Exec | Checkpoint) => "running",
         (Stopped | Crashed, Start | Remove)
         | (Stopped, Unregister)
         | (Running, Stop | Exec | Checkpoint)
@@ -118,6 +125,9 @@ mod tests {
         assert!(check(&j, EnvState::Crashed, Action::Stop).is_ok());
         assert!(check(&j, EnvState::Crashed, Action::Exec).is_err());
         assert!(check(&j, EnvState::Running, Action::Restart).is_ok());
+        for a in [Action::Start, Action::Stop, Action::Restart, Action::Remove] {
+            assert!(check(&j, EnvState::Incoming, a).is_err(), "{a:?}");
+        }
         let msg = check(&j, EnvState::Running, Action::Remove)
             .unwrap_err()
             .to_string();

@@ -33,19 +33,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::atomic;
+use crate::engine::EngineSet;
 use crate::error::{Error, Result};
 use crate::heartbeat;
 use crate::lease::{self, Lease};
 use crate::model::{self, Action, EnvKind};
 use crate::name::Jname;
 use crate::rcconf::Definition;
-use crate::registry::{EnvRow, Registry};
+use crate::registry::Registry;
 use crate::runtime;
 use crate::workdir::Workdir;
-
-/// What only the engine can tell: whether a definition is valid for this
-/// node, and the registry row it makes.
-pub type RowOf<'a> = &'a (dyn Fn(&Workdir, &Definition) -> Result<EnvRow> + Sync);
 
 /// How `register` treats a lease held by another node.
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +112,7 @@ fn not_here(wd: &Workdir, j: &Jname, lease: Option<Lease>) -> Error {
 /// Finish whatever register or unregister of `j` this node left
 /// interrupted, if any (see the module's table). Returns whether `j` is
 /// registered here afterwards.
-pub fn settle(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -> Result<bool> {
+pub fn settle(wd: &Workdir, reg: &Registry, j: &Jname, engines: &EngineSet) -> Result<bool> {
     let lease = lease::read(wd, j)?;
     let rc = wd.unregistered_rcconf(j);
     if reg.get(j)?.is_some() {
@@ -132,7 +129,7 @@ pub fn settle(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -> Res
     }
     if ours(wd, lease.as_ref()) {
         tracing::info!(jname = %j, "finishing an interrupted register");
-        finish_register(wd, reg, j, row_of)?;
+        finish_register(wd, reg, j, engines)?;
         return Ok(true);
     }
     if released(lease.as_ref()) && rc.exists() && wd.registered_rcconf(j).exists() {
@@ -144,7 +141,7 @@ pub fn settle(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -> Res
 /// Finish every interrupted operation of this node: envs with a row here,
 /// and envs whose lease names this node without a row (the daemon does
 /// this when it starts). Returns the errors met, by env.
-pub fn settle_all(wd: &Workdir, reg: &Registry, row_of: RowOf<'_>) -> Vec<(Jname, Error)> {
+pub fn settle_all(wd: &Workdir, reg: &Registry, engines: &EngineSet) -> Vec<(Jname, Error)> {
     let mut names: Vec<Jname> = reg
         .list()
         .map(|rows| rows.into_iter().map(|r| r.jname).collect())
@@ -161,8 +158,8 @@ pub fn settle_all(wd: &Workdir, reg: &Registry, row_of: RowOf<'_>) -> Vec<(Jname
     names
         .into_iter()
         .filter_map(|j| {
-            let r =
-                crate::lock::EnvLock::acquire(wd, &j).and_then(|_lock| settle(wd, reg, &j, row_of));
+            let r = crate::lock::EnvLock::acquire(wd, &j)
+                .and_then(|_lock| settle(wd, reg, &j, engines));
             r.err().map(|e| (j, e))
         })
         .collect()
@@ -174,13 +171,13 @@ pub fn unregister(
     reg: &Registry,
     j: &Jname,
     kind: EnvKind,
-    row_of: RowOf<'_>,
+    engines: &EngineSet,
 ) -> Result<()> {
     let (sys, rc) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
     let Some(row) = reg.get(j)? else {
         // No row: an operation of ours may have been cut short.
-        if settle(wd, reg, j, row_of)? {
-            return unregister(wd, reg, j, kind, row_of);
+        if settle(wd, reg, j, engines)? {
+            return unregister(wd, reg, j, kind, engines);
         }
         return Err(not_here(wd, j, lease::read(wd, j)?));
     };
@@ -237,10 +234,10 @@ pub fn register(
     j: &Jname,
     kind: EnvKind,
     takeover: Takeover,
-    row_of: RowOf<'_>,
+    engines: &EngineSet,
 ) -> Result<u64> {
     let (sys, rc) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
-    if reg.get(j)?.is_some() && settle(wd, reg, j, row_of)? {
+    if reg.get(j)?.is_some() && settle(wd, reg, j, engines)? {
         return Err(Error::WrongState {
             jname: j.clone(),
             state: "registered here",
@@ -255,7 +252,7 @@ pub fn register(
         None => {
             let lease = lease::read(wd, j)?;
             if ours(wd, lease.as_ref()) && sys.exists() {
-                finish_register(wd, reg, j, row_of)?;
+                finish_register(wd, reg, j, engines)?;
                 return Ok(lease.map_or(0, |l| l.epoch));
             }
             match lease {
@@ -272,7 +269,7 @@ pub fn register(
         }
     };
     check_pool(wd, j)?;
-    let row = row_of(wd, &source)?;
+    let row = engines.of_definition(&source).row_of(wd, &source)?;
     if row.kind != kind {
         return Err(Error::WrongKind {
             jname: j.clone(),
@@ -296,7 +293,7 @@ pub fn register(
         },
     };
     crate::sys::crashpoint("register", 1);
-    finish_register(wd, reg, j, row_of)?;
+    finish_register(wd, reg, j, engines)?;
     Ok(epoch)
 }
 
@@ -320,7 +317,7 @@ fn take_from_dead(wd: &Workdir, j: &Jname, from: &Lease, lease_time: Duration) -
 /// The rest of a register once this node holds the lease: the definition
 /// copied from `jails-rcconf/` (when it is still there), then removed from
 /// it, then the row.
-fn finish_register(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -> Result<()> {
+fn finish_register(wd: &Workdir, reg: &Registry, j: &Jname, engines: &EngineSet) -> Result<()> {
     let (sys, rc) = (wd.registered_rcconf(j), wd.unregistered_rcconf(j));
     let def = match read_definition(wd, j, &rc)? {
         Some((bytes, def)) => {
@@ -332,7 +329,7 @@ fn finish_register(wd: &Workdir, reg: &Registry, j: &Jname, row_of: RowOf<'_>) -
         None => crate::envdef::load(wd, j, &sys)?,
     };
     crate::sys::crashpoint("register", 3);
-    reg.upsert(&row_of(wd, &def)?)
+    reg.upsert(&engines.of_definition(&def).row_of(wd, &def)?)
 }
 
 /// The pool ids an env was created with, stored in its system dir.

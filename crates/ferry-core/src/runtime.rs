@@ -78,6 +78,26 @@ pub struct Runtime {
     pub cpu: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
+/// Move a record to phase `to`: the one place a phase changes, and the
+/// transitions it may make. Entering the phase it is in is allowed (a
+/// stop tried again).
+pub fn enter(rt: &mut Runtime, to: Phase) -> Result<()> {
+    use Phase::*;
+    let allowed = rt.phase == to
+        || matches!(
+            (rt.phase, to),
+            (Starting, Running) | (Running, Stopping) | (Incoming, Running)
+        );
+    if !allowed {
+        return Err(Error::Failed(format!(
+            "the runtime record cannot go from {:?} to {to:?}",
+            rt.phase
+        )));
+    }
+    rt.phase = to;
+    Ok(())
+}
+
 impl Runtime {
     /// A record for an env about to start.
     pub fn starting(epoch: u64) -> Runtime {
@@ -135,6 +155,9 @@ pub fn state(wd: &Workdir, j: &Jname) -> Result<(EnvState, Option<Runtime>)> {
     let Some(rt) = read(wd, j)? else {
         return Ok((EnvState::Stopped, None));
     };
+    if rt.phase == Phase::Incoming {
+        return Ok((EnvState::Incoming, Some(rt)));
+    }
     let alive = match (rt.phase, rt.pid, rt.starttime) {
         (Phase::Running | Phase::Stopping, Some(pid), Some(start)) => sys::is_alive(pid, start),
         _ => false,
@@ -161,7 +184,7 @@ pub fn begin_stop(wd: &Workdir, j: &Jname) -> Result<(EnvState, Runtime)> {
     crate::model::check(j, st, crate::model::Action::Stop)?;
     let mut rt = rt.ok_or_else(|| Error::Failed(format!("{j} has no runtime record")))?;
     if st == EnvState::Running {
-        rt.phase = Phase::Stopping;
+        enter(&mut rt, Phase::Stopping)?;
         write(wd, j, &rt)?;
     }
     Ok((st, rt))
@@ -216,5 +239,29 @@ mod tests {
         assert_eq!(state(&wd, &j).unwrap().0, EnvState::Crashed);
         clear(&wd, &j).unwrap();
         assert_eq!(state(&wd, &j).unwrap().0, EnvState::Stopped);
+        // An incoming VM is neither running nor crashed here.
+        let incoming = Runtime {
+            phase: Phase::Incoming,
+            ..Runtime::starting(0)
+        };
+        write(&wd, &j, &incoming).unwrap();
+        assert_eq!(state(&wd, &j).unwrap().0, EnvState::Incoming);
+    }
+
+    #[test]
+    fn phases_move_only_forward() {
+        let mut rt = Runtime::starting(1);
+        enter(&mut rt, Phase::Running).unwrap();
+        enter(&mut rt, Phase::Stopping).unwrap();
+        enter(&mut rt, Phase::Stopping).unwrap();
+        assert!(enter(&mut rt, Phase::Running).is_err());
+        assert!(enter(&mut rt, Phase::Incoming).is_err());
+        let mut arriving = Runtime {
+            phase: Phase::Incoming,
+            ..Runtime::starting(1)
+        };
+        assert!(enter(&mut arriving, Phase::Stopping).is_err());
+        enter(&mut arriving, Phase::Running).unwrap();
+        assert_eq!(arriving.phase, Phase::Running);
     }
 }

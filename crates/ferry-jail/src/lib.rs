@@ -16,20 +16,174 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use ferry_core::base::{self, WRITABLE_DIRS};
-use ferry_core::envdef::{self, HookCtx};
+use ferry_core::engine::{self, Backend, EnvConfig, StartOptions};
+use ferry_core::envdef::{self, Hooks};
 use ferry_core::envfs;
-use ferry_core::hook::Phase as HookPhase;
-use ferry_core::lease;
 use ferry_core::model::{self, Action};
 use ferry_core::net::Attachment;
+use ferry_core::process::{Process, KILL_WAIT};
 use ferry_core::registry::{EnvRow, Registry};
 use ferry_core::workdir::fnv1a;
 use ferry_core::{atomic, EnvKind, EnvState, Error, Jname, Result, Workdir};
+use serde_json::{json, Value};
 
 pub use config::JailConfig;
-use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
+use ferry_core::runtime::{self, NetRecord, Runtime};
 use fstab::{FstabEntry, MountKind};
 use runc::Runc;
+
+/// The jail engine: its lifecycle is [`ferry_core::engine`]'s, with these
+/// steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Jails;
+
+/// The jail engine, for an [`ferry_core::engine::EngineSet`].
+pub static JAILS: Jails = Jails;
+
+impl EnvConfig for JailConfig {
+    fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+    fn stop_timeout(&self) -> Duration {
+        JailConfig::stop_timeout(self)
+    }
+}
+
+/// The columns of `jls`.
+pub const COLUMNS: [&str; 7] = [
+    "jname",
+    "jid",
+    "ip4_addr",
+    "host_hostname",
+    "base",
+    "astart",
+    "status",
+];
+
+impl Backend for Jails {
+    type Config = JailConfig;
+    const KIND: EnvKind = EnvKind::Jail;
+    const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn load(&self, wd: &Workdir, j: &Jname) -> Result<JailConfig> {
+        load(wd, j)
+    }
+
+    fn row_of(&self, wd: &Workdir, def: &ferry_core::rcconf::Definition) -> Result<EnvRow> {
+        row_of(wd, def)
+    }
+
+    fn check_start(
+        &self,
+        wd: &Workdir,
+        _: &Registry,
+        cfg: &JailConfig,
+        opts: &StartOptions,
+    ) -> Result<()> {
+        if opts.checkpoint.is_some() {
+            return Err(Error::Refused(format!(
+                "{} is a jail: jails have no checkpoints",
+                cfg.jname()
+            )));
+        }
+        if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {
+            return Err(Error::BaseNotFound(cfg.args.base.to_string()));
+        }
+        Ok(())
+    }
+
+    fn record(&self, wd: &Workdir, _: &Registry, cfg: &JailConfig, epoch: u64) -> Result<Runtime> {
+        let j = cfg.jname();
+        let net = (!cfg.args.ip4_addr.0.is_empty()).then(|| {
+            let tag = wd.pool_tag();
+            NetRecord {
+                netns: format!("ferry-{tag}-{j}"),
+                host_if: format!("fy{:08x}", fnv1a(format!("{tag}/{j}").as_bytes()) as u32),
+                bridge: cfg.args.interface.0.clone(),
+            }
+        });
+        Ok(Runtime {
+            net,
+            ..Runtime::starting(epoch)
+        })
+    }
+
+    fn launch(
+        &self,
+        wd: &Workdir,
+        cfg: &JailConfig,
+        rt: &Runtime,
+        _: &StartOptions,
+    ) -> Result<Process> {
+        launch(wd, cfg, rt)
+    }
+
+    /// SIGTERM to the jail's init (through a pidfd: no runc process, no
+    /// pid-reuse race; runc is the fallback), SIGKILL to all of it after
+    /// `timeout`.
+    fn halt(&self, wd: &Workdir, j: &Jname, rt: &Runtime, timeout: Duration) -> Result<()> {
+        let runc = Runc::new(wd);
+        let init = init_of(rt);
+        if !init.signal(nix::sys::signal::Signal::SIGTERM) {
+            let _ = runc.kill(j, "TERM");
+        }
+        if init.wait_gone(timeout) {
+            return Ok(());
+        }
+        self.kill(wd, j, rt)
+    }
+
+    fn kill(&self, wd: &Workdir, j: &Jname, rt: &Runtime) -> Result<()> {
+        let init = init_of(rt);
+        let _ = Runc::new(wd).kill(j, "KILL");
+        if init.kill() || init.wait_gone(KILL_WAIT) {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!(
+                "{j} (pid {}) did not die after SIGKILL",
+                init.pid
+            )))
+        }
+    }
+
+    /// The container, its network; the mounts are `mnt_stop`'s.
+    fn release(&self, wd: &Workdir, j: &Jname, rt: &Runtime) -> Result<()> {
+        Runc::new(wd).delete(j)?;
+        if let Some(net) = &rt.net {
+            net.attachment().down()?;
+        }
+        Ok(())
+    }
+
+    fn columns(&self) -> &'static [&'static str] {
+        &COLUMNS
+    }
+
+    fn describe(&self, wd: &Workdir, row: &EnvRow) -> Result<Value> {
+        let (state, rt) = runtime::state(wd, &row.jname)?;
+        let jid = match state {
+            EnvState::Running => rt.and_then(|r| r.pid).map_or(Value::Null, Value::from),
+            _ => Value::Null,
+        };
+        Ok(json!({
+            "jname": row.jname,
+            "jid": jid,
+            "ip4_addr": row.ip4_addr,
+            "host_hostname": row.host_hostname,
+            "base": row.base,
+            "astart": row.astart,
+            "status": state.display(),
+        }))
+    }
+}
+
+/// The jail's init, as its record names it.
+fn init_of(rt: &Runtime) -> Process {
+    Process {
+        pid: rt.pid.unwrap_or(0),
+        start: rt.starttime.unwrap_or(0),
+    }
+}
 
 /// Create a jail on this node (and start it when `runasap=1`).
 pub fn create(wd: &Workdir, reg: &Registry, cfg: &JailConfig) -> Result<()> {
@@ -39,7 +193,7 @@ pub fn create(wd: &Workdir, reg: &Registry, cfg: &JailConfig) -> Result<()> {
     let def = config::to_definition(&cfg.args, wd.root())?;
     envfs::create(wd, reg, &row(cfg), &cfg.hooks, &def, || populate(wd, cfg))?;
     if cfg.args.runasap {
-        start(wd, cfg.jname())?;
+        engine::start(&JAILS, wd, reg, cfg.jname(), &StartOptions::default())?;
     }
     Ok(())
 }
@@ -120,64 +274,8 @@ fn load(wd: &Workdir, j: &Jname) -> Result<JailConfig> {
     JailConfig::from_definition(&def, wd, &wd.registered_rcconf(j))
 }
 
-/// The live state of a jail registered here.
-pub fn state(wd: &Workdir, j: &Jname) -> Result<EnvState> {
-    runtime::state(wd, j).map(|(s, _)| s)
-}
-
-/// Start a registered jail.
-pub fn start(wd: &Workdir, j: &Jname) -> Result<()> {
-    let (st, rt) = runtime::state(wd, j)?;
-    model::check(j, st, Action::Start)?;
-    let cfg = load(wd, j)?;
-    // Only the lease holder may run the env (DESIGN §5, I2).
-    let epoch = lease::held(wd, j)?;
-    cfg.hooks.check()?;
-    if let Some(rt) = rt {
-        teardown(wd, j, Some(&cfg), &rt)?;
-    }
-    if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {
-        return Err(Error::BaseNotFound(cfg.args.base.to_string()));
-    }
-    let net = (!cfg.args.ip4_addr.0.is_empty()).then(|| {
-        let tag = wd.pool_tag();
-        NetRecord {
-            netns: format!("ferry-{tag}-{j}"),
-            host_if: format!("fy{:08x}", fnv1a(format!("{tag}/{j}").as_bytes()) as u32),
-            bridge: cfg.args.interface.0.clone(),
-        }
-    });
-    let mut rt = Runtime {
-        net,
-        ..Runtime::starting(epoch)
-    };
-    // Recorded before anything is set up, so a crash from here on is undone.
-    runtime::write(wd, j, &rt)?;
-    let ctx = HookCtx {
-        wd,
-        jname: j,
-        epoch,
-    };
-    match cfg
-        .hooks
-        .with_mounts(&ctx, HookPhase::Start, true, || launch(wd, &cfg, &rt))
-    {
-        Ok((pid, starttime)) => {
-            rt.phase = Phase::Running;
-            rt.pid = Some(pid);
-            rt.starttime = Some(starttime);
-            runtime::write(wd, j, &rt)
-        }
-        Err(e) => {
-            // launch cleaned up after itself and mnt_stop has run.
-            runtime::clear(wd, j)?;
-            Err(e)
-        }
-    }
-}
-
 /// Set up network and bundle and run the container; undo all of it on failure.
-fn launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)> {
+fn launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<Process> {
     let r = try_launch(wd, cfg, rt);
     if r.is_err() {
         let j = cfg.jname();
@@ -189,7 +287,7 @@ fn launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)> {
     r
 }
 
-fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)> {
+fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<Process> {
     let j = cfg.jname();
     let fstab = read_fstab(wd, cfg)?;
     ensure_own_dirs(wd, cfg)?;
@@ -233,15 +331,12 @@ fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<(i32, u64)
         .trim()
         .parse()
         .map_err(|_| Error::Failed(format!("runc wrote no pid to {}", pid_file.display())))?;
-    let starttime = ferry_core::sys::proc_stat(pid)
-        .map(|p| p.starttime)
-        .ok_or_else(|| {
-            Error::Failed(format!(
-                "{j} exited as soon as it started; see {}",
-                console.display()
-            ))
-        })?;
-    Ok((pid, starttime))
+    Process::of(pid).ok_or_else(|| {
+        Error::Failed(format!(
+            "{j} exited as soon as it started; see {}",
+            console.display()
+        ))
+    })
 }
 
 /// The dirs bound over the base must exist, also when a hook has just
@@ -306,73 +401,9 @@ fn prepare_mount_points(wd: &Workdir, cfg: &JailConfig, entries: &[FstabEntry]) 
     Ok(())
 }
 
-/// Undo whatever a runtime record says may be left: container, network,
-/// mounts. The record is removed only when all of it is gone.
-fn teardown(wd: &Workdir, j: &Jname, cfg: Option<&JailConfig>, rt: &Runtime) -> Result<()> {
-    Runc::new(wd).delete(j)?;
-    if let Some(net) = &rt.net {
-        net.attachment().down()?;
-    }
-    runtime::finish_teardown(wd, j, cfg.map(|c| &c.hooks), rt)
-}
-
-/// Stop a running jail: SIGTERM, SIGKILL after `stop_timeout`, then tear
-/// down. A jail whose processes died is cleaned up the same way.
-pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
-    let (st, rt) = runtime::begin_stop(wd, j)?;
-    let cfg = load(wd, j);
-    if st == EnvState::Running {
-        let timeout = cfg
-            .as_ref()
-            .map_or(Duration::from_secs(10), JailConfig::stop_timeout);
-        let runc = Runc::new(wd);
-        let (pid, start) = (rt.pid.unwrap_or(0), rt.starttime.unwrap_or(0));
-        // The init's pid and start time are known: signal it through a
-        // pidfd (no runc process, no pid-reuse race); runc is the fallback.
-        if !ferry_core::sys::signal(pid, start, nix::sys::signal::Signal::SIGTERM) {
-            let _ = runc.kill(j, "TERM");
-        }
-        if !ferry_core::sys::wait_gone(pid, Some(start), timeout) {
-            let _ = runc.kill(j, "KILL");
-            if !ferry_core::sys::wait_gone(pid, Some(start), Duration::from_secs(5)) {
-                return Err(Error::Failed(format!(
-                    "{j} (pid {pid}) did not die after SIGKILL"
-                )));
-            }
-        }
-    }
-    teardown(wd, j, cfg.as_ref().ok(), &rt)
-}
-
-/// Stop (if running) and start again.
-pub fn restart(wd: &Workdir, j: &Jname) -> Result<()> {
-    let st = state(wd, j)?;
-    model::check(j, st, Action::Restart)?;
-    if st != EnvState::Stopped {
-        stop(wd, j)?;
-    }
-    start(wd, j)
-}
-
-/// Remove a stopped jail and all its files. Also finishes an interrupted
-/// create or remove.
-pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
-    if envfs::finish_interrupted(wd, reg, j)? {
-        return Ok(());
-    }
-    let (st, rt) = runtime::state(wd, j)?;
-    model::check(j, st, Action::Remove)?;
-    let cfg = load(wd, j)?;
-    cfg.hooks.check()?;
-    if let Some(rt) = rt {
-        teardown(wd, j, Some(&cfg), &rt)?;
-    }
-    envfs::remove(wd, reg, j, &cfg.hooks)
-}
-
 /// Run a command in a running jail with the caller's stdio.
 pub fn exec(wd: &Workdir, j: &Jname, cmd: &[String]) -> Result<i32> {
-    let st = state(wd, j)?;
+    let st = engine::state(wd, j)?;
     if !wd.registered_rcconf(j).exists() {
         return Err(Error::EnvNotFound(j.clone()));
     }

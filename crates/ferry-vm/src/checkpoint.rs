@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use ferry_core::hook::Phase as HookPhase;
 use ferry_core::model::{self, Action};
 use ferry_core::runtime;
 use ferry_core::{atomic, EnvState, Error, Jname, Result, Workdir};
@@ -113,7 +114,7 @@ pub fn create(wd: &Workdir, j: &Jname, name: &str, suspend: bool) -> Result<Chec
     if suspend {
         drop(q);
         crate::halt(wd, j, &rt, Duration::ZERO)?;
-        crate::teardown(wd, j, Some(&cfg), &rt)?;
+        ferry_core::engine::teardown(&crate::VMS, wd, j, Some(&cfg), &rt, HookPhase::Stop)?;
     } else {
         q.cont().map_err(|e| qmp_failed(j, e))?;
     }

@@ -16,14 +16,14 @@ use std::fs;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use ferry_core::envdef::{self, HookCtx};
+use ferry_core::engine::{self, Backend, EnvConfig, StartOptions};
+use ferry_core::envdef::{self, Hooks};
 use ferry_core::envfs;
-use ferry_core::hook::Phase as HookPhase;
-use ferry_core::lease;
-use ferry_core::model::{self, Action};
+use ferry_core::process::Process;
 use ferry_core::registry::{EnvRow, Registry};
 use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
 use ferry_core::{EnvKind, EnvState, Error, Jname, Result, Workdir};
+use serde_json::{json, Value};
 
 pub use config::VmConfig;
 use qmp::Qmp;
@@ -35,6 +35,136 @@ pub const DEFAULT_CPU_MODEL: &str = "qemu64";
 /// How long QEMU's QMP socket may take to answer once QEMU is up.
 pub(crate) const QMP_CONNECT: Duration = Duration::from_secs(10);
 
+/// The VM engine: its lifecycle is [`ferry_core::engine`]'s, with these
+/// steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Vms;
+
+/// The VM engine, for an [`ferry_core::engine::EngineSet`].
+pub static VMS: Vms = Vms;
+
+impl EnvConfig for VmConfig {
+    fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+    fn stop_timeout(&self) -> Duration {
+        VmConfig::stop_timeout(self)
+    }
+}
+
+/// The columns of `bls`.
+pub const COLUMNS: [&str; 9] = [
+    "jname",
+    "jid",
+    "vm_ram",
+    "vm_cpus",
+    "vm_os_type",
+    "vnc",
+    "accel",
+    "qemu",
+    "status",
+];
+
+impl Backend for Vms {
+    type Config = VmConfig;
+    const KIND: EnvKind = EnvKind::Vm;
+    const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn load(&self, wd: &Workdir, j: &Jname) -> Result<VmConfig> {
+        load(wd, j)
+    }
+
+    fn row_of(&self, wd: &Workdir, def: &ferry_core::rcconf::Definition) -> Result<EnvRow> {
+        row_of(wd, def)
+    }
+
+    fn check_start(
+        &self,
+        wd: &Workdir,
+        _: &Registry,
+        cfg: &VmConfig,
+        opts: &StartOptions,
+    ) -> Result<()> {
+        qemu::check_socket_path(&qemu::qmp_socket(wd, cfg.jname()))?;
+        if let Some(name) = &opts.checkpoint {
+            checkpoint::check_restorable(wd, cfg, name)?;
+        }
+        let port = cfg.args.vm_vnc_port;
+        if port != 0 && TcpListener::bind(("127.0.0.1", port)).is_err() {
+            return Err(Error::Refused(format!("VNC port {port} is taken")));
+        }
+        Ok(())
+    }
+
+    fn record(&self, wd: &Workdir, reg: &Registry, cfg: &VmConfig, epoch: u64) -> Result<Runtime> {
+        launch_record(wd, reg, cfg, epoch, Phase::Starting, None)
+    }
+
+    fn launch(
+        &self,
+        wd: &Workdir,
+        cfg: &VmConfig,
+        rt: &Runtime,
+        opts: &StartOptions,
+    ) -> Result<Process> {
+        let r = try_launch(wd, cfg, rt, opts.checkpoint.as_deref());
+        if r.is_err() {
+            undo_launch(wd, cfg.jname(), rt);
+        }
+        r
+    }
+
+    fn halt(&self, wd: &Workdir, j: &Jname, rt: &Runtime, timeout: Duration) -> Result<()> {
+        halt(wd, j, rt, timeout)
+    }
+
+    fn kill(&self, _: &Workdir, j: &Jname, rt: &Runtime) -> Result<()> {
+        kill(j, rt)
+    }
+
+    /// A QEMU left without a usable record, the tap; the mounts are
+    /// `mnt_stop`'s.
+    fn release(&self, wd: &Workdir, j: &Jname, rt: &Runtime) -> Result<()> {
+        kill_leftover(wd, j);
+        if let Some(net) = &rt.net {
+            ferry_core::net::remove_link(&net.host_if)?;
+        }
+        Ok(())
+    }
+
+    fn columns(&self) -> &'static [&'static str] {
+        &COLUMNS
+    }
+
+    fn describe(&self, wd: &Workdir, row: &EnvRow) -> Result<Value> {
+        let cfg = load(wd, &row.jname);
+        let live = live(wd, &row.jname)?;
+        let (ram, cpus, os, vnc) = match &cfg {
+            Ok(c) => (
+                Value::from(c.args.vm_ram.render()),
+                Value::from(c.args.vm_cpus),
+                Value::from(c.args.vm_os_type.0.clone()),
+                match c.args.vm_vnc_port {
+                    0 => Value::Null,
+                    port => Value::from(port),
+                },
+            ),
+            Err(_) => (Value::Null, Value::Null, Value::Null, Value::Null),
+        };
+        Ok(json!({
+            "jname": row.jname,
+            "jid": live.pid,
+            "vm_ram": ram,
+            "vm_cpus": cpus,
+            "vm_os_type": os,
+            "vnc": vnc,
+            "accel": if live.state == EnvState::Running { live.accel } else { None },
+            "qemu": live.qemu_status,
+            "status": live.state.display(),
+        }))
+    }
+}
+
 /// Create a VM on this node (and start it when `runasap=1`).
 pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
     cfg.args.vm_machine.0 = qemu::resolve_machine(wd, &cfg.args.vm_machine.0)?;
@@ -44,7 +174,7 @@ pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
         make_disk(wd, cfg)
     })?;
     if cfg.args.runasap {
-        start(wd, reg, cfg.jname(), None)?;
+        engine::start(&VMS, wd, reg, cfg.jname(), &StartOptions::default())?;
     }
     Ok(())
 }
@@ -113,11 +243,6 @@ pub fn load(wd: &Workdir, j: &Jname) -> Result<VmConfig> {
     VmConfig::from_definition(&def, wd, &wd.registered_rcconf(j))
 }
 
-/// The live state of a VM registered here.
-pub fn state(wd: &Workdir, j: &Jname) -> Result<EnvState> {
-    runtime::state(wd, j).map(|(s, _)| s)
-}
-
 /// What `bls` shows of a VM's live state.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -151,79 +276,29 @@ pub fn live(wd: &Workdir, j: &Jname) -> Result<Live> {
     })
 }
 
-/// Start a registered VM, booting it or restoring `checkpoint`.
-pub fn start(wd: &Workdir, reg: &Registry, j: &Jname, checkpoint: Option<&str>) -> Result<()> {
-    let (st, rt) = runtime::state(wd, j)?;
-    model::check(j, st, Action::Start)?;
-    let cfg = load(wd, j)?;
-    // Only the lease holder may run the env (DESIGN §5, I2).
-    let epoch = lease::held(wd, j)?;
-    cfg.hooks.check()?;
-    let sock = qemu::qmp_socket(wd, j);
-    qemu::check_socket_path(&sock)?;
-    if let Some(rt) = rt {
-        teardown(wd, j, Some(&cfg), &rt)?;
-    }
-    if let Some(name) = checkpoint {
-        checkpoint::check_restorable(wd, &cfg, name)?;
-    }
-    if cfg.args.vm_vnc_port != 0 && TcpListener::bind(("127.0.0.1", cfg.args.vm_vnc_port)).is_err()
-    {
-        return Err(Error::Refused(format!(
-            "VNC port {} is taken",
-            cfg.args.vm_vnc_port
-        )));
-    }
-    let (mut rt, accel) = record_launch(wd, reg, &cfg, epoch, Phase::Starting, None)?;
-    let ctx = HookCtx {
-        wd,
-        jname: j,
-        epoch,
-    };
-    let launched = cfg.hooks.with_mounts(&ctx, HookPhase::Start, true, || {
-        launch(wd, &cfg, &rt, &accel, checkpoint)
-    });
-    match launched {
-        Ok((pid, starttime)) => {
-            rt.phase = Phase::Running;
-            rt.pid = Some(pid);
-            rt.starttime = Some(starttime);
-            runtime::write(wd, j, &rt)
-        }
-        Err(e) => {
-            runtime::clear(wd, j)?;
-            Err(e)
-        }
-    }
-}
-
 /// The runtime record of a QEMU of `cfg` about to be launched here (in
-/// `phase`), under this node's accelerator, written before anything is
-/// set up so that a crash from then on is undone. Returns it with the
-/// accelerator.
-pub(crate) fn record_launch(
+/// `phase`), under this node's accelerator (in the record).
+pub(crate) fn launch_record(
     wd: &Workdir,
     reg: &Registry,
     cfg: &VmConfig,
     epoch: u64,
     phase: Phase,
     cpu: Option<&cpu::GuestCpu>,
-) -> Result<(Runtime, String)> {
+) -> Result<Runtime> {
     let accel = qemu::accel(wd, reg, &cfg.args.vm_cpu_model.0)?;
     let net = config::bridged(&cfg.args).then(|| NetRecord {
         netns: String::new(),
         host_if: qemu::tap_name(wd, cfg.jname()),
         bridge: cfg.args.interface.0.clone(),
     });
-    let rt = Runtime {
+    Ok(Runtime {
         phase,
         net,
-        accel: Some(accel.clone()),
+        accel: Some(accel),
         cpu: cpu.map(|c| c.0.clone()),
         ..Runtime::starting(epoch)
-    };
-    runtime::write(wd, cfg.jname(), &rt)?;
-    Ok((rt, accel))
+    })
 }
 
 /// Undo what a failed launch may have left: a QEMU without a usable
@@ -235,28 +310,14 @@ pub(crate) fn undo_launch(wd: &Workdir, j: &Jname, rt: &Runtime) {
     }
 }
 
-fn launch(
-    wd: &Workdir,
-    cfg: &VmConfig,
-    rt: &Runtime,
-    accel: &str,
-    checkpoint: Option<&str>,
-) -> Result<(i32, u64)> {
-    let r = try_launch(wd, cfg, rt, accel, checkpoint);
-    if r.is_err() {
-        undo_launch(wd, cfg.jname(), rt);
-    }
-    r
-}
-
 fn try_launch(
     wd: &Workdir,
     cfg: &VmConfig,
     rt: &Runtime,
-    accel: &str,
     checkpoint: Option<&str>,
-) -> Result<(i32, u64)> {
+) -> Result<Process> {
     let j = cfg.jname();
+    let accel = rt.accel.as_deref().unwrap_or("tcg");
     if let Some(net) = &rt.net {
         ferry_core::net::tap_up(&net.host_if, &net.bridge)?;
     }
@@ -264,30 +325,47 @@ fn try_launch(
         checkpoint::revert_disks(wd, cfg, name)?;
     }
     let pid = qemu::spawn(wd, cfg, accel, checkpoint.is_some())?;
-    let starttime = ferry_core::sys::proc_stat(pid)
-        .map(|p| p.starttime)
+    let process = Process::of(pid)
         .ok_or_else(|| Error::Failed(format!("QEMU of {j} exited as soon as it started")))?;
     let mut q = Qmp::connect_retry(&qemu::qmp_socket(wd, j), Instant::now() + QMP_CONNECT)
         .map_err(|e| qmp_failed(j, e))?;
     if let Some(name) = checkpoint {
         checkpoint::restore(wd, cfg, &mut q, name)?;
     }
-    Ok((pid, starttime))
+    Ok(process)
 }
 
-pub(crate) fn qmp_failed(j: &Jname, e: qmp::QmpError) -> Error {
-    Error::Failed(format!("QMP of {j}: {}", ferry_core_chain(&e)))
+/// What fails in the VM engine, beside the core's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("QMP of {jname}")]
+    Qmp {
+        jname: Jname,
+        #[source]
+        source: qmp::QmpError,
+    },
+    #[error("QEMU of {jname} (pid {pid}) did not die after SIGKILL")]
+    Unkillable { jname: Jname, pid: i32 },
 }
 
-fn ferry_core_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+impl VmError {
+    pub fn kind(&self) -> ferry_core::ErrorKind {
+        ferry_core::ErrorKind::Failed
     }
-    s
+}
+
+impl From<VmError> for Error {
+    fn from(e: VmError) -> Error {
+        Error::classified(e.kind(), e)
+    }
+}
+
+pub(crate) fn qmp_failed(j: &Jname, source: qmp::QmpError) -> Error {
+    VmError::Qmp {
+        jname: j.clone(),
+        source,
+    }
+    .into()
 }
 
 /// Kill a QEMU of this VM that may be running without a usable record
@@ -295,104 +373,49 @@ fn ferry_core_chain(e: &(dyn std::error::Error + 'static)) -> String {
 fn kill_leftover(wd: &Workdir, j: &Jname) {
     if let Some(pid) = qemu::read_pid(&qemu::pid_file(wd, j)) {
         if qemu::is_our_qemu(wd, j, pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            ferry_core::sys::wait_gone(pid, None, Duration::from_secs(5));
+            if let Some(p) = Process::of(pid) {
+                p.kill();
+            }
         }
     }
     let _ = fs::remove_file(qemu::pid_file(wd, j));
     let _ = fs::remove_file(qemu::qmp_socket(wd, j));
 }
 
-/// Undo what a runtime record says may be left, then drop the record.
-pub(crate) fn teardown(
-    wd: &Workdir,
-    j: &Jname,
-    cfg: Option<&VmConfig>,
-    rt: &Runtime,
-) -> Result<()> {
-    teardown_as(wd, j, cfg, rt, HookPhase::Stop)
-}
-
-/// [`teardown`], `mnt_stop` told `phase`.
-pub(crate) fn teardown_as(
-    wd: &Workdir,
-    j: &Jname,
-    cfg: Option<&VmConfig>,
-    rt: &Runtime,
-    phase: HookPhase,
-) -> Result<()> {
-    kill_leftover(wd, j);
-    if let Some(net) = &rt.net {
-        ferry_core::net::remove_link(&net.host_if)?;
-    }
-    runtime::finish_teardown_as(wd, j, cfg.map(|c| &c.hooks), rt, phase)
-}
-
-/// Stop a VM: ACPI power-down, QMP `quit` after `stop_timeout`, SIGKILL as
-/// a last resort; then tear down.
-pub fn stop(wd: &Workdir, j: &Jname) -> Result<()> {
-    let (st, rt) = runtime::begin_stop(wd, j)?;
-    let cfg = load(wd, j);
-    if st == EnvState::Running {
-        let timeout = cfg
-            .as_ref()
-            .map_or(Duration::from_secs(30), VmConfig::stop_timeout);
-        halt(wd, j, &rt, timeout)?;
-    }
-    teardown(wd, j, cfg.as_ref().ok(), &rt)
-}
-
 /// Bring the QEMU of a running VM down: power-down, then quit, then kill.
 pub(crate) fn halt(wd: &Workdir, j: &Jname, rt: &Runtime, timeout: Duration) -> Result<()> {
-    let (pid, start) = (rt.pid.unwrap_or(0), rt.starttime);
+    let qemu = qemu_of(rt);
     let sock = qemu::qmp_socket(wd, j);
-    let mut q = Qmp::connect(&sock, Duration::from_secs(5)).ok();
-    if let Some(q) = q.as_mut() {
-        if q.system_powerdown().is_ok() && ferry_core::sys::wait_gone(pid, start, timeout) {
+    if let Ok(mut q) = Qmp::connect(&sock, Duration::from_secs(5)) {
+        if q.system_powerdown().is_ok() && qemu.wait_gone(timeout) {
             return Ok(());
         }
         let _ = q.quit();
-        if ferry_core::sys::wait_gone(pid, start, Duration::from_secs(5)) {
+        if qemu.wait_gone(Duration::from_secs(5)) {
             return Ok(());
         }
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    if ferry_core::sys::wait_gone(pid, start, Duration::from_secs(5)) {
+    kill(j, rt)
+}
+
+/// SIGKILL the QEMU of a running VM.
+pub(crate) fn kill(j: &Jname, rt: &Runtime) -> Result<()> {
+    let qemu = qemu_of(rt);
+    if qemu.kill() {
         Ok(())
     } else {
-        Err(Error::Failed(format!(
-            "QEMU of {j} (pid {pid}) did not die after SIGKILL"
-        )))
+        Err(VmError::Unkillable {
+            jname: j.clone(),
+            pid: qemu.pid,
+        }
+        .into())
     }
 }
 
-/// Stop (if running) and start again.
-pub fn restart(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
-    let st = state(wd, j)?;
-    model::check(j, st, Action::Restart)?;
-    if st != EnvState::Stopped {
-        stop(wd, j)?;
+/// The QEMU a record names.
+fn qemu_of(rt: &Runtime) -> Process {
+    Process {
+        pid: rt.pid.unwrap_or(0),
+        start: rt.starttime.unwrap_or(0),
     }
-    start(wd, reg, j, None)
-}
-
-/// Remove a stopped VM with its disks and checkpoints.
-pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
-    if envfs::finish_interrupted(wd, reg, j)? {
-        return Ok(());
-    }
-    let (st, rt) = runtime::state(wd, j)?;
-    model::check(j, st, Action::Remove)?;
-    let cfg = load(wd, j)?;
-    cfg.hooks.check()?;
-    if let Some(rt) = rt {
-        teardown(wd, j, Some(&cfg), &rt)?;
-    }
-    envfs::remove(wd, reg, j, &cfg.hooks)
 }

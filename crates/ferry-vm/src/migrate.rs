@@ -14,6 +14,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ferry_core::engine;
 use ferry_core::envdef::HookCtx;
 use ferry_core::hook::Phase as HookPhase;
 use ferry_core::lease;
@@ -97,14 +98,16 @@ pub fn incoming(
                 needs: "not running here",
             })
         }
-        (_, Some(rt)) => crate::teardown(wd, j, None, &rt)?,
+        (_, Some(rt)) => engine::teardown(&crate::VMS, wd, j, None, &rt, HookPhase::Stop)?,
     }
     let cfg = load(wd, j)?;
     cfg.hooks.check()?;
     qemu::check_socket_path(&qemu::qmp_socket(wd, j))?;
     let epoch = lease::read(wd, j)?.map_or(0, |l| l.epoch);
     // Recorded first, so a crash from here on is undone by an abort.
-    let (mut rt, accel) = crate::record_launch(wd, reg, &cfg, epoch, Phase::Incoming, Some(cpu))?;
+    let mut rt = crate::launch_record(wd, reg, &cfg, epoch, Phase::Incoming, Some(cpu))?;
+    runtime::write(wd, j, &rt)?;
+    let accel = rt.accel.clone().unwrap_or_else(|| "tcg".into());
     let ctx = HookCtx {
         wd,
         jname: j,
@@ -217,7 +220,7 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Commit
         q.cont().map_err(|e| qmp_failed(j, e))?;
     }
     let resumed = Instant::now();
-    rt.phase = Phase::Running;
+    runtime::enter(&mut rt, Phase::Running)?;
     rt.epoch = epoch;
     runtime::write(wd, j, &rt)?;
     let def = ferry_core::envdef::load_registered(wd, j)?;
@@ -258,7 +261,7 @@ fn quit_and_teardown(wd: &Workdir, j: &Jname, rt: &Runtime, phase: HookPhase) ->
     if let (Some(pid), Some(start)) = (rt.pid, rt.starttime) {
         ferry_core::sys::wait_gone(pid, Some(start), Duration::from_secs(5));
     }
-    crate::teardown_as(wd, j, load(wd, j).ok().as_ref(), rt, phase)
+    engine::teardown(&crate::VMS, wd, j, load(wd, j).ok().as_ref(), rt, phase)
 }
 
 // ---- the source ----

@@ -248,29 +248,47 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
     let mut raw = Connection::connect(&uri, ConnectOptions::default()).expect("connect");
     raw.watch("probe.reply").expect("watch");
     raw.use_tube("ferry.node.n2").expect("use");
-    let req = serde_json::json!({
-        "kind": "task", "id": "probe-1", "from": "n1", "reply": "probe.reply",
-        "task": {"words": ["daemon"]}
-    });
-    raw.put(
-        req.to_string().as_bytes(),
-        0,
-        Duration::ZERO,
-        Duration::from_secs(5),
-    )
-    .expect("put");
-    let answer = raw
-        .reserve(Duration::from_secs(10))
-        .expect("reserve")
-        .expect("an answer");
-    let answer: Value = serde_json::from_slice(&answer.body).expect("JSON");
-    assert_eq!(answer["code"], 2, "{answer}");
-    assert!(answer["message"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("cannot run"));
+    let mut refusal = |req: Value| {
+        raw.use_tube("ferry.node.n2").expect("use");
+        raw.put(
+            req.to_string().as_bytes(),
+            0,
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .expect("put");
+        let answer = raw
+            .reserve(Duration::from_secs(10))
+            .expect("reserve")
+            .expect("an answer");
+        raw.delete(answer.id).expect("delete");
+        let answer: Value = serde_json::from_slice(&answer.body).expect("JSON");
+        assert_eq!(answer["id"], req["id"], "{answer}");
+        assert_eq!(answer["body"]["kind"], "error", "{answer}");
+        assert_eq!(answer["body"]["code"], 2, "{answer}");
+        answer["body"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let why = refusal(serde_json::json!({
+        "v": 1, "id": "probe-1", "from": "n1", "reply": "probe.reply",
+        "body": {"kind": "task", "words": ["daemon"]}
+    }));
+    assert!(why.contains("cannot run"), "{why}");
+    // Another protocol version, or a kind n2 does not know: refused by name.
+    let why = refusal(serde_json::json!({
+        "id": "probe-2", "from": "n1", "reply": "probe.reply",
+        "kind": "task", "task": {"words": ["jls"]}
+    }));
+    assert!(why.contains("protocol version none"), "{why}");
+    let why = refusal(serde_json::json!({
+        "v": 1, "id": "probe-3", "from": "n1", "reply": "probe.reply",
+        "body": {"kind": "reboot"}
+    }));
+    assert!(why.contains("reboot"), "{why}");
     raw.use_tube("ferry.tasks.n1").expect("use");
-    for body in [&b"not json"[..], b"{\"id\":\"x\",\"code\":0,\"message\":\"\",\"task\":{\"task\":1,\"state\":\"running\",\"exit_code\":null,\"reason\":null}}"] {
+    for body in [&b"not json"[..], br#"{"v":1,"id":"x","body":{"kind":"task-result","task":1,"state":"running","exit_code":null,"reason":null}}"#] {
         raw.put(body, 0, Duration::ZERO, Duration::from_secs(5)).expect("put");
     }
     wait_for("garbage buried", Duration::from_secs(10), || {

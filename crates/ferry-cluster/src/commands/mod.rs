@@ -13,12 +13,13 @@ use std::path::Path;
 
 use ferry_api::command::InitenvArgs;
 use ferry_api::{Command, Outcome};
+use ferry_core::engine::StartOptions;
 use ferry_core::inventory::Inventory;
 use ferry_core::registry::Registry;
 use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
 
-use crate::context::{per_env, select, Context};
-use crate::{daemon, migrate, rpc, tasks, VERSION};
+use crate::context::{listing, per_env, select, Context};
+use crate::{daemon, engines, migrate, rpc, tasks, VERSION};
 
 /// Carry out one command.
 pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
@@ -33,20 +34,11 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             let (wd, reg) = ctx.open()?;
             jail::create(&wd, &reg, a)
         }
-        Command::Jstart(a) => each(ctx, EnvKind::Jail, &a.jname, "started", |wd, _, j| {
-            ferry_jail::start(wd, j)
-        }),
-        Command::Jstop(a) => each(ctx, EnvKind::Jail, &a.jname, "stopped", |wd, _, j| {
-            ferry_jail::stop(wd, j)
-        }),
-        Command::Jrestart(a) => each(ctx, EnvKind::Jail, &a.jname, "restarted", |wd, _, j| {
-            ferry_jail::restart(wd, j)
-        }),
-        Command::Jremove(a) => each(ctx, EnvKind::Jail, &a.jname, "removed", ferry_jail::remove),
-        Command::Jls(a) => {
-            let (wd, reg) = ctx.open()?;
-            jail::list(&wd, &reg, &a.jname, a.display.as_deref())
-        }
+        Command::Jstart(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Start(None)),
+        Command::Jstop(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Stop),
+        Command::Jrestart(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Restart),
+        Command::Jremove(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Remove),
+        Command::Jls(a) => list(ctx, EnvKind::Jail, &a.jname, a.display.as_deref()),
         Command::Jexec(a) => {
             let (wd, _) = ctx.open()?;
             let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;
@@ -54,20 +46,13 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         }
         Command::Bcreate(a) => vm::create(ctx, a),
         Command::Bstart(a) => {
-            let ckp = a.checkpoint.as_ref().map(|w| w.0.as_str());
-            each(ctx, EnvKind::Vm, &a.jname, "started", |wd, reg, j| {
-                ferry_vm::start(wd, reg, j, ckp)
-            })
+            let checkpoint = a.checkpoint.map(|w| w.0);
+            lifecycle(ctx, EnvKind::Vm, &a.jname, Op::Start(checkpoint))
         }
-        Command::Bstop(a) => each(ctx, EnvKind::Vm, &a.jname, "stopped", |wd, _, j| {
-            ferry_vm::stop(wd, j)
-        }),
-        Command::Brestart(a) => each(ctx, EnvKind::Vm, &a.jname, "restarted", ferry_vm::restart),
-        Command::Bremove(a) => each(ctx, EnvKind::Vm, &a.jname, "removed", ferry_vm::remove),
-        Command::Bls(a) => {
-            let (wd, reg) = ctx.open()?;
-            vm::list(&wd, &reg, &a.jname, a.display.as_deref())
-        }
+        Command::Bstop(a) => lifecycle(ctx, EnvKind::Vm, &a.jname, Op::Stop),
+        Command::Brestart(a) => lifecycle(ctx, EnvKind::Vm, &a.jname, Op::Restart),
+        Command::Bremove(a) => lifecycle(ctx, EnvKind::Vm, &a.jname, Op::Remove),
+        Command::Bls(a) => list(ctx, EnvKind::Vm, &a.jname, a.display.as_deref()),
         Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
         Command::Daemon(a) => daemon::run(ctx, a),
         Command::Task(a) => tasks::run(ctx, a, dispatch),
@@ -144,20 +129,48 @@ fn initenv(root: &Path, a: &InitenvArgs) -> Result<Outcome> {
     )))
 }
 
-/// Apply a lifecycle operation to every env of `kind` the selector names.
-fn each(
-    ctx: &Context,
-    kind: EnvKind,
-    sel: &NameSelector,
-    done: &str,
-    op: impl Fn(&Workdir, &Registry, &Jname) -> Result<()>,
-) -> Result<Outcome> {
+/// A lifecycle operation of an engine.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Start, restoring this checkpoint (VMs) or booting.
+    Start(Option<String>),
+    Stop,
+    Restart,
+    Remove,
+}
+
+impl Op {
+    fn done(&self) -> &'static str {
+        match self {
+            Op::Start(_) => "started",
+            Op::Stop => "stopped",
+            Op::Restart => "restarted",
+            Op::Remove => "removed",
+        }
+    }
+}
+
+/// Apply a lifecycle operation to every env of `kind` the selector names,
+/// through its engine.
+fn lifecycle(ctx: &Context, kind: EnvKind, sel: &NameSelector, op: Op) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
     let names = select(&reg, kind, sel)?;
+    let engine = engines::of(kind);
+    let start = StartOptions {
+        checkpoint: match &op {
+            Op::Start(c) => c.clone(),
+            _ => None,
+        },
+    };
     let total = names.len();
     let mut finished = 0;
-    let results = per_env(&wd, names, done, |wd, j| {
-        let r = op(wd, &reg, j);
+    let results = per_env(&wd, names, op.done(), |wd, j| {
+        let r = match op {
+            Op::Start(_) => engine.start(wd, &reg, j, &start),
+            Op::Stop => engine.stop(wd, j),
+            Op::Restart => engine.restart(wd, &reg, j),
+            Op::Remove => engine.remove(wd, &reg, j),
+        };
         finished += 1;
         if total > 1 {
             let pct = u8::try_from(finished * 100 / total).unwrap_or(99);
@@ -166,4 +179,23 @@ fn each(
         r
     });
     Ok(Outcome::PerEnv { results })
+}
+
+/// `jls`, `bls`: the envs of `kind` registered here, with their live
+/// state, as their engine describes them.
+fn list(
+    ctx: &Context,
+    kind: EnvKind,
+    sel: &NameSelector,
+    display: Option<&str>,
+) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    let engine = engines::of(kind);
+    let mut l = listing(engine.columns(), display)?;
+    for row in reg.list()? {
+        if row.kind == kind && sel.matches(row.jname.as_str()) {
+            l.push(engine.describe(&wd, &row)?);
+        }
+    }
+    Ok(Outcome::Listing(l))
 }

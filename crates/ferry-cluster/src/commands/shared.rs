@@ -8,7 +8,7 @@ use ferry_core::register::{self, Takeover};
 use ferry_core::{EnvKind, Error, NameSelector, Result};
 
 use crate::context::{per_env_parallel, select, Context};
-use crate::engines::row_any;
+use crate::engines::ENGINES;
 
 pub fn unregister(ctx: &Context, sel: &NameSelector, kind: EnvKind) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -20,7 +20,7 @@ pub fn unregister(ctx: &Context, sel: &NameSelector, kind: EnvKind) -> Result<Ou
     };
     drop(reg);
     let results = per_env_parallel(&wd, names, "unregistered", |wd, reg, j| {
-        register::unregister(wd, reg, j, kind, &row_any).map(|()| true)
+        register::unregister(wd, reg, j, kind, &ENGINES).map(|()| true)
     });
     register::sync_shared(&wd);
     Ok(Outcome::PerEnv { results })
@@ -45,7 +45,7 @@ pub fn register(
     };
     drop(reg);
     let results = per_env_parallel(&wd, names, "registered", |wd, reg, j| {
-        match register::register(wd, reg, j, kind, takeover, &row_any) {
+        match register::register(wd, reg, j, kind, takeover, &ENGINES) {
             // A glob of jails passes over the VMs, and the other way round.
             Err(Error::WrongKind { .. }) if glob => Ok(false),
             r => r.map(|_| true),

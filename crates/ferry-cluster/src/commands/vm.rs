@@ -3,9 +3,7 @@
 use ferry_api::command::{BcheckpointArgs, BcreateArgs, CheckpointMode};
 use ferry_api::{Listing, Outcome};
 use ferry_core::lock::EnvLock;
-use ferry_core::registry::Registry;
-use ferry_core::{EnvKind, EnvState, Error, NameSelector, Result, Workdir};
-use serde_json::{json, Value};
+use ferry_core::{EnvKind, Error, NameSelector, Result};
 
 use crate::context::{select, Context};
 
@@ -29,60 +27,6 @@ pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     } else {
         format!("{j} created")
     }))
-}
-
-pub const COLUMNS: [&str; 9] = [
-    "jname",
-    "jid",
-    "vm_ram",
-    "vm_cpus",
-    "vm_os_type",
-    "vnc",
-    "accel",
-    "qemu",
-    "status",
-];
-
-pub fn list(
-    wd: &Workdir,
-    reg: &Registry,
-    sel: &NameSelector,
-    display: Option<&str>,
-) -> Result<Outcome> {
-    let mut l = crate::context::listing(&COLUMNS, display)?;
-    for row in reg.list()? {
-        if row.kind != EnvKind::Vm || !sel.matches(row.jname.as_str()) {
-            continue;
-        }
-        let cfg = ferry_vm::load(wd, &row.jname);
-        let live = ferry_vm::live(wd, &row.jname)?;
-        let (ram, cpus, os, vnc) = match &cfg {
-            Ok(c) => (
-                Value::from(c.args.vm_ram.render()),
-                Value::from(c.args.vm_cpus),
-                Value::from(c.args.vm_os_type.0.clone()),
-                if c.args.vm_vnc_port == 0 {
-                    Value::Null
-                } else {
-                    Value::from(c.args.vm_vnc_port)
-                },
-            ),
-            Err(_) => (Value::Null, Value::Null, Value::Null, Value::Null),
-        };
-        let v = json!({
-            "jname": row.jname,
-            "jid": live.pid,
-            "vm_ram": ram,
-            "vm_cpus": cpus,
-            "vm_os_type": os,
-            "vnc": vnc,
-            "accel": if live.state == EnvState::Running { live.accel } else { None },
-            "qemu": live.qemu_status,
-            "status": live.state.display(),
-        });
-        l.push(v);
-    }
-    Ok(Outcome::Listing(l))
 }
 
 pub fn checkpoint(ctx: &Context, a: BcheckpointArgs) -> Result<Outcome> {

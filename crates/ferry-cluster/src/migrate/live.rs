@@ -65,7 +65,7 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
             problems.push(format!("{j} is a jail: use jmigrate"));
         }
         Some(_) => {
-            if ferry_vm::state(&wd, j)? != EnvState::Running {
+            if ferry_core::engine::state(&wd, j)? != EnvState::Running {
                 problems.push(format!(
                     "{j} is not running here (start it, or move it cold)"
                 ));

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use ferry_api::command::{JmigrateArgs, JregisterArgs, JstartArgs, JunregisterArgs};
 use ferry_api::{Command, Outcome};
+use ferry_core::engine::StartOptions;
 use ferry_core::lock::EnvLock;
 use ferry_core::node::{self, Liveness};
 use ferry_core::register::{self, Takeover};
@@ -30,7 +31,7 @@ use ferry_core::task::{Autoflush, NewTask, TaskRow, TaskState, TaskStore};
 use ferry_core::{lease, EnvKind, EnvState, Error, Jname, NameSelector, Result, Workdir};
 
 use crate::context::{error_chain, Context};
-use crate::engines::row_any;
+use crate::engines::{self, ENGINES};
 use crate::{rpc, tasks};
 
 pub mod incoming;
@@ -71,7 +72,7 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
     }
 
     let t0 = Instant::now();
-    let was_running = ferry_jail::state(&wd, j)? != EnvState::Stopped;
+    let was_running = ferry_core::engine::state(&wd, j)? != EnvState::Stopped;
     if was_running {
         Here::Stop.run(&wd, &reg, j)?;
     }
@@ -169,10 +170,10 @@ impl Here {
     fn run(self, wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
         let _lock = EnvLock::acquire(wd, j)?;
         match self {
-            Here::Stop => ferry_jail::stop(wd, j),
-            Here::Start => ferry_jail::start(wd, j),
+            Here::Stop => engines::of(EnvKind::Jail).stop(wd, j),
+            Here::Start => engines::of(EnvKind::Jail).start(wd, reg, j, &StartOptions::default()),
             Here::Unregister => {
-                register::unregister(wd, reg, j, EnvKind::Jail, &row_any)?;
+                register::unregister(wd, reg, j, EnvKind::Jail, &ENGINES)?;
                 register::sync_shared(wd);
                 Ok(())
             }
@@ -181,7 +182,7 @@ impl Here {
                     force: false,
                     lease_time: LEASE_TIME,
                 };
-                register::register(wd, reg, j, EnvKind::Jail, takeover, &row_any)?;
+                register::register(wd, reg, j, EnvKind::Jail, takeover, &ENGINES)?;
                 register::sync_shared(wd);
                 Ok(())
             }

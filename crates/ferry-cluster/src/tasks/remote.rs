@@ -355,3 +355,40 @@ pub fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, lease_time: Durat
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(state: &str) -> NodeReply {
+        NodeReply::TaskResult(TaskResult {
+            task: 4,
+            state: state.into(),
+            exit_code: Some(0),
+            reason: None,
+            output: "ok\n".into(),
+        })
+    }
+
+    #[test]
+    fn a_final_result_settles_its_task_and_a_refusal_fails_it_without_a_run() {
+        let s = settlement(result("done")).expect("settles");
+        assert_eq!((s.state, s.code), (TaskState::Done, Some(0)));
+        assert_eq!(s.there, "as task 4 there");
+        assert_eq!(s.output, "ok\n");
+        let refused = settlement(NodeReply::Error {
+            code: exit::USAGE,
+            message: "a task cannot run `daemon`".into(),
+        })
+        .expect("settles");
+        assert_eq!((refused.state, refused.code), (TaskState::Failed, Some(2)));
+        assert!(refused.there.starts_with("refused there"));
+    }
+
+    #[test]
+    fn a_result_that_is_not_final_or_not_a_result_is_refused() {
+        assert!(settlement(result("running")).is_err());
+        assert!(settlement(result("pending")).is_err());
+        assert!(settlement(NodeReply::MigrateAbort { aborted: true }).is_err());
+    }
+}
