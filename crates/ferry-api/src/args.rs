@@ -354,30 +354,46 @@ impl FromArg for u16 {
     }
 }
 
+/// Why a text is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("not a size such as 512m or 10g")]
+    NotASize,
+    #[error("unknown size unit {0:?} (use k, m, g or t)")]
+    Unit(String),
+    #[error("too large")]
+    TooLarge,
+}
+
+/// Why a text is not a list of IPv4 addresses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ip4Error {
+    #[error("{0:?} is not an IPv4 address")]
+    NotAnAddress(String),
+    #[error("{0}")]
+    Prefix(#[from] ipnet::PrefixLenError),
+}
+
 /// A size in bytes, written as a number with an optional suffix:
 /// `b`, `k`, `m`, `g`, `t` (powers of 1024; CBSD's `1g`, `512m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
 impl Size {
-    pub fn parse(v: &str) -> Result<Size, String> {
+    pub fn parse(v: &str) -> Result<Size, SizeError> {
         let t = v.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| "not a size such as 512m or 10g".to_owned())?;
+        let n: u64 = num.parse().map_err(|_| SizeError::NotASize)?;
         let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1 << 10,
             "m" | "mb" => 1 << 20,
             "g" | "gb" => 1 << 30,
             "t" | "tb" => 1 << 40,
-            _ => return Err(format!("unknown size unit {unit:?} (use k, m, g or t)")),
+            _ => return Err(SizeError::Unit(unit.to_owned())),
         };
-        n.checked_mul(mult)
-            .map(Size)
-            .ok_or_else(|| "too large".to_owned())
+        n.checked_mul(mult).map(Size).ok_or(SizeError::TooLarge)
     }
 
     pub fn mib(self) -> u64 {
@@ -501,7 +517,7 @@ impl FromArg for HookPath {
 pub struct Ip4List(pub Vec<ipnet::Ipv4Net>);
 
 impl Ip4List {
-    pub fn parse(v: &str) -> Result<Self, String> {
+    pub fn parse(v: &str) -> Result<Self, Ip4Error> {
         if v.is_empty() || v == "0" {
             return Ok(Ip4List(Vec::new()));
         }
@@ -513,8 +529,8 @@ impl Ip4List {
                 }
                 let addr: Ipv4Addr = item
                     .parse()
-                    .map_err(|_| format!("{item:?} is not an IPv4 address"))?;
-                ipnet::Ipv4Net::new(addr, 24).map_err(|e| e.to_string())
+                    .map_err(|_| Ip4Error::NotAnAddress(item.to_owned()))?;
+                Ok(ipnet::Ipv4Net::new(addr, 24)?)
             })
             .collect::<Result<_, _>>()
             .map(Ip4List)

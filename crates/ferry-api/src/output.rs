@@ -98,6 +98,14 @@ pub struct Rendered {
     pub errors: Vec<String>,
 }
 
+/// A `display=` column the listing does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no column {column:?}; columns are {columns}")]
+pub struct ColumnError {
+    pub column: String,
+    pub columns: String,
+}
+
 /// A table: column names in display order and one JSON object per row.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Listing {
@@ -108,7 +116,7 @@ pub struct Listing {
 impl Listing {
     /// An empty listing with these columns, narrowed to a CBSD-style
     /// `display=` list when one is given.
-    pub fn new(columns: &[&str], display: Option<&str>) -> Result<Listing, String> {
+    pub fn new(columns: &[&str], display: Option<&str>) -> Result<Listing, ColumnError> {
         let mut l = Listing {
             columns: columns.iter().map(|c| (*c).to_owned()).collect(),
             rows: Vec::new(),
@@ -127,13 +135,13 @@ impl Listing {
     }
 
     /// Keep only the columns named in a CBSD-style `display=` list.
-    pub fn select(&mut self, display: &str) -> Result<(), String> {
+    pub fn select(&mut self, display: &str) -> Result<(), ColumnError> {
         let wanted: Vec<String> = display.split(',').map(|c| c.trim().to_owned()).collect();
         if let Some(bad) = wanted.iter().find(|w| !self.columns.contains(w)) {
-            return Err(format!(
-                "no column {bad:?}; columns are {}",
-                self.columns.join(",")
-            ));
+            return Err(ColumnError {
+                column: bad.clone(),
+                columns: self.columns.join(","),
+            });
         }
         self.columns = wanted;
         Ok(())

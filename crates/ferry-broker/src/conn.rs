@@ -204,14 +204,14 @@ impl Connection {
         let n = usize::try_from(size)
             .ok()
             .and_then(|n| n.checked_add(2))
-            .ok_or_else(|| self.violation("body size out of range".into()))?;
+            .ok_or_else(|| self.violation("body size out of range"))?;
         let mut body = Vec::with_capacity(n);
         self.read_bounded(size + 2, |chunk| body.extend_from_slice(chunk))?;
         if body.ends_with(b"\r\n") {
             body.truncate(n - 2);
             Ok(body)
         } else {
-            Err(self.violation("job body not followed by \\r\\n".into()))
+            Err(self.violation("job body not followed by \\r\\n"))
         }
     }
 
@@ -285,7 +285,7 @@ impl Connection {
             return Ok(()); // command() reports it
         }
         if !self.stream.buffer().is_empty() {
-            return Err(self.violation("the broker sent data nobody asked for".into()));
+            return Err(self.violation("the broker sent data nobody asked for"));
         }
         let fd = self.stream.get_ref().as_raw_fd();
         match recv(
@@ -295,7 +295,7 @@ impl Connection {
         ) {
             Err(Errno::EAGAIN) => Ok(()),
             Ok(0) => Err(self.closed()),
-            Ok(_) => Err(self.violation("the broker sent data nobody asked for".into())),
+            Ok(_) => Err(self.violation("the broker sent data nobody asked for")),
             Err(e) => Err(self.io_error(e.into(), self.read_timeout)),
         }
     }
@@ -316,9 +316,9 @@ impl Connection {
         ))
     }
 
-    fn violation(&mut self, msg: String) -> Error {
+    fn violation(&mut self, why: impl Into<proto::Violation>) -> Error {
         self.lost = true;
-        Error::Protocol(msg)
+        Error::Protocol(why.into())
     }
 
     /// The error for a reply that does not belong to the command.

@@ -108,7 +108,7 @@ pub enum Error {
     /// line or body too long, missing terminator). The connection is given
     /// up.
     #[error("broker protocol violation: {0}")]
-    Protocol(String),
+    Protocol(crate::proto::Violation),
 
     /// [`Reconnecting`](crate::Reconnecting) could not reconnect within its
     /// policy's `give_up_after`.

@@ -46,15 +46,32 @@ pub enum Reply {
     Error(ServerError),
 }
 
+/// What makes a server's reply not valid protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
+impl From<String> for Violation {
+    fn from(s: String) -> Violation {
+        Violation(s)
+    }
+}
+
+impl From<&str> for Violation {
+    fn from(s: &str) -> Violation {
+        Violation(s.to_owned())
+    }
+}
+
 /// Parses one reply line (without its `\r\n`). Every field is checked: the
 /// word, the number of fields, digits only, the range of each number.
-pub fn parse_reply(line: &[u8]) -> Result<Reply, String> {
-    let text =
-        std::str::from_utf8(line).map_err(|_| format!("reply is not ASCII: {}", show(line)))?;
+pub fn parse_reply(line: &[u8]) -> Result<Reply, Violation> {
+    let text = std::str::from_utf8(line)
+        .map_err(|_| Violation(format!("reply is not ASCII: {}", show(line))))?;
     let mut fields = text.split(' ');
     let word = fields.next().unwrap_or_default();
     let (a, b) = (fields.next(), fields.next());
-    let bad = || format!("unexpected reply {}", show(line));
+    let bad = || Violation(format!("unexpected reply {}", show(line)));
     if fields.next().is_some() {
         return Err(bad());
     }
@@ -98,17 +115,17 @@ pub fn parse_reply(line: &[u8]) -> Result<Reply, String> {
 }
 
 /// A decimal number of digits only (no sign, no spaces), at most 20 digits.
-fn number(s: &str, line: &[u8]) -> Result<u64, String> {
+fn number(s: &str, line: &[u8]) -> Result<u64, Violation> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("bad number in reply {}", show(line)));
+        return Err(Violation(format!("bad number in reply {}", show(line))));
     }
     s.parse()
-        .map_err(|_| format!("number out of range in reply {}", show(line)))
+        .map_err(|_| Violation(format!("number out of range in reply {}", show(line))))
 }
 
-fn number_u32(s: &str, line: &[u8]) -> Result<u32, String> {
+fn number_u32(s: &str, line: &[u8]) -> Result<u32, Violation> {
     u32::try_from(number(s, line)?)
-        .map_err(|_| format!("number out of range in reply {}", show(line)))
+        .map_err(|_| Violation(format!("number out of range in reply {}", show(line))))
 }
 
 /// A byte string for an error message: escaped, at most 80 bytes of it.
@@ -140,20 +157,20 @@ pub fn secs(d: Duration) -> u32 {
 }
 
 /// The `key: value` lines of a stats body (`---` first).
-fn yaml_map(body: &[u8]) -> Result<Vec<(&str, &str)>, String> {
+fn yaml_map(body: &[u8]) -> Result<Vec<(&str, &str)>, Violation> {
     let text = std::str::from_utf8(body).map_err(|_| "stats body is not UTF-8".to_owned())?;
     let mut lines = text.lines();
     if lines.next() != Some("---") {
-        return Err(format!(
+        return Err(Violation(format!(
             "stats body does not start with ---: {}",
             show(body)
-        ));
+        )));
     }
     lines
         .filter(|l| !l.is_empty())
         .map(|l| {
             l.split_once(": ")
-                .ok_or_else(|| format!("bad stats line {}", show(l.as_bytes())))
+                .ok_or_else(|| Violation(format!("bad stats line {}", show(l.as_bytes()))))
         })
         .collect()
 }
@@ -161,61 +178,67 @@ fn yaml_map(body: &[u8]) -> Result<Vec<(&str, &str)>, String> {
 struct Fields<'a>(Vec<(&'a str, &'a str)>);
 
 impl Fields<'_> {
-    fn str(&self, key: &str) -> Result<&str, String> {
+    fn str(&self, key: &str) -> Result<&str, Violation> {
         let v = self
             .0
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| *v)
-            .ok_or_else(|| format!("stats lack {key}"))?;
+            .ok_or_else(|| Violation(format!("stats lack {key}")))?;
         // Older servers quote strings.
         Ok(v.strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(v))
     }
 
-    fn num(&self, key: &str) -> Result<u64, String> {
+    fn num(&self, key: &str) -> Result<u64, Violation> {
         let v = self.str(key)?;
-        number(v, v.as_bytes()).map_err(|e| format!("stats {key}: {e}"))
+        number(v, v.as_bytes()).map_err(|e| Violation(format!("stats {key}: {e}")))
     }
 
-    fn secs(&self, key: &str) -> Result<Duration, String> {
+    fn secs(&self, key: &str) -> Result<Duration, Violation> {
         self.num(key).map(Duration::from_secs)
     }
 
     /// A number of seconds that may be negative (beanstalkd 1.12 reports a
     /// `time-left` of -1 for a job whose TTR ran out); negative is zero.
-    fn secs_left(&self, key: &str) -> Result<Duration, String> {
+    fn secs_left(&self, key: &str) -> Result<Duration, Violation> {
         let v = self.str(key)?;
         match v.strip_prefix('-') {
             Some(n) => number(n, v.as_bytes()).map(|_| Duration::ZERO),
             None => number(v, v.as_bytes()).map(Duration::from_secs),
         }
-        .map_err(|e| format!("stats {key}: {e}"))
+        .map_err(|e| Violation(format!("stats {key}: {e}")))
     }
 
-    fn tube(&self, key: &str) -> Result<String, String> {
+    fn tube(&self, key: &str) -> Result<String, Violation> {
         let t = self.str(key)?;
-        check_tube(t).map_err(|e| e.to_string())?;
+        check_tube(t).map_err(|e| Violation(e.to_string()))?;
         Ok(t.to_owned())
     }
 }
 
 /// Parses a `stats-job` body.
-pub fn parse_job_stats(body: &[u8]) -> Result<JobStats, String> {
+pub fn parse_job_stats(body: &[u8]) -> Result<JobStats, Violation> {
     let f = Fields(yaml_map(body)?);
     let state = match f.str("state")? {
         "ready" => JobState::Ready,
         "delayed" => JobState::Delayed,
         "reserved" => JobState::Reserved,
         "buried" => JobState::Buried,
-        other => return Err(format!("unknown job state {}", show(other.as_bytes()))),
+        other => {
+            return Err(Violation(format!(
+                "unknown job state {}",
+                show(other.as_bytes())
+            )))
+        }
     };
     Ok(JobStats {
         id: JobId(f.num("id")?),
         tube: f.tube("tube")?,
         state,
-        priority: u32::try_from(f.num("pri")?).map_err(|_| "stats pri out of range".to_owned())?,
+        priority: u32::try_from(f.num("pri")?)
+            .map_err(|_| Violation("stats pri out of range".to_owned()))?,
         age: f.secs("age")?,
         delay: f.secs("delay")?,
         ttr: f.secs("ttr")?,
@@ -229,7 +252,7 @@ pub fn parse_job_stats(body: &[u8]) -> Result<JobStats, String> {
 }
 
 /// Parses a `stats-tube` body.
-pub fn parse_tube_stats(body: &[u8]) -> Result<TubeStats, String> {
+pub fn parse_tube_stats(body: &[u8]) -> Result<TubeStats, Violation> {
     let f = Fields(yaml_map(body)?);
     Ok(TubeStats {
         name: f.tube("name")?,

@@ -113,7 +113,7 @@ fn an_endless_line_is_cut_off() {
     let mut c = Connection::connect(&uri, opts()).expect("connect");
     let e = c.use_tube("t").expect_err("endless line");
     assert!(
-        matches!(&e, Error::Protocol(m) if m.contains("longer than")),
+        matches!(&e, Error::Protocol(m) if m.0.contains("longer than")),
         "{e}"
     );
     drop(c);

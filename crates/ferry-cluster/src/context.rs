@@ -192,7 +192,7 @@ pub(crate) fn listing(
     display: Option<&str>,
 ) -> Result<ferry_api::Listing> {
     ferry_api::Listing::new(columns, display)
-        .map_err(|reason| Error::bad_value("display", display.unwrap_or(""), reason))
+        .map_err(|e| Error::bad_value("display", display.unwrap_or(""), e.to_string()))
 }
 
 /// An error and all its causes on one line, each said once: how a front

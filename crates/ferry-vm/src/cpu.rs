@@ -165,6 +165,24 @@ pub fn runs_here(wd: &Workdir, machine: &str, accel: &str, cpu: &GuestCpu) -> Re
     })
 }
 
+/// Why a probing QEMU gave no answer to a command.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot run {bin}")]
+    Spawn {
+        bin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU's own words (its error reply, or what it wrote to stderr).
+    #[error("{0}")]
+    Said(String),
+    #[error("no answer within {0}s")]
+    TimedOut(u64),
+    #[error("it exited without answering")]
+    Silent,
+}
+
 /// Start a QEMU with `args`, run `commands` over QMP on its stdin, and
 /// quit it: the `return` of each command, or what went wrong (QEMU's own
 /// words when it would not start).
@@ -172,7 +190,7 @@ fn probe(
     bin: &str,
     args: &[&str],
     commands: &[(&str, Value)],
-) -> std::result::Result<Vec<Value>, String> {
+) -> std::result::Result<Vec<Value>, ProbeError> {
     let mut child = Command::new(bin)
         .args(args)
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -181,7 +199,10 @@ fn probe(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {bin}: {e}"))?;
+        .map_err(|source| ProbeError::Spawn {
+            bin: bin.to_owned(),
+            source,
+        })?;
     if let Some(mut input) = child.stdin.take() {
         let mut text = format!("{}\n", json!({"execute": "qmp_capabilities"}));
         for (i, (cmd, arguments)) in commands.iter().enumerate() {
@@ -218,7 +239,8 @@ fn probe(
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let mut answers: Vec<Option<std::result::Result<Value, String>>> = vec![None; commands.len()];
+    let mut answers: Vec<Option<std::result::Result<Value, ProbeError>>> =
+        (0..commands.len()).map(|_| None).collect();
     for line in stdout.lines() {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             continue;
@@ -229,11 +251,12 @@ fn probe(
         if let Some(slot) = answers.get_mut(i as usize) {
             *slot = Some(match (v.get("return"), v.get("error")) {
                 (Some(r), _) => Ok(r.clone()),
-                (None, e) => Err(e
-                    .and_then(|e| e.get("desc"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("no answer")
-                    .to_owned()),
+                (None, e) => Err(ProbeError::Said(
+                    e.and_then(|e| e.get("desc"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("no answer")
+                        .to_owned(),
+                )),
             });
         }
     }
@@ -246,9 +269,9 @@ fn probe(
         .into_iter()
         .map(|a| match a {
             Some(r) => r,
-            None if timed_out => Err(format!("no answer within {}s", PROBE_LIMIT.as_secs())),
-            None if said.is_empty() => Err("it exited without answering".to_owned()),
-            None => Err(said.join("; ")),
+            None if timed_out => Err(ProbeError::TimedOut(PROBE_LIMIT.as_secs())),
+            None if said.is_empty() => Err(ProbeError::Silent),
+            None => Err(ProbeError::Said(said.join("; "))),
         })
         .collect()
 }

@@ -321,6 +321,10 @@ fn runs(count: &Path) -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "crashpoints"),
+    ignore = "needs the crash points: cargo test --features ferry/crashpoints"
+)]
 fn an_agent_killed_mid_job_does_not_run_the_job_twice() {
     let b = Beanstalkd::start().expect("beanstalkd");
     let mut p = Pool::new(&b, "cbsd_kill", r#""job_ttr": 2,"#);

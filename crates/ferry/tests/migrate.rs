@@ -231,6 +231,10 @@ fn a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "crashpoints"),
+    ignore = "needs the crash points: cargo test --features ferry/crashpoints"
+)]
 fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() {
     let p = pair(Storage::Plain, "lmc");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);

@@ -119,6 +119,10 @@ fn globs_move_many_and_one_failure_does_not_stop_the_others() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "crashpoints"),
+    ignore = "needs the crash points: cargo test --features ferry/crashpoints"
+)]
 fn a_crash_at_any_step_of_register_or_unregister_is_finished_by_the_next_command() {
     let c = TestCluster::plain(BIN, 2);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
@@ -166,6 +170,10 @@ fn a_crash_at_any_step_of_register_or_unregister_is_finished_by_the_next_command
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "crashpoints"),
+    ignore = "needs the crash points: cargo test --features ferry/crashpoints"
+)]
 fn a_crash_in_the_middle_of_a_glob_loses_nothing_and_the_daemon_finishes_it() {
     let c = TestCluster::plain(BIN, 2);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);

@@ -1,11 +1,13 @@
 //! `base`: create, list, remove local bases.
 
 use ferry_api::command::{BaseArgs, BaseFrom, BaseMode};
-use ferry_api::{Listing, Outcome};
+use ferry_api::Outcome;
 use ferry_core::base::{self, BaseSource};
 use ferry_core::registry::Registry;
 use ferry_core::{Error, Jname, Result, Workdir};
 use serde_json::json;
+
+use crate::context::listing;
 
 pub fn run(wd: &Workdir, reg: &Registry, a: BaseArgs) -> Result<Outcome> {
     let name = |mode: &str| -> Result<Jname> {
@@ -15,8 +17,7 @@ pub fn run(wd: &Workdir, reg: &Registry, a: BaseArgs) -> Result<Outcome> {
     };
     match a.mode {
         BaseMode::List => {
-            let mut l =
-                Listing::new(&["name", "from", "path", "created"], None).map_err(Error::Failed)?;
+            let mut l = listing(&["name", "from", "path", "created"], None)?;
             for b in base::list(wd)? {
                 let (from, path) = match &b.source {
                     BaseSource::Busybox { binary } => ("busybox", binary),

@@ -1,11 +1,11 @@
 //! VM commands.
 
 use ferry_api::command::{BcheckpointArgs, BcreateArgs, CheckpointMode};
-use ferry_api::{Listing, Outcome};
+use ferry_api::Outcome;
 use ferry_core::lock::EnvLock;
-use ferry_core::{EnvKind, Error, NameSelector, Result};
+use ferry_core::{EnvKind, NameSelector, Result};
 
-use crate::context::{select, Context};
+use crate::context::{listing, select, Context};
 
 pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -36,7 +36,7 @@ pub fn checkpoint(ctx: &Context, a: BcheckpointArgs) -> Result<Outcome> {
     let _lock = EnvLock::acquire(&wd, j)?;
     match a.mode {
         CheckpointMode::List => {
-            let mut l = Listing::new(
+            let mut l = listing(
                 &[
                     "name",
                     "created",
@@ -46,8 +46,7 @@ pub fn checkpoint(ctx: &Context, a: BcheckpointArgs) -> Result<Outcome> {
                     "disk_snapshot",
                 ],
                 None,
-            )
-            .map_err(Error::Failed)?;
+            )?;
             for c in ferry_vm::checkpoint::list(&wd, j)? {
                 l.push(serde_json::to_value(&c).unwrap_or_default());
             }

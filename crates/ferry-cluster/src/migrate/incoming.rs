@@ -15,7 +15,7 @@ use ferry_core::runtime::{self, Phase};
 use ferry_core::{lease, Error, Jname, Result, Workdir};
 use ferry_vm::migrate as engine;
 
-use super::MAX_VERIFY_MS;
+use super::{MoveError, MAX_VERIFY_MS};
 use crate::context::error_chain;
 use crate::rpc::{MigrateAbort, MigrateCheck, MigrateCommit, MigratePrepare, NodeReply};
 
@@ -192,21 +192,20 @@ fn mem_available_mib() -> Option<u64> {
 /// This node's address on the way to the broker: the cluster network's,
 /// which the source can reach. (A connected UDP socket sends nothing.)
 fn address_towards(broker: &BrokerUri) -> Result<IpAddr> {
+    let no_route = |source| MoveError::NoRoute {
+        broker: broker.to_string(),
+        source,
+    };
     let target = std::net::ToSocketAddrs::to_socket_addrs(&(broker.host.as_str(), broker.port))
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| Error::Failed(format!("cannot resolve the broker {broker}")))?;
+        .map_err(no_route)?
+        .next()
+        .ok_or_else(|| no_route(std::io::ErrorKind::NotFound.into()))?;
     let bind = if target.is_ipv4() {
         "0.0.0.0:0"
     } else {
         "[::]:0"
     };
-    let s = UdpSocket::bind(bind).map_err(|e| Error::Failed(format!("no local address: {e}")))?;
-    s.connect(target)
-        .map_err(|e| Error::Failed(format!("no route to the broker {broker}: {e}")))?;
-    let ip = s
-        .local_addr()
-        .map_err(|e| Error::Failed(format!("no local address: {e}")))?
-        .ip();
-    Ok(ip)
+    let s = UdpSocket::bind(bind).map_err(no_route)?;
+    s.connect(target).map_err(no_route)?;
+    Ok(s.local_addr().map_err(no_route)?.ip())
 }

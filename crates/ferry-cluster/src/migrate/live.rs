@@ -29,7 +29,7 @@ use ferry_core::{lease, sys, EnvKind, EnvState, Error, Jname, Result, Workdir};
 use ferry_vm::migrate::{self as engine, Transfer};
 use ferry_vm::qmp::MigrationInfo;
 
-use super::MAX_VERIFY_MS;
+use super::{MoveError, MAX_VERIFY_MS};
 use crate::context::{error_chain, Context};
 use crate::rpc::{
     self, Asker, MigrateAbort, MigrateCheck, MigrateCommit, MigratePrepare, NodeReply, NodeRequest,
@@ -80,10 +80,13 @@ pub fn bmigrate(ctx: &Context, a: &BmigrateArgs) -> Result<Outcome> {
         }
     }
     let refuse = |problems: Vec<String>| {
-        Err(Error::Refused(format!(
-            "bmigrate {j} to {node} refused, nothing moved: {}",
-            problems.join("; ")
-        )))
+        Err(MoveError::Refused {
+            verb: "bmigrate",
+            jname: j.clone(),
+            node: node.clone(),
+            problems,
+        }
+        .into())
     };
     let Some(epoch) = epoch.filter(|_| problems.is_empty() || askable(&wd, &reg, node)) else {
         return refuse(problems);
@@ -216,17 +219,18 @@ fn move_live(ctx: &Context, wd: &Workdir, reg: &Registry, plan: &Plan<'_>) -> Re
         let _ = Asker::ask_once(wd, node, abort, ABORT_TIMEOUT);
         let undone = engine::outgoing_undo(wd, j);
         let _ = set_outbound(wd, j, None);
-        match undone {
-            Ok(()) => Err(Error::Failed(format!(
-                "{j} not moved, it runs here: {}",
-                error_chain(&why)
-            ))),
-            Err(e) => Err(Error::Failed(format!(
-                "{j} not moved ({}), and it could not be continued here: {}",
-                error_chain(&why),
-                error_chain(&e)
-            ))),
+        Err(match undone {
+            Ok(()) => MoveError::RunsHere {
+                jname: j.clone(),
+                cause: Box::new(why),
+            },
+            Err(e) => MoveError::Stuck {
+                jname: j.clone(),
+                why: error_chain(&why),
+                cause: Box::new(e),
+            },
         }
+        .into())
     };
     // One connection from the prepare to the commit: the commit, in the
     // guest's downtime, is then one put and one reserve.
@@ -242,10 +246,13 @@ fn move_live(ctx: &Context, wd: &Workdir, reg: &Registry, plan: &Plan<'_>) -> Re
         Ok(NodeReply::MigratePrepare { uri }) => uri,
         Ok(other) => return undo(unexpected(node, "migrate-prepare", &other).into()),
         Err(e) => {
-            return undo(Error::Failed(format!(
-                "{node} could not prepare: {}",
-                error_chain(&e)
-            )))
+            return undo(
+                MoveError::NotPrepared {
+                    node: node.clone(),
+                    cause: e,
+                }
+                .into(),
+            )
         }
     };
     ctx.step(5, format!("{node} waits for {j} at {uri}"));
@@ -304,9 +311,12 @@ fn move_live(ctx: &Context, wd: &Workdir, reg: &Registry, plan: &Plan<'_>) -> Re
     let qemu_downtime = info.downtime_ms.unwrap_or(0);
     if let Some(fault) = fault {
         tracing::error!(event = "migrated-faulty", jname = %j, to = %node, %fault, "the guest is not healthy after the move");
-        return Err(Error::Failed(format!(
-            "{j} moved to {node}, but the guest is not healthy there: {fault}"
-        )));
+        return Err(MoveError::Unhealthy {
+            jname: j.clone(),
+            node: node.clone(),
+            fault,
+        }
+        .into());
     }
     let downtime = handover.map(|h| Duration::from_millis(qemu_downtime) + h);
     tracing::info!(

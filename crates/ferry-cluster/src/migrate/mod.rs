@@ -28,15 +28,18 @@ use ferry_core::node::{self, Liveness};
 use ferry_core::register::{self, Takeover};
 use ferry_core::registry::Registry;
 use ferry_core::task::{Autoflush, NewTask, TaskRow, TaskState, TaskStore};
-use ferry_core::{lease, EnvKind, EnvState, Error, Jname, NameSelector, Result, Workdir};
+use ferry_core::{lease, EnvKind, EnvState, Jname, NameSelector, Result, Workdir};
 
 use crate::context::{error_chain, Context};
 use crate::engines::{self, ENGINES};
 use crate::{rpc, tasks};
 
+mod error;
 pub mod incoming;
 mod live;
 mod recovery;
+
+pub use error::MoveError;
 
 pub use live::bmigrate;
 pub use recovery::Recovery;
@@ -65,10 +68,13 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
         }
     }
     if !problems.is_empty() {
-        return Err(Error::Refused(format!(
-            "jmigrate {j} to {node} refused, nothing moved: {}",
-            problems.join("; ")
-        )));
+        return Err(MoveError::Refused {
+            verb: "jmigrate",
+            jname: j.clone(),
+            node: node.clone(),
+            problems,
+        }
+        .into());
     }
 
     let t0 = Instant::now();
@@ -107,10 +113,12 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
             let back = remote(&wd, &mut store, node, &unregister_there)?;
             let undone = wait(&store, back, Instant::now() + Duration::from_secs(30))?;
             if undone.map(|t| t.state) != Some(TaskState::Done) {
-                return Err(Error::Failed(format!(
-                    "{j} is registered on {node} but did not start there ({why}), and could not \
-                     be unregistered there: start it there, or unregister it there and register it here"
-                )));
+                return Err(MoveError::StrandedThere {
+                    jname: j.clone(),
+                    node: node.clone(),
+                    why,
+                }
+                .into());
             }
             return take_back(&wd, &reg, j, node, true, &why);
         }
@@ -245,23 +253,27 @@ fn take_back(
     start: bool,
     why: &str,
 ) -> Result<Outcome> {
-    match Here::Register.run(wd, reg, j) {
-        Ok(()) => {
-            if start {
-                Here::Start.run(wd, reg, j).map_err(|e| {
-                    Error::Failed(format!(
-                        "{j} not moved ({why}); registered here again but not started: {e}"
-                    ))
-                })?;
-            }
-            Err(Error::Failed(format!(
-                "{j} not moved ({why}); it is back here{}",
-                if start { ", running" } else { "" }
-            )))
-        }
-        Err(e) => Err(Error::Failed(format!(
-            "{j}: {why}; it could not be registered here again ({e}): if {node} took it after \
-             all, it is there (see `ferry jls` there)"
-        ))),
+    Here::Register
+        .run(wd, reg, j)
+        .map_err(|e| MoveError::NotBack {
+            jname: j.clone(),
+            node: node.clone(),
+            why: why.to_owned(),
+            cause: Box::new(e),
+        })?;
+    if start {
+        Here::Start
+            .run(wd, reg, j)
+            .map_err(|e| MoveError::BackStopped {
+                jname: j.clone(),
+                why: why.to_owned(),
+                cause: Box::new(e),
+            })?;
     }
+    Err(MoveError::Back {
+        jname: j.clone(),
+        why: why.to_owned(),
+        running: start,
+    }
+    .into())
 }

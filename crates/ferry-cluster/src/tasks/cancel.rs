@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_core::process::Process;
 use ferry_core::task::{CancelStep, TaskRow, TaskStore};
-use ferry_core::{sys, Error, Result, Workdir};
-use nix::sys::signal::Signal;
+use ferry_core::{Error, Result, Workdir};
 
 use super::log;
 use crate::rpc::{self, transport, NodeRequest, Request, VERSION};
@@ -85,23 +85,17 @@ fn send_cancel(wd: &Workdir, row: &TaskRow) -> Result<()> {
     Ok(())
 }
 
+/// Stop a runner and what it started: its whole session when it leads
+/// one, else the runner alone.
 fn stop_runner(pid: i32, start: u64) {
-    if !sys::is_alive(pid, start) {
+    let runner = Process { pid, start };
+    if !runner.alive() {
         return;
     }
-    // Only a runner that leads its own session has its session signalled.
-    if sys::proc_stat(pid).is_some_and(|p| p.session == pid) {
-        sys::signal_session(pid, Signal::SIGTERM);
-        if !sys::wait_session_gone(pid, CANCEL_GRACE) {
-            sys::signal_session(pid, Signal::SIGKILL);
-            sys::wait_session_gone(pid, Duration::from_secs(5));
-        }
+    if runner.leads_session() {
+        runner.terminate_session(CANCEL_GRACE);
     } else {
-        sys::signal(pid, start, Signal::SIGTERM);
-        if !sys::wait_gone(pid, Some(start), CANCEL_GRACE) {
-            sys::signal(pid, start, Signal::SIGKILL);
-            sys::wait_gone(pid, Some(start), Duration::from_secs(5));
-        }
+        runner.terminate(CANCEL_GRACE);
     }
 }
 
