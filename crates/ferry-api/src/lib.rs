@@ -11,6 +11,7 @@ pub mod help;
 pub mod output;
 pub mod policy;
 pub mod progress;
+pub mod values;
 
 pub use args::{ArgError, FromArg, RawArgs};
 pub use command::{Command, CommandSpec, Policy, COMMANDS};

@@ -8,7 +8,9 @@ use nix::sys::signal::Signal;
 
 use crate::sys;
 
-/// How long a process that got SIGKILL may take to be gone.
+/// How long a process (or group) that got SIGKILL may take to be gone
+/// before ferry gives up on it (one stuck in uninterruptible sleep cannot
+/// die; ferry must not hang with it).
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// A process: its pid and its start time in clock ticks since boot
@@ -77,6 +79,84 @@ impl Process {
         }
         sys::signal_session(self.pid, Signal::SIGKILL);
         sys::wait_session_gone(self.pid, KILL_WAIT)
+    }
+}
+
+/// A process group, named by its leader's pid. The caller keeps the
+/// leader unreaped while it uses this, so that the pid stays reserved as
+/// the group's id and no signal reaches a stranger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessGroup(pub i32);
+
+/// How [`ProcessGroup::terminate`] ended a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupEnd {
+    /// Gone within the grace after SIGTERM.
+    Terminated,
+    /// Gone after SIGKILL.
+    Killed,
+    /// Still alive after SIGKILL (a process in uninterruptible sleep).
+    Stuck,
+}
+
+impl ProcessGroup {
+    /// Send `sig` to every process of the group.
+    pub fn signal(&self, sig: Signal) {
+        match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => {
+                tracing::warn!(pgid = self.0, %sig, error = %e, "cannot signal the process group")
+            }
+        }
+    }
+
+    /// Whether any live (not zombie) process is in the group. `kill(-pgid,
+    /// 0)` cannot tell, since the unreaped leader counts; so read /proc.
+    /// When /proc cannot be read, say "alive": the caller then waits and
+    /// SIGKILLs.
+    pub fn alive(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return true;
+        };
+        entries.flatten().any(|entry| {
+            let name = entry.file_name();
+            // A process that vanished between listing and reading is gone.
+            name.to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+                .and_then(sys::proc_stat)
+                .is_some_and(|p| p.pgrp == self.0 && p.is_live())
+        })
+    }
+
+    /// Wait up to `limit` for every process of the group to exit (zombies
+    /// count as gone). Returns whether they did.
+    pub fn wait_gone(&self, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if !self.alive() {
+                return true;
+            }
+            match until.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => std::thread::sleep(pause.min(left)),
+                _ => return false,
+            }
+            pause = (pause + Duration::from_millis(10)).min(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, `grace` to end, then SIGKILL and [`KILL_WAIT`].
+    pub fn terminate(&self, grace: Duration) -> GroupEnd {
+        self.signal(Signal::SIGTERM);
+        if self.wait_gone(grace) {
+            return GroupEnd::Terminated;
+        }
+        self.signal(Signal::SIGKILL);
+        if self.wait_gone(KILL_WAIT) {
+            GroupEnd::Killed
+        } else {
+            GroupEnd::Stuck
+        }
     }
 }
 
