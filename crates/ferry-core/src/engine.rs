@@ -8,6 +8,7 @@
 //!
 //! A new engine is one `impl Backend`, and one entry in [`EngineSet`].
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -22,10 +23,12 @@ use crate::rcconf::Definition;
 use crate::registry::{EnvRow, Registry};
 use crate::runtime::{self, Phase, Runtime};
 use crate::workdir::Workdir;
-use crate::{envfs, lease};
+use crate::{envdef, envfs, lease};
 
 /// What the driver needs of an env's settings, whatever its engine.
-pub trait EnvConfig {
+pub trait EnvConfig: Sized {
+    /// The settings a definition file at `path` holds.
+    fn from_definition(def: &Definition, wd: &Workdir, path: &Path) -> Result<Self>;
     fn hooks(&self) -> &Hooks;
     /// How long a polite stop may take before it is forced.
     fn stop_timeout(&self) -> Duration;
@@ -46,10 +49,17 @@ pub trait Backend: Sync {
     const STOP_TIMEOUT: Duration;
 
     /// The settings of an env registered here.
-    fn load(&self, wd: &Workdir, j: &Jname) -> Result<Self::Config>;
+    fn load(&self, wd: &Workdir, j: &Jname) -> Result<Self::Config> {
+        load(wd, j)
+    }
+    /// The registry row of an env with these settings, when it can run
+    /// here (a jail's base is on this node).
+    fn row(&self, wd: &Workdir, cfg: &Self::Config) -> Result<EnvRow>;
     /// The registry row of a definition another node wrote, when it can
     /// run here.
-    fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow>;
+    fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow> {
+        self.row(wd, &config_of(wd, def)?)
+    }
     /// What must hold before a start sets anything up (a base, a free
     /// port, a restorable checkpoint).
     fn check_start(
@@ -176,6 +186,22 @@ pub fn kind_of(def: &Definition) -> EnvKind {
         None | Some("jail") => EnvKind::Jail,
         Some(_) => EnvKind::Vm,
     }
+}
+
+/// The settings of an env registered here.
+pub fn load<C: EnvConfig>(wd: &Workdir, j: &Jname) -> Result<C> {
+    let def = envdef::load_registered(wd, j)?;
+    C::from_definition(&def, wd, &wd.registered_rcconf(j))
+}
+
+/// The settings a definition holds that was read from shared storage (an
+/// unregistered env's, under `jails-rcconf/`).
+pub fn config_of<C: EnvConfig>(wd: &Workdir, def: &Definition) -> Result<C> {
+    let j = def.get("jname").map(crate::error::jname).transpose()?;
+    let path = j
+        .as_ref()
+        .map_or_else(|| wd.rcconf_dir(), |j| wd.unregistered_rcconf(j));
+    C::from_definition(def, wd, &path)
 }
 
 /// The live state of an env: from its record and `/proc`.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ferry_core::base::{self, WRITABLE_DIRS};
 use ferry_core::engine::{self, Backend, EnvConfig, StartOptions};
-use ferry_core::envdef::{self, Hooks};
+use ferry_core::envdef::Hooks;
 use ferry_core::envfs;
 use ferry_core::model::{self, Action};
 use ferry_core::net::Attachment;
@@ -41,6 +41,13 @@ pub struct Jails;
 pub static JAILS: Jails = Jails;
 
 impl EnvConfig for JailConfig {
+    fn from_definition(
+        def: &ferry_core::rcconf::Definition,
+        wd: &Workdir,
+        path: &std::path::Path,
+    ) -> Result<JailConfig> {
+        JailConfig::from_definition(def, wd, path)
+    }
     fn hooks(&self) -> &Hooks {
         &self.hooks
     }
@@ -65,12 +72,15 @@ impl Backend for Jails {
     const KIND: EnvKind = EnvKind::Jail;
     const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-    fn load(&self, wd: &Workdir, j: &Jname) -> Result<JailConfig> {
-        load(wd, j)
-    }
-
-    fn row_of(&self, wd: &Workdir, def: &ferry_core::rcconf::Definition) -> Result<EnvRow> {
-        row_of(wd, def)
+    fn row(&self, wd: &Workdir, cfg: &JailConfig) -> Result<EnvRow> {
+        if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {
+            return Err(Error::Refused(format!(
+                "{} needs base {}, which this node does not have",
+                cfg.jname(),
+                cfg.args.base
+            )));
+        }
+        Ok(row(cfg))
     }
 
     fn check_start(
@@ -210,24 +220,6 @@ pub fn row(cfg: &JailConfig) -> EnvRow {
     }
 }
 
-/// The registry row of a jail whose definition another node wrote, when it
-/// can run here (its base exists on this node).
-pub fn row_of(wd: &Workdir, def: &ferry_core::rcconf::Definition) -> Result<EnvRow> {
-    let j = def.get("jname").map(ferry_core::error::jname).transpose()?;
-    let path = j
-        .as_ref()
-        .map_or_else(|| wd.rcconf_dir(), |j| wd.unregistered_rcconf(j));
-    let cfg = JailConfig::from_definition(def, wd, &path)?;
-    if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {
-        return Err(Error::Refused(format!(
-            "{} needs base {}, which this node does not have",
-            cfg.jname(),
-            cfg.args.base
-        )));
-    }
-    Ok(row(&cfg))
-}
-
 /// Fill a new jail's data dir from its base.
 fn populate(wd: &Workdir, cfg: &JailConfig) -> Result<()> {
     let j = cfg.jname();
@@ -267,11 +259,6 @@ fn populate(wd: &Workdir, cfg: &JailConfig) -> Result<()> {
             .map_err(Error::io("cannot write", &fstab))?;
     }
     Ok(())
-}
-
-fn load(wd: &Workdir, j: &Jname) -> Result<JailConfig> {
-    let def = envdef::load_registered(wd, j)?;
-    JailConfig::from_definition(&def, wd, &wd.registered_rcconf(j))
 }
 
 /// Set up network and bundle and run the container; undo all of it on failure.

@@ -17,7 +17,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use ferry_core::engine::{self, Backend, EnvConfig, StartOptions};
-use ferry_core::envdef::{self, Hooks};
+use ferry_core::envdef::Hooks;
 use ferry_core::envfs;
 use ferry_core::process::Process;
 use ferry_core::registry::{EnvRow, Registry};
@@ -44,6 +44,13 @@ pub struct Vms;
 pub static VMS: Vms = Vms;
 
 impl EnvConfig for VmConfig {
+    fn from_definition(
+        def: &ferry_core::rcconf::Definition,
+        wd: &Workdir,
+        path: &std::path::Path,
+    ) -> Result<VmConfig> {
+        VmConfig::from_definition(def, wd, path)
+    }
     fn hooks(&self) -> &Hooks {
         &self.hooks
     }
@@ -70,12 +77,8 @@ impl Backend for Vms {
     const KIND: EnvKind = EnvKind::Vm;
     const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-    fn load(&self, wd: &Workdir, j: &Jname) -> Result<VmConfig> {
-        load(wd, j)
-    }
-
-    fn row_of(&self, wd: &Workdir, def: &ferry_core::rcconf::Definition) -> Result<EnvRow> {
-        row_of(wd, def)
+    fn row(&self, _: &Workdir, cfg: &VmConfig) -> Result<EnvRow> {
+        Ok(vm_row(cfg))
     }
 
     fn check_start(
@@ -179,16 +182,6 @@ pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
     Ok(())
 }
 
-/// The registry row of a VM whose definition another node wrote.
-pub fn row_of(wd: &Workdir, def: &ferry_core::rcconf::Definition) -> Result<EnvRow> {
-    let j = def.get("jname").map(ferry_core::error::jname).transpose()?;
-    let path = j
-        .as_ref()
-        .map_or_else(|| wd.rcconf_dir(), |j| wd.unregistered_rcconf(j));
-    let cfg = VmConfig::from_definition(def, wd, &path)?;
-    Ok(vm_row(&cfg))
-}
-
 fn vm_row(cfg: &VmConfig) -> EnvRow {
     EnvRow {
         jname: cfg.jname().clone(),
@@ -238,9 +231,9 @@ fn check_vnc_unique(wd: &Workdir, reg: &Registry, cfg: &VmConfig) -> Result<()> 
     Ok(())
 }
 
+/// The settings of a VM registered here.
 pub fn load(wd: &Workdir, j: &Jname) -> Result<VmConfig> {
-    let def = envdef::load_registered(wd, j)?;
-    VmConfig::from_definition(&def, wd, &wd.registered_rcconf(j))
+    engine::load(wd, j)
 }
 
 /// What `bls` shows of a VM's live state.

@@ -224,7 +224,7 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Commit
     rt.epoch = epoch;
     runtime::write(wd, j, &rt)?;
     let def = ferry_core::envdef::load_registered(wd, j)?;
-    reg.upsert(&crate::row_of(wd, &def)?)?;
+    reg.upsert(&engine::Backend::row_of(&crate::VMS, wd, &def)?)?;
     Ok(Committed {
         resumed_ago: Some(resumed.elapsed()),
         console_from,
