@@ -7,6 +7,7 @@
 //! next start, stop or remove.
 
 pub mod config;
+mod error;
 pub mod fstab;
 pub mod runc;
 pub mod spec;
@@ -28,6 +29,7 @@ use ferry_core::{atomic, EnvKind, EnvState, Error, Jname, Result, Workdir};
 use serde_json::{json, Value};
 
 pub use config::JailConfig;
+pub use error::JailError;
 use ferry_core::runtime::{self, NetRecord, Runtime};
 use fstab::{FstabEntry, MountKind};
 use runc::Runc;
@@ -74,11 +76,11 @@ impl Backend for Jails {
 
     fn row(&self, wd: &Workdir, cfg: &JailConfig) -> Result<EnvRow> {
         if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {
-            return Err(Error::Refused(format!(
-                "{} needs base {}, which this node does not have",
-                cfg.jname(),
-                cfg.args.base
-            )));
+            return Err(JailError::BaseMissing {
+                jname: cfg.jname().clone(),
+                base: cfg.args.base.to_string(),
+            }
+            .into());
         }
         Ok(row(cfg))
     }
@@ -91,10 +93,7 @@ impl Backend for Jails {
         opts: &StartOptions,
     ) -> Result<()> {
         if opts.checkpoint.is_some() {
-            return Err(Error::Refused(format!(
-                "{} is a jail: jails have no checkpoints",
-                cfg.jname()
-            )));
+            return Err(JailError::NoCheckpoints(cfg.jname().clone()).into());
         }
         if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {
             return Err(Error::BaseNotFound(cfg.args.base.to_string()));
@@ -149,10 +148,11 @@ impl Backend for Jails {
         if init.kill() || init.wait_gone(KILL_WAIT) {
             Ok(())
         } else {
-            Err(Error::Failed(format!(
-                "{j} (pid {}) did not die after SIGKILL",
-                init.pid
-            )))
+            Err(JailError::Unkillable {
+                jname: j.clone(),
+                pid: init.pid,
+            }
+            .into())
         }
     }
 
@@ -305,7 +305,7 @@ fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<Process> {
     })?;
     let bundle = wd.runtime_dir(j);
     let config = bundle.join("config.json");
-    let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Failed(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&spec).map_err(JailError::Spec)?;
     // Local and rebuilt on every start: atomic, no need to force it to disk.
     atomic::replace(&config, &json, 0o600).map_err(Error::io("cannot write", &config))?;
     let runc = Runc::new(wd);
@@ -317,12 +317,13 @@ fn try_launch(wd: &Workdir, cfg: &JailConfig, rt: &Runtime) -> Result<Process> {
         .map_err(Error::io("cannot read", &pid_file))?
         .trim()
         .parse()
-        .map_err(|_| Error::Failed(format!("runc wrote no pid to {}", pid_file.display())))?;
+        .map_err(|_| JailError::NoPid(pid_file.clone()))?;
     Process::of(pid).ok_or_else(|| {
-        Error::Failed(format!(
-            "{j} exited as soon as it started; see {}",
-            console.display()
-        ))
+        JailError::ExitedAtOnce {
+            jname: j.clone(),
+            console: console.clone(),
+        }
+        .into()
     })
 }
 

@@ -6,6 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::JailError;
 use ferry_core::{Error, Jname, Result, Workdir};
 
 #[derive(Debug)]
@@ -69,10 +70,12 @@ impl Runc {
             let _ = f.seek(SeekFrom::Start(offset));
             let _ = f.take(4096).read_to_string(&mut tail);
         }
-        Err(Error::Failed(format!(
-            "runc run {id} failed ({status}): {}",
-            tail.trim()
-        )))
+        Err(JailError::Runc {
+            what: format!("run {id}"),
+            status: status.to_string(),
+            said: tail.trim().to_owned(),
+        }
+        .into())
     }
 
     /// Send a signal to the container's init (errors are returned, not logged).
@@ -118,10 +121,11 @@ impl Runc {
         if out.status.success() {
             return Ok(());
         }
-        Err(Error::Failed(format!(
-            "runc {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(JailError::Runc {
+            what: args.join(" "),
+            status: out.status.to_string(),
+            said: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }
+        .into())
     }
 }

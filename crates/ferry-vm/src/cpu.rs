@@ -28,6 +28,18 @@ use crate::{qemu, qmp_failed};
 /// How long a probing QEMU may take to answer.
 const PROBE_LIMIT: Duration = Duration::from_secs(20);
 
+/// QEMU's answer to `query-cpu-model-expansion`.
+#[derive(Debug, Deserialize)]
+struct Expansion {
+    model: ExpandedModel,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExpandedModel {
+    name: String,
+    props: Option<BTreeMap<String, Value>>,
+}
+
 /// A guest CPU as QEMU's static expansion gives it: the properties of
 /// model `base`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -35,21 +47,21 @@ const PROBE_LIMIT: Duration = Duration::from_secs(20);
 pub struct GuestCpu(pub BTreeMap<String, Value>);
 
 impl GuestCpu {
-    /// From the `model` of a `query-cpu-model-expansion` answer.
+    /// From a `query-cpu-model-expansion` answer (or its `model`).
     fn from_expansion(v: &Value) -> Result<GuestCpu> {
-        let model = v.get("model").unwrap_or(v);
-        if model.get("name").and_then(Value::as_str) != Some("base") {
+        let model = serde_json::from_value::<Expansion>(v.clone())
+            .map(|e| e.model)
+            .or_else(|_| serde_json::from_value::<ExpandedModel>(v.clone()))
+            .map_err(|e| Error::Failed(format!("QEMU's CPU expansion does not read: {e}: {v}")))?;
+        if model.name != "base" {
             return Err(Error::Failed(format!(
-                "QEMU's static CPU expansion is not of model base: {model}"
+                "QEMU's static CPU expansion is not of model base: {v}"
             )));
         }
         let props = model
-            .get("props")
-            .and_then(Value::as_object)
-            .ok_or_else(|| Error::Failed(format!("QEMU's CPU expansion has no props: {model}")))?;
-        Ok(GuestCpu(
-            props.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        ))
+            .props
+            .ok_or_else(|| Error::Failed(format!("QEMU's CPU expansion has no props: {v}")))?;
+        Ok(GuestCpu(props))
     }
 
     /// The flags it has on.
@@ -165,6 +177,20 @@ pub fn runs_here(wd: &Workdir, machine: &str, accel: &str, cpu: &GuestCpu) -> Re
     })
 }
 
+/// One line of a probing QEMU's QMP output.
+#[derive(Debug, Deserialize)]
+struct Answer {
+    id: Option<usize>,
+    #[serde(rename = "return")]
+    answer: Option<Value>,
+    error: Option<QmpErrorReply>,
+}
+
+#[derive(Debug, Deserialize)]
+struct QmpErrorReply {
+    desc: String,
+}
+
 /// Why a probing QEMU gave no answer to a command.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -242,20 +268,20 @@ fn probe(
     let mut answers: Vec<Option<std::result::Result<Value, ProbeError>>> =
         (0..commands.len()).map(|_| None).collect();
     for line in stdout.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
+        // QMP's lines: the greeting, events, and the answers to ours by id.
+        let Ok(Answer {
+            id: Some(i),
+            answer,
+            error,
+        }) = serde_json::from_str::<Answer>(line)
+        else {
             continue;
         };
-        let Some(i) = v.get("id").and_then(Value::as_u64) else {
-            continue;
-        };
-        if let Some(slot) = answers.get_mut(i as usize) {
-            *slot = Some(match (v.get("return"), v.get("error")) {
-                (Some(r), _) => Ok(r.clone()),
+        if let Some(slot) = answers.get_mut(i) {
+            *slot = Some(match (answer, error) {
+                (Some(r), _) => Ok(r),
                 (None, e) => Err(ProbeError::Said(
-                    e.and_then(|e| e.get("desc"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("no answer")
-                        .to_owned(),
+                    e.map_or_else(|| "no answer".to_owned(), |e| e.desc),
                 )),
             });
         }

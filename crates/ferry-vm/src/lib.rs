@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+mod error;
 pub mod integrity;
 pub mod migrate;
 pub mod qemu;
@@ -26,6 +27,7 @@ use ferry_core::{EnvKind, EnvState, Error, Jname, Result, Workdir};
 use serde_json::{json, Value};
 
 pub use config::VmConfig;
+pub use error::VmError;
 use qmp::Qmp;
 
 /// The CPU model `bcreate` defaults to: a named baseline every x86-64
@@ -94,7 +96,7 @@ impl Backend for Vms {
         }
         let port = cfg.args.vm_vnc_port;
         if port != 0 && TcpListener::bind(("127.0.0.1", port)).is_err() {
-            return Err(Error::Refused(format!("VNC port {port} is taken")));
+            return Err(VmError::VncTaken(port).into());
         }
         Ok(())
     }
@@ -221,10 +223,11 @@ fn check_vnc_unique(wd: &Workdir, reg: &Registry, cfg: &VmConfig) -> Result<()> 
     {
         if let Ok(other) = load(wd, &row.jname) {
             if other.args.vm_vnc_port == port {
-                return Err(Error::Refused(format!(
-                    "VNC port {port} is already used by {}",
-                    row.jname
-                )));
+                return Err(VmError::VncUsed {
+                    port,
+                    by: row.jname,
+                }
+                .into());
             }
         }
     }
@@ -326,31 +329,6 @@ fn try_launch(
         checkpoint::restore(wd, cfg, &mut q, name)?;
     }
     Ok(process)
-}
-
-/// What fails in the VM engine, beside the core's errors.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    #[error("QMP of {jname}")]
-    Qmp {
-        jname: Jname,
-        #[source]
-        source: qmp::QmpError,
-    },
-    #[error("QEMU of {jname} (pid {pid}) did not die after SIGKILL")]
-    Unkillable { jname: Jname, pid: i32 },
-}
-
-impl VmError {
-    pub fn kind(&self) -> ferry_core::ErrorKind {
-        ferry_core::ErrorKind::Failed
-    }
-}
-
-impl From<VmError> for Error {
-    fn from(e: VmError) -> Error {
-        Error::classified(e.kind(), e)
-    }
 }
 
 pub(crate) fn qmp_failed(j: &Jname, source: qmp::QmpError) -> Error {

@@ -14,6 +14,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::VmError;
 use ferry_core::engine;
 use ferry_core::envdef::HookCtx;
 use ferry_core::hook::Phase as HookPhase;
@@ -120,7 +121,7 @@ pub fn incoming(
         let pid = qemu::spawn_paused_incoming(wd, &cfg, &accel, &cpu.arg()?)?;
         let start = ferry_core::sys::proc_stat(pid)
             .map(|p| p.starttime)
-            .ok_or_else(|| Error::Failed(format!("the incoming QEMU of {j} exited at once")))?;
+            .ok_or_else(|| VmError::ExitedAtOnce(j.clone()))?;
         let mut q = Qmp::connect_retry(&qemu::qmp_socket(wd, j), Instant::now() + QMP_CONNECT)
             .map_err(|e| qmp_failed(j, e))?;
         q.set_migrate_capabilities(&[("events", true), ("return-path", true)])
@@ -148,17 +149,32 @@ pub fn incoming(
 /// The port QEMU listens on for the incoming stream (`tcp:ADDR:0` lets it
 /// choose one that is free).
 fn listening_port(q: &mut Qmp, j: &Jname) -> Result<u16> {
+    /// What `query-migrate` says of an incoming QEMU's socket.
+    #[derive(serde::Deserialize)]
+    struct Listening {
+        #[serde(rename = "socket-address", default)]
+        socket_address: Vec<Socket>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Socket {
+        port: Port,
+    }
+    /// QEMU gives the port as text (an `InetSocketAddress`'s `port`).
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(u16),
+        Text(String),
+    }
     let v = q
         .execute("query-migrate", None)
         .map_err(|e| qmp_failed(j, e))?;
-    v.get("socket-address")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-        .and_then(|a| a.get("port"))
-        .and_then(|p| match p {
-            Value::String(s) => s.parse().ok(),
-            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-            _ => None,
+    serde_json::from_value::<Listening>(v.clone())
+        .ok()
+        .and_then(|l| l.socket_address.into_iter().next())
+        .and_then(|s| match s.port {
+            Port::Number(n) => Some(n),
+            Port::Text(t) => t.parse().ok(),
         })
         .ok_or_else(|| Error::Failed(format!("QEMU of {j} names no listening port: {v}")))
 }
@@ -179,9 +195,7 @@ pub struct Committed {
 /// here. The incoming QEMU must have loaded the whole state.
 pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Committed> {
     let Some(mut rt) = runtime::read(wd, j)? else {
-        return Err(Error::Refused(format!(
-            "{j} is not waiting for a migration here"
-        )));
+        return Err(VmError::NotIncoming(j.clone()).into());
     };
     let lease = lease::read(wd, j)?;
     let ours = lease
@@ -195,17 +209,17 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Commit
         });
     }
     if rt.phase != Phase::Incoming {
-        return Err(Error::Refused(format!(
-            "{j} is not waiting for a migration here"
-        )));
+        return Err(VmError::NotIncoming(j.clone()).into());
     }
     let epoch = match lease {
         Some(l) if ours => l.epoch,
         l => {
-            return Err(Error::Refused(format!(
-                "the lease of {j} does not name {} ({l:?}): the guest stays paused",
-                wd.nodename()
-            )))
+            return Err(VmError::LeaseNotHere {
+                jname: j.clone(),
+                node: wd.nodename().to_owned(),
+                lease: format!("{l:?}"),
+            }
+            .into())
         }
     };
     let mut q = qmp(wd, j)?;
@@ -213,9 +227,11 @@ pub fn incoming_commit(wd: &Workdir, reg: &Registry, j: &Jname) -> Result<Commit
     let console_from = crate::integrity::console_mark(wd, j);
     if s != "running" {
         if s != "paused" {
-            return Err(Error::Failed(format!(
-                "the incoming QEMU of {j} is {s}, not done loading"
-            )));
+            return Err(VmError::NotLoaded {
+                jname: j.clone(),
+                status: s,
+            }
+            .into());
         }
         q.cont().map_err(|e| qmp_failed(j, e))?;
     }
@@ -241,11 +257,12 @@ pub fn incoming_abort(wd: &Workdir, j: &Jname) -> Result<bool> {
     };
     if let Some(l) = lease::read(wd, j)? {
         if l.node.as_deref() == Some(wd.nodename()) && l.epoch > rt.epoch {
-            return Err(Error::Refused(format!(
-                "the lease of {j} moved to {} (epoch {}): it runs here now, not aborted",
-                wd.nodename(),
-                l.epoch
-            )));
+            return Err(VmError::LeaseArrived {
+                jname: j.clone(),
+                node: wd.nodename().to_owned(),
+                epoch: l.epoch,
+            }
+            .into());
         }
     }
     quit_and_teardown(wd, j, &rt, HookPhase::MigrateIn)?;
@@ -321,27 +338,33 @@ pub fn outgoing(
             (sent, moved) = (now, Instant::now());
         } else if moved.elapsed() >= STALL_AFTER {
             let _ = q.execute("migrate_cancel", None);
-            return Err(Error::Failed(format!(
-                "the transfer of {j} stalled: nothing sent for {} s (is the link to the \
-                 destination cut?); cancelled",
-                STALL_AFTER.as_secs()
-            )));
+            return Err(VmError::Stalled {
+                jname: j.clone(),
+                secs: STALL_AFTER.as_secs(),
+            }
+            .into());
         }
         if Instant::now() >= until {
             let _ = q.execute("migrate_cancel", None);
-            return Err(Error::Failed(format!(
-                "the transfer of {j} did not complete within {} s; cancelled",
-                t.timeout.as_secs()
-            )));
+            return Err(VmError::TransferTimedOut {
+                jname: j.clone(),
+                secs: t.timeout.as_secs(),
+            }
+            .into());
         }
     }
     let info = q.query_migrate().map_err(failed)?;
     match info.status.as_str() {
         "completed" => Ok(info),
-        s => Err(Error::Failed(format!(
-            "the transfer of {j} {s}: {}",
-            info.error_desc.as_deref().unwrap_or("no reason given")
-        ))),
+        s => Err(VmError::TransferEnded {
+            jname: j.clone(),
+            status: s.to_owned(),
+            why: info
+                .error_desc
+                .clone()
+                .unwrap_or_else(|| "no reason given".into()),
+        }
+        .into()),
     }
 }
 
@@ -368,7 +391,11 @@ pub fn outgoing_undo(wd: &Workdir, j: &Jname) -> Result<()> {
     }
     let s = wait_status(&mut q, j, &["running"], Duration::from_secs(10))?;
     if s != "running" {
-        return Err(Error::Failed(format!("{j} is {s} here, not running again")));
+        return Err(VmError::NotRunningAgain {
+            jname: j.clone(),
+            status: s,
+        }
+        .into());
     }
     Ok(())
 }

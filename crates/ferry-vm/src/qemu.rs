@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::VmError;
 use ferry_api::command::NicKind;
 use ferry_core::registry::Registry;
 use ferry_core::workdir::fnv1a;
@@ -105,10 +106,7 @@ pub fn console_log(wd: &Workdir, j: &Jname) -> PathBuf {
 /// Unix socket paths are limited to 107 bytes.
 pub fn check_socket_path(p: &Path) -> Result<()> {
     if p.as_os_str().len() > 107 {
-        return Err(Error::Refused(format!(
-            "QMP socket path {} is longer than 107 bytes; use a shorter workdir or name",
-            p.display()
-        )));
+        return Err(VmError::SocketPathTooLong(p.to_path_buf()).into());
     }
     Ok(())
 }
@@ -264,10 +262,11 @@ pub fn probe_accel(wd: &Workdir, reg: &Registry, cpu_model: &str) -> Result<Stri
     } else if accel_boots(wd, "tcg", cpu_model) {
         "tcg"
     } else {
-        return Err(Error::Refused(format!(
-            "{} cannot boot CPU model {cpu_model} with KVM or TCG",
-            binary(wd)?
-        )));
+        return Err(VmError::NoAccelerator {
+            qemu: binary(wd)?,
+            cpu_model: cpu_model.to_owned(),
+        }
+        .into());
     };
     reg.set_inventory(&key, a)?;
     Ok(a.to_owned())
@@ -400,12 +399,13 @@ fn spawn_with(wd: &Workdir, cfg: &VmConfig, args: Vec<OsString>) -> Result<i32> 
     let _ = fs::remove_file(qmp_socket(wd, j));
     let out = output(wd, args)?;
     if !out.status.success() {
-        return Err(Error::Failed(format!(
-            "QEMU did not start {j}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(VmError::NotStarted {
+            jname: j.clone(),
+            said: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }
+        .into());
     }
-    read_pid(&pid_path).ok_or_else(|| Error::Failed(format!("QEMU wrote no pid file for {j}")))
+    read_pid(&pid_path).ok_or_else(|| VmError::NoPidFile(j.clone()).into())
 }
 
 /// Run `qemu-img` with these arguments; its stderr becomes the error.
@@ -424,11 +424,11 @@ pub fn img<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<()> {
         .iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())
         .collect();
-    Err(Error::Failed(format!(
-        "qemu-img {} failed: {}",
-        shown.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    Err(VmError::Img {
+        args: shown.join(" "),
+        said: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+    .into())
 }
 
 pub fn read_pid(p: &Path) -> Option<i32> {
