@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferry_api::command::DaemonArgs;
 use ferry_api::Outcome;
-use ferry_broker::{Broker, BrokerUri, Reconnecting};
+use ferry_broker::{Broker, BrokerUri};
 use ferry_core::engine::StartOptions;
 use ferry_core::inventory::Inventory;
 use ferry_core::lease::{self, Lease};
@@ -154,7 +154,7 @@ fn serve(wd: &Workdir, uri: &BrokerUri, stop: &AtomicBool, wake: &Sender<()>) {
 fn route(
     wd: &Workdir,
     uri: &BrokerUri,
-    b: &mut Reconnecting,
+    b: &mut impl Broker,
     req: &rpc::Request,
     wake: &Sender<()>,
 ) -> Result<()> {
@@ -271,3 +271,6 @@ fn autostart(wd: &Workdir, reg: &Registry) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
