@@ -179,7 +179,7 @@ commands! {
         /// kept in etc/broker.conf; without one the node works alone.
         broker: Option<String> = Optional,
         /// The QEMU this node runs VMs with (an absolute path), kept in
-        /// etc/qemu.conf; without one, qemu-system-<arch> from PATH.
+        /// etc/qemu.conf; without one, qemu-system-ARCH from PATH.
         qemu: Option<PathBuf> = Optional,
     }
 

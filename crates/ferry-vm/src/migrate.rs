@@ -284,7 +284,7 @@ fn quit_and_teardown(wd: &Workdir, j: &Jname, rt: &Runtime, phase: HookPhase) ->
 // ---- the source ----
 
 /// Send the running guest `j` to `uri`; `progress` sees the transfer every
-/// [`PROGRESS_EVERY`]. Returns QEMU's figures once it completed (the
+/// `PROGRESS_EVERY`. Returns QEMU's figures once it completed (the
 /// source QEMU is then stopped for good, in `postmigrate`). A transfer
 /// that fails or times out is cancelled, and the guest runs on here.
 pub fn outgoing(

@@ -1,7 +1,7 @@
 //! `task` and `taskls`: the task queue (CBSD's `task`, DESIGN §4, and
 //! docs/tasks.md). Its parts, from the leaf up: [`words`] (what a task
-//! runs), [`log`], [`cancel`], [`remote`] (tasks across nodes), [`queue`]
-//! (the daemon's side: claiming and starting runners) and [`runner`]
+//! runs), `log`, `cancel`, [`remote`] (tasks across nodes), [`queue`]
+//! (the daemon's side: claiming and starting runners) and `runner`
 //! (`task mode=run`, the runner itself).
 
 mod cancel;

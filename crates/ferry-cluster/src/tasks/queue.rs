@@ -66,7 +66,7 @@ impl Queue {
     }
 
     /// One round: reap finished runners, settle tasks of vanished runners
-    /// (at start and every [`RECOVER_EVERY`]), then, when `claim`, claim
+    /// (at start and every `RECOVER_EVERY`), then, when `claim`, claim
     /// and start tasks up to the limit.
     pub fn tick(&mut self, claim: bool) -> Result<()> {
         self.reap();
