@@ -196,6 +196,10 @@ commands! {
         from: BaseFrom = Default("busybox"),
         /// The directory tree to copy (from=dir) or the busybox binary (from=busybox).
         path: Option<PathBuf> = Optional,
+        /// Comma-separated columns to show (CBSD's display=).
+        display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0).
+        header: bool = Default("1"),
     }
 
     /// Create a jail: its definition, data dir and registry row on this node.
@@ -267,6 +271,8 @@ commands! {
         jname: NameSelector = Default("*"),
         /// Comma-separated columns to show (CBSD's display=).
         display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0).
+        header: bool = Default("1"),
     }
 
     /// Run a command inside a running jail; exits with the command's status.
@@ -360,6 +366,8 @@ commands! {
         jname: NameSelector = Default("*"),
         /// Comma-separated columns to show (CBSD's display=).
         display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0).
+        header: bool = Default("1"),
     }
 
     /// Unregister stopped jails: their definition moves to jails-rcconf, their lease is released.
@@ -489,6 +497,8 @@ commands! {
         run: Option<u32> = Optional,
         /// Comma-separated columns to show (list).
         display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0; list).
+        header: bool = Default("1"),
         /// The ferry command to queue, word by word (new).
         cmd: Vec<String> = Rest,
     }
@@ -513,6 +523,8 @@ commands! {
         timeout: u64 = Default("10"),
         /// Comma-separated columns to show (list).
         display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0).
+        header: bool = Default("1"),
     }
 
     /// List the local task queue (the same as `task mode=list`).
@@ -520,6 +532,8 @@ commands! {
         policy(|_| Policy::READS.not_queueable(THE_QUEUE_S_OWN)) {
         /// Comma-separated columns to show (CBSD's display=).
         display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0).
+        header: bool = Default("1"),
     }
 
     /// Create, list or destroy checkpoints of a VM (RAM, devices and disks).
@@ -533,6 +547,10 @@ commands! {
         name: Word = Default("checkpoint"),
         /// Stop the VM once the checkpoint is written (create).
         suspend: bool = Default("0"),
+        /// Comma-separated columns to show (CBSD's display=).
+        display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0).
+        header: bool = Default("1"),
     }
 }
 

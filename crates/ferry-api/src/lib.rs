@@ -15,5 +15,5 @@ pub mod values;
 
 pub use args::{ArgError, FromArg, RawArgs};
 pub use command::{Command, CommandSpec, Policy, COMMANDS};
-pub use output::{EnvResult, Format, Listing, Outcome, Rendered};
+pub use output::{Columns, EnvResult, Format, Listing, Outcome, Rendered, View};
 pub use progress::Progress;

@@ -28,7 +28,7 @@ impl Outcome {
         let mut r = Rendered::default();
         match (self, format) {
             (Outcome::Listing(l), Format::Json) => r.stdout = format!("{}\n", l.to_json()),
-            (Outcome::Listing(l), Format::Text) => r.stdout = l.to_text(true),
+            (Outcome::Listing(l), Format::Text) => r.stdout = l.to_text(l.header),
             (Outcome::Exited { .. }, _) => {}
             (o, Format::Json) => {
                 r.stdout = format!("{}\n", serde_json::to_string(o).unwrap_or_default());
@@ -106,11 +106,25 @@ pub struct ColumnError {
     pub columns: String,
 }
 
+pub use ferry_core::model::Columns;
+
+/// How a listing is asked for: CBSD's `display=` and `header=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// Comma-separated columns, in the order to show them.
+    pub display: Option<String>,
+    /// Print the header line (text only; CBSD's `header=0` leaves it out).
+    pub header: bool,
+}
+
 /// A table: column names in display order and one JSON object per row.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Listing {
     pub columns: Vec<String>,
     pub rows: Vec<Map<String, Value>>,
+    /// Whether the text form starts with a header line.
+    #[serde(skip)]
+    pub header: bool,
 }
 
 impl Listing {
@@ -120,10 +134,24 @@ impl Listing {
         let mut l = Listing {
             columns: columns.iter().map(|c| (*c).to_owned()).collect(),
             rows: Vec::new(),
+            header: true,
         };
         if let Some(d) = display {
             l.select(d)?;
         }
+        Ok(l)
+    }
+
+    /// An empty listing of `columns` as `view` asks for it: its default
+    /// columns, or those `display=` names (any of all it has), with or
+    /// without a header.
+    pub fn of(columns: Columns, view: &View) -> Result<Listing, ColumnError> {
+        let mut l = Listing::new(columns.all, None)?;
+        match &view.display {
+            Some(d) => l.select(d)?,
+            None => l.columns = columns.default.iter().map(|c| (*c).to_owned()).collect(),
+        }
+        l.header = view.header;
         Ok(l)
     }
 
@@ -233,6 +261,48 @@ mod tests {
             json.starts_with(r#"{"type":"perenv","results":["#),
             "{json}"
         );
+    }
+
+    #[test]
+    fn a_view_shows_the_default_columns_or_any_it_names_and_leaves_the_header_out_when_asked() {
+        const COLS: Columns = Columns {
+            all: &["jname", "jid", "ip4_addr", "status", "node"],
+            default: &["jname", "status"],
+        };
+        let row = serde_json::json!({"jname": "j1", "jid": 7, "ip4_addr": "", "status": "running", "node": "n1"});
+        let mut l = Listing::of(
+            COLS,
+            &View {
+                display: None,
+                header: true,
+            },
+        )
+        .unwrap();
+        l.push(row.clone());
+        assert_eq!(
+            Outcome::Listing(l).to_text(),
+            "JNAME  STATUS\nj1     running"
+        );
+        let view = View {
+            display: Some("jname,jid,ip4_addr,status".into()),
+            header: false,
+        };
+        let mut l = Listing::of(COLS, &view).unwrap();
+        l.push(row);
+        assert_eq!(
+            l.to_json(),
+            serde_json::json!([{"jname": "j1", "jid": 7, "ip4_addr": "", "status": "running"}])
+        );
+        assert_eq!(Outcome::Listing(l).to_text(), "j1  7  -  running");
+        let e = Listing::of(
+            COLS,
+            &View {
+                display: Some("jname,colour".into()),
+                header: true,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.column, "colour");
     }
 
     #[test]

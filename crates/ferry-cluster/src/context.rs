@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ferry_api::{exit, EnvResult, Progress};
+use ferry_api::{exit, Columns, EnvResult, Progress, View};
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::{Registry, RegistryPool};
 use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
@@ -186,13 +186,24 @@ fn env_result(j: &Jname, done: &str, r: Result<()>) -> EnvResult {
     }
 }
 
-/// A listing of `columns`, the ones `display=` names (all when `None`).
-pub(crate) fn listing(
-    columns: &[&'static str],
-    display: Option<&str>,
-) -> Result<ferry_api::Listing> {
-    ferry_api::Listing::new(columns, display)
-        .map_err(|e| Error::bad_value("display", display.unwrap_or(""), e.to_string()))
+/// A listing of `columns` as `view` asks for it (CBSD's `display=`,
+/// `header=`); an unknown column is refused by name.
+pub(crate) fn listing(columns: Columns, view: &View) -> Result<ferry_api::Listing> {
+    ferry_api::Listing::of(columns, view).map_err(|e| {
+        Error::bad_value(
+            "display",
+            view.display.as_deref().unwrap_or(""),
+            e.to_string(),
+        )
+    })
+}
+
+/// The view a listing command's `display=` and `header=` ask for.
+pub(crate) fn view(display: &Option<String>, header: bool) -> View {
+    View {
+        display: display.clone(),
+        header,
+    }
 }
 
 /// An error and all its causes on one line, each said once: how a front

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use crate::model::Columns;
+
 use crate::envdef::{HookCtx, Hooks};
 use crate::error::Result;
 use crate::hook::Phase as HookPhase;
@@ -93,8 +95,9 @@ pub trait Backend: Sync {
     /// Release what a record says may be left of the engine's own (a
     /// container, a QEMU, network), before `mnt_stop` runs.
     fn release(&self, wd: &Workdir, j: &Jname, rt: &Runtime) -> Result<()>;
-    /// The listing columns of this kind.
-    fn columns(&self) -> &'static [&'static str];
+    /// The listing columns of this kind: all it can show by CBSD's names,
+    /// and those shown by default.
+    fn columns(&self) -> Columns;
     /// One listing row of an env registered here.
     fn describe(&self, wd: &Workdir, row: &EnvRow) -> Result<Value>;
 }
@@ -110,7 +113,7 @@ pub trait Engine: Sync {
     fn remove(&self, wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()>;
     fn state(&self, wd: &Workdir, j: &Jname) -> Result<EnvState>;
     fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow>;
-    fn columns(&self) -> &'static [&'static str];
+    fn columns(&self) -> Columns;
     fn describe(&self, wd: &Workdir, row: &EnvRow) -> Result<Value>;
 }
 
@@ -144,7 +147,7 @@ impl<B: Backend> Engine for B {
     fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow> {
         Backend::row_of(self, wd, def)
     }
-    fn columns(&self) -> &'static [&'static str] {
+    fn columns(&self) -> Columns {
         Backend::columns(self)
     }
     fn describe(&self, wd: &Workdir, row: &EnvRow) -> Result<Value> {

@@ -61,6 +61,21 @@ impl EnvState {
     }
 }
 
+/// The columns a listing has: all it can show (by CBSD's names), and
+/// those it shows when no `display=` is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns {
+    pub all: &'static [&'static str],
+    pub default: &'static [&'static str],
+}
+
+impl Columns {
+    /// Columns that are all shown by default.
+    pub const fn all(all: &'static [&'static str]) -> Columns {
+        Columns { all, default: all }
+    }
+}
+
 /// Operations whose permission depends on the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -20,7 +20,7 @@ use ferry_core::base::{self, WRITABLE_DIRS};
 use ferry_core::engine::{self, Backend, EnvConfig, StartOptions};
 use ferry_core::envdef::Hooks;
 use ferry_core::envfs;
-use ferry_core::model::{self, Action};
+use ferry_core::model::{self, Action, Columns};
 use ferry_core::net::Attachment;
 use ferry_core::process::{Process, KILL_WAIT};
 use ferry_core::registry::{EnvRow, Registry};
@@ -58,16 +58,35 @@ impl EnvConfig for JailConfig {
     }
 }
 
-/// The columns of `jls`.
-pub const COLUMNS: [&str; 7] = [
-    "jname",
-    "jid",
-    "ip4_addr",
-    "host_hostname",
-    "base",
-    "astart",
-    "status",
-];
+/// The columns of `jls`: what it shows by default, and every column it
+/// can show (CBSD's names; a VM's columns read `-` for a jail).
+pub const COLUMNS: Columns = Columns {
+    default: &[
+        "jname",
+        "jid",
+        "ip4_addr",
+        "host_hostname",
+        "base",
+        "astart",
+        "status",
+    ],
+    all: &[
+        "jname",
+        "jid",
+        "ip4_addr",
+        "host_hostname",
+        "base",
+        "astart",
+        "status",
+        "node",
+        "nodename",
+        "path",
+        "vm_ram",
+        "vm_cpus",
+        "vm_os_type",
+        "vnc_port",
+    ],
+};
 
 impl Backend for Jails {
     type Config = JailConfig;
@@ -165,8 +184,8 @@ impl Backend for Jails {
         Ok(())
     }
 
-    fn columns(&self) -> &'static [&'static str] {
-        &COLUMNS
+    fn columns(&self) -> Columns {
+        COLUMNS
     }
 
     fn describe(&self, wd: &Workdir, row: &EnvRow) -> Result<Value> {
@@ -183,6 +202,13 @@ impl Backend for Jails {
             "base": row.base,
             "astart": row.astart,
             "status": state.display(),
+            "node": wd.nodename(),
+            "nodename": wd.nodename(),
+            "path": wd.data_dir(&row.jname),
+            "vm_ram": null,
+            "vm_cpus": null,
+            "vm_os_type": null,
+            "vnc_port": null,
         }))
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use ferry_core::engine::{self, Backend, EnvConfig, StartOptions};
 use ferry_core::envdef::Hooks;
 use ferry_core::envfs;
+use ferry_core::model::Columns;
 use ferry_core::process::Process;
 use ferry_core::registry::{EnvRow, Registry};
 use ferry_core::runtime::{self, NetRecord, Phase, Runtime};
@@ -61,18 +62,39 @@ impl EnvConfig for VmConfig {
     }
 }
 
-/// The columns of `bls`.
-pub const COLUMNS: [&str; 9] = [
-    "jname",
-    "jid",
-    "vm_ram",
-    "vm_cpus",
-    "vm_os_type",
-    "vnc",
-    "accel",
-    "qemu",
-    "status",
-];
+/// The columns of `bls`: what it shows by default, and every column it
+/// can show (CBSD's names; `vnc_port` is `vnc` by CBSD's name).
+pub const COLUMNS: Columns = Columns {
+    default: &[
+        "jname",
+        "jid",
+        "vm_ram",
+        "vm_cpus",
+        "vm_os_type",
+        "vnc",
+        "accel",
+        "qemu",
+        "status",
+    ],
+    all: &[
+        "jname",
+        "jid",
+        "vm_ram",
+        "vm_cpus",
+        "vm_os_type",
+        "vnc",
+        "vnc_port",
+        "accel",
+        "qemu",
+        "status",
+        "ip4_addr",
+        "host_hostname",
+        "astart",
+        "node",
+        "nodename",
+        "path",
+    ],
+};
 
 impl Backend for Vms {
     type Config = VmConfig;
@@ -137,8 +159,8 @@ impl Backend for Vms {
         Ok(())
     }
 
-    fn columns(&self) -> &'static [&'static str] {
-        &COLUMNS
+    fn columns(&self) -> Columns {
+        COLUMNS
     }
 
     fn describe(&self, wd: &Workdir, row: &EnvRow) -> Result<Value> {
@@ -162,10 +184,18 @@ impl Backend for Vms {
             "vm_ram": ram,
             "vm_cpus": cpus,
             "vm_os_type": os,
-            "vnc": vnc,
+            "vnc": vnc.clone(),
             "accel": if live.state == EnvState::Running { live.accel } else { None },
             "qemu": live.qemu_status,
             "status": live.state.display(),
+            "vnc_port": vnc,
+            // A VM has no address ferry assigns (CBSD's `0`: none).
+            "ip4_addr": "0",
+            "host_hostname": null,
+            "astart": row.astart,
+            "node": wd.nodename(),
+            "nodename": wd.nodename(),
+            "path": wd.data_dir(&row.jname),
         }))
     }
 }

@@ -213,9 +213,17 @@ fn bs_router_client_jail_jobs_round_trip() {
         "jname":"jail1","host_hostname":"jail1.my.domain","astart":"1","runasap":"1"}}"#);
     assert_eq!((r.progress, r.err_code), (100, 0));
     assert_eq!(p.t.status("jail1"), "running");
+    // bin.jail/jls.sh as it is: CBSD's header=0 and display= columns.
+    let r = p.ok(
+        r#"{"Command":"jls","CommandArgs":{"header":"0","display":"jname,jid,ip4_addr,status"}}"#,
+    );
+    let jid = p.t.jls()["jail1"]["jid"]
+        .as_i64()
+        .expect("a running jail has a jid");
+    assert_eq!(r.message, format!("jail1  {jid}  0  running"), "{r:?}");
     let r = p.ok(r#"{"Command":"jls","CommandArgs":{"display":"jname,status"}}"#);
     assert!(
-        r.message.contains("jail1") && r.message.contains("running"),
+        r.message.starts_with("JNAME  STATUS\njail1  running"),
         "{r:?}"
     );
     p.ok(r#"{"Command":"jstop","CommandArgs":{"jname":"jail1"}}"#);
@@ -262,6 +270,21 @@ fn bs_router_client_vm_jobs_round_trip_with_progress_and_vnc() {
     assert_eq!(r.vnc, format!("127.0.0.1:{vnc}"));
     let r = p.ok(r#"{"Command":"bls","CommandArgs":{"display":"jname,status"}}"#);
     assert!(r.message.contains("running"), "{r:?}");
+    // bin.bhyve/bls.sh as it is: CBSD's header=0 and display= columns.
+    let r = p.ok(
+        r#"{"Command":"bls","CommandArgs":{"header":"0","display":"jname,jid,ip4_addr,status"}}"#,
+    );
+    let fields: Vec<&str> = r.message.split_whitespace().collect();
+    assert_eq!(fields.len(), 4, "{r:?}");
+    assert_eq!(
+        (fields[0], fields[2], fields[3]),
+        ("cent1", "0", "running"),
+        "{r:?}"
+    );
+    assert!(
+        fields[1].parse::<u32>().is_ok(),
+        "the jid is QEMU's pid: {r:?}"
+    );
     let r = p.ok(r#"{"Command":"bstop","CommandArgs":{"jname":"cent1"}}"#);
     assert_eq!(r.vnc, "");
     p.ok(r#"{"Command":"bremove","CommandArgs":{"jname":"cent1"}}"#);

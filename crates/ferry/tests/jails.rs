@@ -289,3 +289,59 @@ fn bases_from_a_directory_tree_and_removal_refused_while_used() {
     t.ok(&["jremove", "jname=user"]);
     t.ok(&["base", "mode=remove", "name=copy"]);
 }
+
+#[test]
+fn listings_take_cbsd_s_header_and_display_keys_and_refuse_unknown_columns() {
+    let t = TestWorkdir::with_base(BIN);
+    t.ok(&["jcreate", "jname=j1", "host_hostname=j1.example.org"]);
+    t.ok(&["jcreate", "jname=j2", "ip4_addr=10.9.0.2/24"]);
+    // CBSD's header=0: the rows alone, aligned, `-` for nothing.
+    let out = t.ok(&["jls", "header=0", "display=jname,ip4_addr,status,vm_ram"]);
+    assert_eq!(
+        out,
+        "j1  0            stopped  -\nj2  10.9.0.2/24  stopped  -\n"
+    );
+    // The default header, and CBSD's node columns.
+    let out = t.ok(&["jls", "display=nodename,jname"]);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .expect("a header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NODENAME", "JNAME"], "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&t.ok(&["jls", "--json", "display=jname,node,host_hostname"]))
+            .expect("JSON");
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"jname": "j1", "node": json[0]["node"], "host_hostname": "j1.example.org"},
+            {"jname": "j2", "node": json[0]["node"], "host_hostname": "j2"},
+        ])
+    );
+    assert!(json[0]["node"].as_str().is_some_and(|n| !n.is_empty()));
+    // Every listing takes them.
+    for cmd in [
+        &["bls", "header=0"][..],
+        &["base", "header=0", "display=name"],
+        &["taskls", "header=0"],
+        &["task", "mode=list", "header=0", "display=id,state"],
+        &["node", "header=0", "display=node,state"],
+    ] {
+        let out = t.ok(cmd);
+        assert!(
+            !out.lines().any(|l| l
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_whitespace() || c == '_')
+                && !l.is_empty()),
+            "{cmd:?} printed a header: {out}"
+        );
+    }
+    assert_eq!(t.ok(&["base", "header=0", "display=name"]), "busybox\n");
+    // An unknown column is refused by name, nothing printed.
+    let err = t.fails(2, &["jls", "display=jname,colour"]);
+    assert!(err.contains("colour") && err.contains("display"), "{err}");
+    t.fails(2, &["bls", "display=jname,base"]);
+    t.fails(2, &["jls", "header=maybe"]);
+}

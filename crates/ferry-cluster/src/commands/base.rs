@@ -1,13 +1,13 @@
 //! `base`: create, list, remove local bases.
 
 use ferry_api::command::{BaseArgs, BaseFrom, BaseMode};
-use ferry_api::Outcome;
+use ferry_api::{Columns, Outcome};
 use ferry_core::base::{self, BaseSource};
 use ferry_core::registry::Registry;
 use ferry_core::{Error, Jname, Result, Workdir};
 use serde_json::json;
 
-use crate::context::listing;
+use crate::context::{listing, view};
 
 pub fn run(wd: &Workdir, reg: &Registry, a: BaseArgs) -> Result<Outcome> {
     let name = |mode: &str| -> Result<Jname> {
@@ -17,7 +17,10 @@ pub fn run(wd: &Workdir, reg: &Registry, a: BaseArgs) -> Result<Outcome> {
     };
     match a.mode {
         BaseMode::List => {
-            let mut l = listing(&["name", "from", "path", "created"], None)?;
+            let mut l = listing(
+                Columns::all(&["name", "from", "path", "created"]),
+                &view(&a.display, a.header),
+            )?;
             for b in base::list(wd)? {
                 let (from, path) = match &b.source {
                     BaseSource::Busybox { binary } => ("busybox", binary),

@@ -12,13 +12,13 @@ mod vm;
 use std::path::Path;
 
 use ferry_api::command::InitenvArgs;
-use ferry_api::{Command, Outcome};
+use ferry_api::{Command, Outcome, View};
 use ferry_core::engine::StartOptions;
 use ferry_core::inventory::Inventory;
 use ferry_core::registry::Registry;
 use ferry_core::{EnvKind, Error, Jname, NameSelector, Result, Workdir};
 
-use crate::context::{listing, per_env, select, Context};
+use crate::context::{listing, per_env, select, view, Context};
 use crate::{daemon, engines, migrate, rpc, tasks, VERSION};
 
 /// Carry out one command.
@@ -38,7 +38,7 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Jstop(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Stop),
         Command::Jrestart(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Restart),
         Command::Jremove(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Remove),
-        Command::Jls(a) => list(ctx, EnvKind::Jail, &a.jname, a.display.as_deref()),
+        Command::Jls(a) => list(ctx, EnvKind::Jail, &a.jname, &view(&a.display, a.header)),
         Command::Jexec(a) => {
             let (wd, _) = ctx.open()?;
             let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;
@@ -52,11 +52,11 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Bstop(a) => lifecycle(ctx, EnvKind::Vm, &a.jname, Op::Stop),
         Command::Brestart(a) => lifecycle(ctx, EnvKind::Vm, &a.jname, Op::Restart),
         Command::Bremove(a) => lifecycle(ctx, EnvKind::Vm, &a.jname, Op::Remove),
-        Command::Bls(a) => list(ctx, EnvKind::Vm, &a.jname, a.display.as_deref()),
+        Command::Bls(a) => list(ctx, EnvKind::Vm, &a.jname, &view(&a.display, a.header)),
         Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
         Command::Daemon(a) => daemon::run(ctx, a),
         Command::Task(a) => tasks::run(ctx, a, dispatch),
-        Command::Taskls(a) => tasks::list(ctx, a.display.as_deref()),
+        Command::Taskls(a) => tasks::list(ctx, &view(&a.display, a.header)),
         Command::Node(a) => node::run(ctx, a),
         Command::Jmigrate(a) => migrate::jmigrate(ctx, &a),
         Command::Bmigrate(a) => migrate::bmigrate(ctx, &a),
@@ -183,15 +183,10 @@ fn lifecycle(ctx: &Context, kind: EnvKind, sel: &NameSelector, op: Op) -> Result
 
 /// `jls`, `bls`: the envs of `kind` registered here, with their live
 /// state, as their engine describes them.
-fn list(
-    ctx: &Context,
-    kind: EnvKind,
-    sel: &NameSelector,
-    display: Option<&str>,
-) -> Result<Outcome> {
+fn list(ctx: &Context, kind: EnvKind, sel: &NameSelector, view: &View) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
     let engine = engines::of(kind);
-    let mut l = listing(engine.columns(), display)?;
+    let mut l = listing(engine.columns(), view)?;
     for row in reg.list()? {
         if row.kind == kind && sel.matches(row.jname.as_str()) {
             l.push(engine.describe(&wd, &row)?);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ferry_api::command::{NodeArgs, NodeMode};
-use ferry_api::Outcome;
+use ferry_api::{Columns, Outcome, View};
 use ferry_core::inventory::Inventory;
 use ferry_core::node::{self, Liveness};
 use ferry_core::{Error, Jname, Result};
@@ -32,7 +32,7 @@ pub fn run(ctx: &Context, a: NodeArgs) -> Result<Outcome> {
         NodeMode::List => list(
             ctx,
             Duration::from_secs(a.lease_time.max(1)),
-            a.display.as_deref(),
+            &crate::context::view(&a.display, a.header),
         ),
         NodeMode::Add => add(ctx, &named()?, Duration::from_secs(a.timeout.max(1))),
         NodeMode::Remove => remove(ctx, &named()?, a.force),
@@ -67,9 +67,9 @@ fn add(ctx: &Context, node: &Jname, timeout: Duration) -> Result<Outcome> {
     Ok(Outcome::message(format!("node {node} added")))
 }
 
-fn list(ctx: &Context, lease_time: Duration, display: Option<&str>) -> Result<Outcome> {
+fn list(ctx: &Context, lease_time: Duration, view: &View) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
-    let mut l = crate::context::listing(COLUMNS, display)?;
+    let mut l = crate::context::listing(Columns::all(COLUMNS), view)?;
     let added = reg.nodes()?;
     let owned = node::owned_envs(&wd);
     let mut names: Vec<String> = added.iter().map(|n| n.name.to_string()).collect();

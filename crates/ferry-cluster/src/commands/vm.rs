@@ -1,11 +1,11 @@
 //! VM commands.
 
 use ferry_api::command::{BcheckpointArgs, BcreateArgs, CheckpointMode};
-use ferry_api::Outcome;
+use ferry_api::{Columns, Outcome};
 use ferry_core::lock::EnvLock;
 use ferry_core::{EnvKind, NameSelector, Result};
 
-use crate::context::{listing, select, Context};
+use crate::context::{listing, select, view, Context};
 
 pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -37,15 +37,15 @@ pub fn checkpoint(ctx: &Context, a: BcheckpointArgs) -> Result<Outcome> {
     match a.mode {
         CheckpointMode::List => {
             let mut l = listing(
-                &[
+                Columns::all(&[
                     "name",
                     "created",
                     "bytes",
                     "vm_machine",
                     "vm_ram",
                     "disk_snapshot",
-                ],
-                None,
+                ]),
+                &view(&a.display, a.header),
             )?;
             for c in ferry_vm::checkpoint::list(&wd, j)? {
                 l.push(serde_json::to_value(&c).unwrap_or_default());

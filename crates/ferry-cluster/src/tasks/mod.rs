@@ -12,14 +12,14 @@ mod runner;
 pub mod words;
 
 use ferry_api::command::{TaskArgs, TaskAutoflush, TaskMode};
-use ferry_api::{Command, Outcome};
+use ferry_api::{Columns, Command, Outcome, View};
 use ferry_core::registry::Registry;
 use ferry_core::task::{Autoflush, NewTask, TaskRow, TaskStore};
 use ferry_core::{Error, Jname, Result, Workdir};
 
 pub use cancel::CANCEL_GRACE;
 
-use crate::context::{listing, Context};
+use crate::context::{listing, view, Context};
 use crate::rpc;
 
 /// How a runner carries out its task's command: the dispatcher, handed
@@ -75,7 +75,7 @@ pub fn run(ctx: &Context, a: TaskArgs, execute: Execute) -> Result<Outcome> {
         }
         TaskMode::List => {
             unused("id", a.id.is_some())?;
-            list(ctx, a.display.as_deref())
+            list(ctx, &view(&a.display, a.header))
         }
         TaskMode::Cancel => {
             let wd = Workdir::open(&ctx.workdir)?;
@@ -141,9 +141,9 @@ fn submit(ctx: &Context, a: &TaskArgs) -> Result<Outcome> {
 }
 
 /// `task mode=list` and `taskls`.
-pub fn list(ctx: &Context, display: Option<&str>) -> Result<Outcome> {
+pub fn list(ctx: &Context, view: &View) -> Result<Outcome> {
     let (_, store) = open(ctx)?;
-    let mut l = listing(COLUMNS, display)?;
+    let mut l = listing(Columns::all(COLUMNS), view)?;
     for t in store.list()? {
         l.push(row(&t));
     }
