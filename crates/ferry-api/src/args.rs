@@ -176,6 +176,11 @@ impl ArgReader {
         self.raw.pairs.remove(key)
     }
 
+    /// Whether `key` was given (as a pair, or as the trailing words).
+    pub fn has(&self, key: &str) -> bool {
+        self.raw.pairs.contains_key(key) || (key == "cmd" && !self.raw.rest.is_empty())
+    }
+
     /// The trailing words, or `cmd=` split into words (never evaluated).
     pub fn take_rest(&mut self, key: &'static str) -> Result<Vec<String>, ArgError> {
         self.rest_taken = true;
@@ -212,6 +217,22 @@ impl ArgReader {
             }
         }
         Ok(())
+    }
+}
+
+/// The keys a command was given explicitly; the others took their
+/// defaults. (A command built in code has none.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Given(Vec<&'static str>);
+
+impl Given {
+    /// Which of `keys` the reader holds.
+    pub fn of(r: &ArgReader, keys: &[&'static str]) -> Given {
+        Given(keys.iter().copied().filter(|k| r.has(k)).collect())
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.contains(&key)
     }
 }
 

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use ferry_core::{Jname, NameSelector};
 
 use crate::args::{
-    ArgError, ArgReader, Default, HookPath, Ip4List, Optional, RawArgs, Required, Rest, Rule, Size,
-    Word,
+    ArgError, ArgReader, Default, Given, HookPath, Ip4List, Optional, RawArgs, Required, Rest,
+    Rule, Size, Word,
 };
 pub use crate::policy::Policy;
 pub use crate::values::*;
@@ -83,13 +83,17 @@ macro_rules! commands {
             #[derive(Debug, Clone)]
             pub struct $args {
                 $( $(#[doc = $fdoc])+ pub $field: $ty, )*
+                /// The keys given explicitly (the others took their defaults).
+                pub given: Given,
             }
 
             impl $args {
                 #[allow(unused_mut)]
                 fn parse(mut r: ArgReader) -> Result<Self, ArgError> {
+                    let given = Given::of(&r, &[$(stringify!($field)),*]);
                     let v = $args {
                         $( $field: Rule::<$ty>::take(&$rule, &mut r, stringify!($field))?, )*
+                        given,
                     };
                     r.finish()?;
                     Ok(v)
@@ -232,6 +236,13 @@ commands! {
         mnt_timeout: u64 = Default("60"),
         /// Seconds jstop waits after SIGTERM before SIGKILL.
         stop_timeout: u64 = Default("10"),
+        /// The jail profile whose settings fill in what is not given
+        /// (CBSD's jail_profile): $workdir/etc/profiles/jail-NAME.conf, else
+        /// the one ferry ships.
+        jail_profile: Word = Default("default"),
+        /// Packages to install into the jail at create time (CBSD's pkglist),
+        /// space-separated; needs a base with a package manager.
+        pkglist: Option<String> = Optional,
         /// Start the jail right after creating it.
         runasap: bool = Default("0"),
     }

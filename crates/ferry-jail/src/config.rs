@@ -99,6 +99,7 @@ pub fn to_definition(a: &JcreateArgs, workdir: &Path) -> Result<Definition> {
             "host_hostname",
             a.host_hostname.clone().unwrap_or_else(|| j.to_owned()),
         ),
+        ("jail_profile", a.jail_profile.0.clone()),
         ("base", a.base.to_string()),
         ("baserw", flag(a.baserw).to_owned()),
         ("ip4_addr", a.ip4_addr.render()),

@@ -24,6 +24,8 @@ pub enum JailError {
     BaseMissing { jname: Jname, base: String },
     #[error("{0} is a jail: jails have no checkpoints")]
     NoCheckpoints(Jname),
+    #[error("cannot install {pkgs:?}: {why}")]
+    NoPackages { pkgs: String, why: String },
     #[error("cannot write the OCI spec")]
     Spec(#[source] serde_json::Error),
 }
@@ -31,7 +33,9 @@ pub enum JailError {
 impl JailError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            JailError::BaseMissing { .. } | JailError::NoCheckpoints(_) => ErrorKind::Refused,
+            JailError::BaseMissing { .. }
+            | JailError::NoCheckpoints(_)
+            | JailError::NoPackages { .. } => ErrorKind::Refused,
             _ => ErrorKind::Failed,
         }
     }

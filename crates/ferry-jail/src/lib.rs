@@ -9,6 +9,7 @@
 pub mod config;
 mod error;
 pub mod fstab;
+pub mod profile;
 pub mod runc;
 pub mod spec;
 
@@ -225,6 +226,26 @@ fn init_of(rt: &Runtime) -> Process {
 pub fn create(wd: &Workdir, reg: &Registry, cfg: &JailConfig) -> Result<()> {
     if !base::exists(wd, &cfg.args.base) {
         return Err(Error::BaseNotFound(cfg.args.base.to_string()));
+    }
+    if let Some(pkgs) = cfg.args.pkglist.as_deref().filter(|p| !p.trim().is_empty()) {
+        let base = cfg.args.base.to_string();
+        let has_apt = wd.base_dir(&cfg.args.base).join("usr/bin/apt-get").exists();
+        return Err(JailError::NoPackages {
+            pkgs: pkgs.to_owned(),
+            why: if has_apt {
+                format!(
+                    "ferry does not install packages at create time yet; create the jail, then \
+                     `ferry jexec jname={} apt-get install ...`",
+                    cfg.jname()
+                )
+            } else {
+                format!(
+                    "base {base} has no package manager (no /usr/bin/apt-get); pkglist needs a \
+                     Debian base (`ferry base mode=create from=dir path=<a debootstrap tree>`)"
+                )
+            },
+        }
+        .into());
     }
     let def = config::to_definition(&cfg.args, wd.root())?;
     envfs::create(wd, reg, &row(cfg), &cfg.hooks, &def, || populate(wd, cfg))?;

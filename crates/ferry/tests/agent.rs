@@ -202,15 +202,26 @@ fn bs_router_client_jail_jobs_round_trip() {
     let b = Beanstalkd::start().expect("beanstalkd");
     let mut p = Pool::new(&b, "cbsd_pool1", "");
     p.start_agent();
-    // bs_router-client's bin.jail samples, in ferry's keys (CBSD's
-    // jail_profile has no ferry equivalent: it is refused, not ignored).
+    // bs_router-client's bin.jail samples as they are. jcreate2.sh asks for
+    // packages on the busybox base, which has no package manager: refused
+    // with the reason, nothing created.
     let (code, r) = p.client(
-        r#"{"Command":"jcreate","CommandArgs":{"jname":"jail1","jail_profile":"default"}}"#,
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"jail2","jail_profile":"default",
+        "host_hostname":"jail1.my.domain","astart":"1","pkglist":"misc/mc devel/git"}}"#,
     );
+    assert_eq!(code, 6, "{r:?}");
+    assert!(r[0].message.contains("package manager"), "{r:?}");
+    assert!(p.t.jls().is_empty());
+    // An unknown profile is refused by name.
+    let (code, r) = p
+        .client(r#"{"Command":"jcreate","CommandArgs":{"jname":"jail1","jail_profile":"nosuch"}}"#);
     assert_eq!(code, 2, "{r:?}");
-    assert!(r[0].message.contains("jail_profile"), "{r:?}");
-    let r = p.ok(r#"{"Command":"jcreate","CommandArgs":{
-        "jname":"jail1","host_hostname":"jail1.my.domain","astart":"1","runasap":"1"}}"#);
+    assert!(r[0].message.contains("nosuch"), "{r:?}");
+    // jcreate.sh: CBSD's default profile.
+    let r = p.ok(
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"jail1","jail_profile":"default",
+        "host_hostname":"jail1.my.domain","astart":"1","runasap":"1"}}"#,
+    );
     assert_eq!((r.progress, r.err_code), (100, 0));
     assert_eq!(p.t.status("jail1"), "running");
     // bin.jail/jls.sh as it is: CBSD's header=0 and display= columns.

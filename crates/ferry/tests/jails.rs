@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::Duration;
 
-use ferry_testkit::TestWorkdir;
+use ferry_testkit::{assert_same, TestWorkdir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -344,4 +344,48 @@ fn listings_take_cbsd_s_header_and_display_keys_and_refuse_unknown_columns() {
     assert!(err.contains("colour") && err.contains("display"), "{err}");
     t.fails(2, &["bls", "display=jname,base"]);
     t.fails(2, &["jls", "header=maybe"]);
+}
+
+#[test]
+fn jail_profiles_fill_in_what_jcreate_was_not_given() {
+    let t = TestWorkdir::with_base(BIN);
+    let profiles = t.root().join("etc/profiles");
+    fs::create_dir_all(&profiles).unwrap();
+    fs::write(
+        profiles.join("web.conf"),
+        "# not a profile: the file name lacks jail-\n",
+    )
+    .unwrap();
+    fs::write(
+        profiles.join("jail-web.conf"),
+        "long_description=\"web jails\"\ndefault_domain=\"my.domain\"\nstop_timeout=\"3\"\nastart=\"1\"\n",
+    )
+    .unwrap();
+    t.ok(&["jcreate", "jname=w1", "jail_profile=web", "astart=0"]);
+    let jls = t.jls();
+    assert_eq!(jls["w1"]["host_hostname"], "w1.my.domain");
+    assert_eq!(jls["w1"]["astart"], false, "jcreate's own astart=0 wins");
+    t.ok(&["jstart", "jname=w1"]);
+    assert_eq!(
+        t.ok(&["jexec", "jname=w1", "hostname"]).trim(),
+        "w1.my.domain"
+    );
+    t.ok(&["jstop", "jname=w1"]);
+    // The default profile is the defaults jcreate always had.
+    t.ok(&["jcreate", "jname=d1"]);
+    assert_eq!(t.jls()["d1"]["host_hostname"], "d1");
+    // An unknown profile, or a bad value in one, changes nothing.
+    let before = t.snapshot();
+    let err = t.fails(2, &["jcreate", "jname=x1", "jail_profile=nosuch"]);
+    assert!(err.contains("nosuch"), "{err}");
+    fs::write(profiles.join("jail-bad.conf"), "stop_timeout=\"soon\"\n").unwrap();
+    let err = t.fails(2, &["jcreate", "jname=x1", "jail_profile=bad"]);
+    assert!(
+        err.contains("stop_timeout") && err.contains("jail-bad.conf"),
+        "{err}"
+    );
+    fs::remove_file(profiles.join("jail-bad.conf")).unwrap();
+    let err = t.fails(6, &["jcreate", "jname=x1", "pkglist=mc git"]);
+    assert!(err.contains("package manager"), "{err}");
+    assert_same(&before, &t.snapshot(), "refused jcreates");
 }

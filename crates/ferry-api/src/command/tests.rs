@@ -144,15 +144,30 @@ fn a_command_built_in_code_reads_back_from_its_words() {
     ] {
         let cmd = parse(words).unwrap();
         let again = Command::parse_words(&cmd.to_words()).unwrap();
-        assert_eq!(format!("{again:?}"), format!("{cmd:?}"), "{words:?}");
+        // The same values (every key is given explicitly the second time).
+        assert_eq!(again.to_words(), cmd.to_words(), "{words:?}");
     }
     let built = Command::Jregister(JregisterArgs {
         jname: NameSelector::One(Jname::new("web1").unwrap()),
         force: false,
         lease_time: 30,
+        given: Given::default(),
     });
     assert_eq!(
         built.to_words(),
         ["jregister", "jname=web1", "force=0", "lease_time=30"]
     );
+}
+
+#[test]
+fn a_command_knows_which_keys_it_was_given() {
+    let Command::Jcreate(a) = parse(&["jcreate", "jname=j1", "base=deb"]).unwrap() else {
+        panic!()
+    };
+    assert!(a.given.contains("jname") && a.given.contains("base"));
+    assert!(!a.given.contains("baserw") && !a.given.contains("jail_profile"));
+    let Command::Task(t) = parse(&["task", "mode=new", "jls"]).unwrap() else {
+        panic!()
+    };
+    assert!(t.given.contains("cmd") && !t.given.contains("node"));
 }

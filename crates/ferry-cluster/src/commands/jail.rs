@@ -7,6 +7,8 @@ use ferry_core::registry::Registry;
 use ferry_core::{Result, Workdir};
 
 pub fn create(wd: &Workdir, reg: &Registry, a: JcreateArgs) -> Result<Outcome> {
+    let profile = ferry_jail::profile::JailProfile::load(wd, &a.jail_profile.0)?;
+    let a = profile.apply(a)?;
     let j = a.jname.clone();
     let runasap = a.runasap;
     let cfg = ferry_jail::JailConfig::from_args(a, wd.root())?;

@@ -20,6 +20,7 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_api::args::Given;
 use ferry_api::command::{JmigrateArgs, JregisterArgs, JstartArgs, JunregisterArgs};
 use ferry_api::{Command, Outcome};
 use ferry_core::engine::StartOptions;
@@ -95,6 +96,7 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
         jname: one(),
         force: false,
         lease_time: LEASE_TIME.as_secs(),
+        given: Given::default(),
     });
     let registered = remote(&wd, &mut store, node, &register_there)?;
     let there = wait(&store, registered, deadline)?;
@@ -103,13 +105,19 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
         return take_back(&wd, &reg, j, node, was_running, &why);
     }
     if was_running {
-        let start_there = Command::Jstart(JstartArgs { jname: one() });
+        let start_there = Command::Jstart(JstartArgs {
+            jname: one(),
+            given: Given::default(),
+        });
         let started = remote(&wd, &mut store, node, &start_there)?;
         let there = wait(&store, started, deadline)?;
         if there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
             let why = outcome(there.as_ref(), node);
             // Registered there but not running: bring it back.
-            let unregister_there = Command::Junregister(JunregisterArgs { jname: one() });
+            let unregister_there = Command::Junregister(JunregisterArgs {
+                jname: one(),
+                given: Given::default(),
+            });
             let back = remote(&wd, &mut store, node, &unregister_there)?;
             let undone = wait(&store, back, Instant::now() + Duration::from_secs(30))?;
             if undone.map(|t| t.state) != Some(TaskState::Done) {
