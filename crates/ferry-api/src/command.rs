@@ -67,109 +67,11 @@ impl CommandSpec {
     }
 }
 
+#[macro_use]
+mod declare;
+
 /// Why a task may not run the queue's own commands.
 const THE_QUEUE_S_OWN: &str = "it is the task queue's own";
-
-macro_rules! commands {
-    ($(
-        $(#[doc = $cdoc:literal])+
-        $variant:ident($args:ident) = $name:literal in $area:ident, listing = $listing:literal,
-            policy($policy:expr) {
-            $( $(#[doc = $fdoc:literal])+ $field:ident : $ty:ty = $rule:expr ),* $(,)?
-        }
-    )+) => {
-        $(
-            $(#[doc = $cdoc])+
-            #[derive(Debug, Clone)]
-            pub struct $args {
-                $( $(#[doc = $fdoc])+ pub $field: $ty, )*
-                /// The keys given explicitly (the others took their defaults).
-                pub given: Given,
-            }
-
-            impl $args {
-                #[allow(unused_mut)]
-                fn parse(mut r: ArgReader) -> Result<Self, ArgError> {
-                    let given = Given::of(&r, &[$(stringify!($field)),*]);
-                    let v = $args {
-                        $( $field: Rule::<$ty>::take(&$rule, &mut r, stringify!($field))?, )*
-                        given,
-                    };
-                    r.finish()?;
-                    Ok(v)
-                }
-
-                /// The arguments as words that parse back to them.
-                #[allow(unused_mut)]
-                fn to_words(&self, words: &mut Vec<String>) {
-                    let mut rest = Vec::new();
-                    $( Rule::<$ty>::render(&$rule, &self.$field, stringify!($field), words, &mut rest); )*
-                    words.extend(rest);
-                }
-
-                fn arg_specs() -> Vec<ArgSpec> {
-                    vec![$({
-                        let (ty, rule) = Rule::<$ty>::describe(&$rule);
-                        ArgSpec { key: stringify!($field), ty, rule, doc: vec![$($fdoc),+] }
-                    }),*]
-                }
-            }
-        )+
-
-        /// Every operation ferry performs, whichever door it came through.
-        #[derive(Debug, Clone)]
-        pub enum Command {
-            $( $(#[doc = $cdoc])+ $variant($args), )+
-        }
-
-        /// The declarations, in help order.
-        pub static COMMANDS: &[CommandSpec] = &[
-            $( CommandSpec {
-                name: $name,
-                area: Area::$area,
-                doc: &[$($cdoc),+],
-                listing: $listing,
-                args: $args::arg_specs,
-            }, )+
-        ];
-
-        impl Command {
-            /// Type the arguments of command `name`.
-            pub fn parse(name: &str, raw: RawArgs) -> Result<Command, ArgError> {
-                match name {
-                    $( $name => $args::parse(ArgReader::new($name, raw)).map(Command::$variant), )+
-                    _ => Err(ArgError::UnknownCommand(name.chars().take(64).collect())),
-                }
-            }
-
-            /// Type a whole ferry command line given word by word (the
-            /// command word first), e.g. the words of a queued task.
-            pub fn parse_words(words: &[String]) -> Result<Command, ArgError> {
-                let (name, args) = words.split_first().ok_or(ArgError::Missing { key: "cmd" })?;
-                Command::parse(name, RawArgs::from_words(args.iter().cloned())?)
-            }
-
-            /// The command's word.
-            pub fn name(&self) -> &'static str {
-                match self { $( Command::$variant(_) => $name, )+ }
-            }
-
-            /// The command as ferry command words (its word first), which
-            /// [`Command::parse_words`] reads back to it: how a command
-            /// built in code is queued as a task.
-            pub fn to_words(&self) -> Vec<String> {
-                let mut words = vec![self.name().to_owned()];
-                match self { $( Command::$variant(a) => a.to_words(&mut words), )+ }
-                words
-            }
-
-            /// Where this command may run, as declared beside it.
-            pub fn policy(&self) -> Policy {
-                match self { $( Command::$variant(a) => ($policy)(a), )+ }
-            }
-        }
-    };
-}
 
 commands! {
     /// Create or update the workdir: layout, shared-dir ids, registry, node inventory.
@@ -284,6 +186,44 @@ commands! {
         display: Option<String> = Optional,
         /// 0: no header line (CBSD's header=0).
         header: bool = Default("1"),
+    }
+
+    /// Change settings of registered jails (CBSD's jset), with jcreate's
+    /// validation; says which take effect only at the next start.
+    Jset(JsetArgs) = "jset" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The jail, or a quoted glob such as 'web*'.
+        jname: NameSelector = Required,
+        /// The jail's host name.
+        host_hostname: Option<String> = Optional,
+        /// Addresses in the jail's own network namespace, or 0 for loopback only.
+        ip4_addr: Option<Ip4List> = Optional,
+        /// The bridge the jail's veth is attached to.
+        interface: Option<IfName> = Optional,
+        /// Default route inside the jail.
+        defaultrouter: Option<std::net::Ipv4Addr> = Optional,
+        /// The command the jail runs, split into words (never evaluated by a shell).
+        exec_start: Option<String> = Optional,
+        /// Start the jail when the node daemon starts.
+        astart: Option<bool> = Optional,
+        /// Hook run before the jail's data is touched.
+        mnt_start: Option<HookPath> = Optional,
+        /// Hook run after the jail stopped.
+        mnt_stop: Option<HookPath> = Optional,
+        /// Seconds a hook may run before its process group is killed (0: no limit).
+        mnt_timeout: Option<u64> = Optional,
+        /// Seconds jstop waits after SIGTERM before SIGKILL.
+        stop_timeout: Option<u64> = Optional,
+    }
+
+    /// Print settings of a registered jail (CBSD's jget): `key: value`
+    /// lines, the keys named as trailing words, or all of them.
+    Jget(JgetArgs) = "jget" in Jails, listing = false,
+        policy(|_| Policy::READS) {
+        /// The jail.
+        jname: Jname = Required,
+        /// The keys to print (all when none).
+        keys: Vec<String> = Rest,
     }
 
     /// Run a command inside a running jail; exits with the command's status.
@@ -545,6 +485,44 @@ commands! {
         display: Option<String> = Optional,
         /// 0: no header line (CBSD's header=0).
         header: bool = Default("1"),
+    }
+
+    /// Change settings of registered VMs (CBSD's bset), with bcreate's
+    /// validation; says which take effect only at the next start.
+    Bset(BsetArgs) = "bset" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The VM, or a quoted glob such as 'vm*'.
+        jname: NameSelector = Required,
+        /// Memory, e.g. 512m or 2g (at least 16m).
+        vm_ram: Option<Size> = Optional,
+        /// Virtual CPUs (1 to 255).
+        vm_cpus: Option<u32> = Optional,
+        /// VNC console port on 127.0.0.1 (5900 and up; 0: none).
+        vm_vnc_port: Option<u16> = Optional,
+        /// Guest OS family (informational, like CBSD's).
+        vm_os_type: Option<Word> = Optional,
+        /// Kernel command line for direct kernel boot.
+        vm_cmdline: Option<String> = Optional,
+        /// Start the VM when the node daemon starts.
+        astart: Option<bool> = Optional,
+        /// Hook run before the VM's data is touched.
+        mnt_start: Option<HookPath> = Optional,
+        /// Hook run after the VM stopped.
+        mnt_stop: Option<HookPath> = Optional,
+        /// Seconds a hook may run before its process group is killed (0: no limit).
+        mnt_timeout: Option<u64> = Optional,
+        /// Seconds bstop waits for an ACPI power-down before stopping QEMU hard.
+        stop_timeout: Option<u64> = Optional,
+    }
+
+    /// Print settings of a registered VM (CBSD's bget): `key: value`
+    /// lines, the keys named as trailing words, or all of them.
+    Bget(BgetArgs) = "bget" in Vms, listing = false,
+        policy(|_| Policy::READS) {
+        /// The VM.
+        jname: Jname = Required,
+        /// The keys to print (all when none).
+        keys: Vec<String> = Rest,
     }
 
     /// Create, list or destroy checkpoints of a VM (RAM, devices and disks).

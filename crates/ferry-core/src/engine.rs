@@ -62,6 +62,13 @@ pub trait Backend: Sync {
     fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow> {
         self.row(wd, &config_of(wd, def)?)
     }
+    /// What must hold of an env's changed settings beside their grammar
+    /// (a VM's VNC port unused by the others here).
+    fn check_settings(&self, _wd: &Workdir, _reg: &Registry, _cfg: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// The settings a running env takes only at its next start.
+    const RESTART_KEYS: &'static [&'static str];
     /// What must hold before a start sets anything up (a base, a free
     /// port, a restorable checkpoint).
     fn check_start(
@@ -113,6 +120,15 @@ pub trait Engine: Sync {
     fn remove(&self, wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()>;
     fn state(&self, wd: &Workdir, j: &Jname) -> Result<EnvState>;
     fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow>;
+    /// Change settings of the registered env `j` (`jset`, `bset`): see
+    /// [`set`].
+    fn set(
+        &self,
+        wd: &Workdir,
+        reg: &Registry,
+        j: &Jname,
+        changes: &[(String, String)],
+    ) -> Result<Vec<String>>;
     fn columns(&self) -> Columns;
     fn describe(&self, wd: &Workdir, row: &EnvRow) -> Result<Value>;
 }
@@ -146,6 +162,15 @@ impl<B: Backend> Engine for B {
     }
     fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow> {
         Backend::row_of(self, wd, def)
+    }
+    fn set(
+        &self,
+        wd: &Workdir,
+        reg: &Registry,
+        j: &Jname,
+        changes: &[(String, String)],
+    ) -> Result<Vec<String>> {
+        set(self, wd, reg, j, changes)
     }
     fn columns(&self) -> Columns {
         Backend::columns(self)
@@ -189,6 +214,43 @@ pub fn kind_of(def: &Definition) -> EnvKind {
         None | Some("jail") => EnvKind::Jail,
         Some(_) => EnvKind::Vm,
     }
+}
+
+/// Change settings of the registered env `j`, owned here (the definition
+/// lives on shared storage: only the lease holder writes it). The changed
+/// definition is read with the engine's grammar and checked before it
+/// replaces the old one (atomically); the registry row follows. Returns
+/// the keys that a running env takes only at its next start.
+pub fn set<B: Backend>(
+    b: &B,
+    wd: &Workdir,
+    reg: &Registry,
+    j: &Jname,
+    changes: &[(String, String)],
+) -> Result<Vec<String>> {
+    lease::held(wd, j)?;
+    let path = wd.registered_rcconf(j);
+    let mut def = envdef::load_registered(wd, j)?;
+    for (k, v) in changes {
+        def.set(k, v.clone())
+            .map_err(|e| crate::error::Error::bad_value(k, v, e.to_string()))?;
+    }
+    let cfg = B::Config::from_definition(&def, wd, &path)?;
+    cfg.hooks().check()?;
+    b.check_settings(wd, reg, &cfg)?;
+    let row = b.row(wd, &cfg)?;
+    def.store(&path, wd.root())
+        .map_err(crate::error::Error::io(
+            "cannot write the definition",
+            &path,
+        ))?;
+    reg.upsert(&row)?;
+    let running = state(wd, j)? == EnvState::Running;
+    Ok(changes
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| running && B::RESTART_KEYS.contains(&k.as_str()))
+        .collect())
 }
 
 /// The settings of an env registered here.

@@ -93,6 +93,15 @@ impl Backend for Jails {
     type Config = JailConfig;
     const KIND: EnvKind = EnvKind::Jail;
     const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The container's UTS namespace, network and process are made at
+    /// start.
+    const RESTART_KEYS: &'static [&'static str] = &[
+        "host_hostname",
+        "ip4_addr",
+        "interface",
+        "defaultrouter",
+        "exec_start",
+    ];
 
     fn row(&self, wd: &Workdir, cfg: &JailConfig) -> Result<EnvRow> {
         if !cfg.args.baserw && !base::exists(wd, &cfg.args.base) {

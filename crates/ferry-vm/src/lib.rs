@@ -100,6 +100,13 @@ impl Backend for Vms {
     type Config = VmConfig;
     const KIND: EnvKind = EnvKind::Vm;
     const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+    /// QEMU's command line is made at start.
+    const RESTART_KEYS: &'static [&'static str] =
+        &["vm_ram", "vm_cpus", "vm_vnc_port", "vm_cmdline"];
+
+    fn check_settings(&self, wd: &Workdir, reg: &Registry, cfg: &VmConfig) -> Result<()> {
+        check_vnc_unique(wd, reg, cfg)
+    }
 
     fn row(&self, _: &Workdir, cfg: &VmConfig) -> Result<EnvRow> {
         Ok(vm_row(cfg))

@@ -389,3 +389,66 @@ fn jail_profiles_fill_in_what_jcreate_was_not_given() {
     assert!(err.contains("package manager"), "{err}");
     assert_same(&before, &t.snapshot(), "refused jcreates");
 }
+
+#[test]
+fn jset_changes_settings_with_jcreate_s_validation_and_jget_reads_them_back() {
+    let t = TestWorkdir::with_base(BIN);
+    t.ok(&["jcreate", "jname=s1"]);
+    t.ok(&["jcreate", "jname=s2"]);
+    let out = t.ok(&[
+        "jset",
+        "jname=s1",
+        "host_hostname=s1.example.org",
+        "astart=1",
+    ]);
+    assert_eq!(out.trim(), "s1: set host_hostname, astart");
+    let jls = t.jls();
+    assert_eq!(jls["s1"]["host_hostname"], "s1.example.org");
+    assert_eq!(jls["s1"]["astart"], true);
+    assert_eq!(
+        t.ok(&["jget", "jname=s1", "host_hostname", "astart"]),
+        "host_hostname: s1.example.org\nastart: 1\n"
+    );
+    assert!(t
+        .ok(&["jget", "jname=s1"])
+        .contains("exec_start: /bin/sh /etc/rc\n"));
+    // A glob sets each; a running jail is told what waits for its start.
+    t.ok(&["jstart", "jname=s1"]);
+    let out = t.ok(&["jset", "jname=s*", "stop_timeout=3", "ip4_addr=10.9.1.2/24"]);
+    assert!(
+        out.contains("s1: set ip4_addr, stop_timeout; ip4_addr takes effect at the next start"),
+        "{out}"
+    );
+    assert!(out.contains("s2: set ip4_addr, stop_timeout\n"), "{out}");
+    assert_eq!(
+        t.ok(&["jexec", "jname=s1", "hostname"]).trim(),
+        "s1.example.org"
+    );
+    t.ok(&["jstop", "jname=s1"]);
+    assert_eq!(t.jls()["s2"]["ip4_addr"], "10.9.1.2/24");
+    // Bad input changes nothing: the grammar, an unknown key, nothing to set,
+    // a missing jail or key.
+    let before = t.snapshot();
+    for (args, code, said) in [
+        (
+            &["jset", "jname=s1", "stop_timeout=soon"][..],
+            2,
+            "stop_timeout",
+        ),
+        (&["jset", "jname=s1", "ip4_addr=10.0.0.300"], 2, "ip4_addr"),
+        (
+            &["jset", "jname=s1", "exec_start=relative/rc"],
+            2,
+            "exec_start",
+        ),
+        (&["jset", "jname=s1", "base=other"], 2, "base"),
+        (&["jset", "jname=s1"], 2, "nothing to set"),
+        (&["jset", "jname=nosuch", "astart=1"], 3, "nosuch"),
+        (&["jget", "jname=s1", "colour"], 2, "colour"),
+        (&["bset", "jname=s1", "vm_ram=1g"], 3, "jail"),
+    ] {
+        let e = t.fails(code, args);
+        assert!(e.contains(said), "{args:?}: {e}");
+    }
+    assert_same(&before, &t.snapshot(), "refused jsets");
+}

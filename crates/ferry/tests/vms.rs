@@ -326,3 +326,38 @@ fn bad_vm_input_is_refused_and_changes_nothing() {
     assert!(!t.root().join("var/run/vnc1.pid").exists());
     t.fails(3, &["bstart", "jname=taken"]);
 }
+
+#[test]
+fn bset_changes_a_vm_s_settings_and_says_what_waits_for_its_next_start() {
+    let t = TestWorkdir::new(BIN);
+    bcreate(&t, "b1", &["vm_vnc_port=5981"]);
+    bcreate(&t, "b2", &[]);
+    let out = t.ok(&["bset", "jname=b2", "vm_ram=192m", "vm_cpus=2", "astart=1"]);
+    assert_eq!(out.trim(), "b2: set vm_ram, vm_cpus, astart");
+    let row = bls(&t, "b2");
+    assert_eq!(
+        (row["vm_ram"].as_str(), row["vm_cpus"].as_u64()),
+        (Some("192m"), Some(2))
+    );
+    assert_eq!(t.ok(&["bget", "jname=b2", "vm_ram"]), "vm_ram: 192m\n");
+    // A VNC port another VM here uses is refused; nothing changed.
+    let before = t.snapshot();
+    let e = t.fails(6, &["bset", "jname=b2", "vm_vnc_port=5981"]);
+    assert!(e.contains("5981") && e.contains("b1"), "{e}");
+    let e = t.fails(2, &["bset", "jname=b2", "vm_cpus=0"]);
+    assert!(e.contains("vm_cpus"), "{e}");
+    assert_same(&before, &t.snapshot(), "refused bsets");
+    // The running guest keeps what it started with until its next start.
+    t.ok(&["bstart", "jname=b2"]);
+    wait_booted(&t, "b2");
+    let out = t.ok(&["bset", "jname=b2", "vm_ram=160m", "stop_timeout=20"]);
+    assert!(
+        out.contains("vm_ram takes effect at the next start (b2 is running)"),
+        "{out}"
+    );
+    assert!(!out.contains("stop_timeout take"), "{out}");
+    t.ok(&["bstop", "jname=b2"]);
+    t.ok(&["bstart", "jname=b2"]);
+    assert_eq!(bls(&t, "b2")["vm_ram"], "160m");
+    t.ok(&["bstop", "jname=b2"]);
+}

@@ -6,6 +6,7 @@
 mod base;
 mod jail;
 mod node;
+mod settings;
 mod shared;
 mod vm;
 
@@ -39,6 +40,16 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Jrestart(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Restart),
         Command::Jremove(a) => lifecycle(ctx, EnvKind::Jail, &a.jname, Op::Remove),
         Command::Jls(a) => list(ctx, EnvKind::Jail, &a.jname, &view(&a.display, a.header)),
+        Command::Jset(ref a) => {
+            let changes = settings::changes(&cmd);
+            settings::set(ctx, EnvKind::Jail, &a.jname, &changes)
+        }
+        Command::Jget(a) => settings::get(ctx, EnvKind::Jail, &a.jname, &a.keys),
+        Command::Bset(ref a) => {
+            let changes = settings::changes(&cmd);
+            settings::set(ctx, EnvKind::Vm, &a.jname, &changes)
+        }
+        Command::Bget(a) => settings::get(ctx, EnvKind::Vm, &a.jname, &a.keys),
         Command::Jexec(a) => {
             let (wd, _) = ctx.open()?;
             let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;
