@@ -525,6 +525,35 @@ commands! {
         keys: Vec<String> = Rest,
     }
 
+    /// Snapshots of a VM's qcow2 disk (CBSD's bsnapshot): create, list,
+    /// destroy, destroyall while it runs or not; rollback while it is
+    /// stopped. snapname=gettimeofday names one by the time.
+    Bsnapshot(BsnapshotArgs) = "bsnapshot" in Vms, listing = true,
+        policy(|a: &BsnapshotArgs| Policy::reads_if(a.mode == SnapshotMode::List)) {
+        /// create, list, destroy, destroyall or rollback.
+        mode: SnapshotMode = Default("list"),
+        /// The VM.
+        jname: Jname = Required,
+        /// The snapshot (create, destroy, rollback); gettimeofday: the time now.
+        snapname: Option<Word> = Optional,
+        /// Comma-separated columns to show (list).
+        display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0; list).
+        header: bool = Default("1"),
+    }
+
+    /// Snapshots of a jail (CBSD's jsnapshot): refused with the reason, since
+    /// a jail's data on shared storage has no snapshots ferry can take.
+    Jsnapshot(JsnapshotArgs) = "jsnapshot" in Jails, listing = true,
+        policy(|a: &JsnapshotArgs| Policy::reads_if(a.mode == SnapshotMode::List)) {
+        /// create, list, destroy, destroyall or rollback.
+        mode: SnapshotMode = Default("list"),
+        /// The jail.
+        jname: Jname = Required,
+        /// The snapshot.
+        snapname: Option<Word> = Optional,
+    }
+
     /// Create, list or destroy checkpoints of a VM (RAM, devices and disks).
     Bcheckpoint(BcheckpointArgs) = "bcheckpoint" in Vms, listing = true,
         policy(|a: &BcheckpointArgs| Policy::reads_if(a.mode == CheckpointMode::List)) {

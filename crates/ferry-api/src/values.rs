@@ -70,3 +70,14 @@ crate::keyword_enum! {
     /// done, 2 remove it once the task finished whatever the result.
     pub enum TaskAutoflush { Keep = "0", OnSuccess = "1", Always = "2" }
 }
+
+crate::keyword_enum! {
+    /// What `bsnapshot` and `jsnapshot` do (CBSD's modes).
+    pub enum SnapshotMode {
+        Create = "create",
+        List = "list",
+        Destroy = "destroy",
+        Destroyall = "destroyall",
+        Rollback = "rollback",
+    }
+}

@@ -33,6 +33,10 @@ pub enum VmError {
     VncTaken(u16),
     #[error("VNC port {port} is already used by {by}")]
     VncUsed { port: u16, by: Jname },
+    #[error("{jname} cannot have snapshots: {why}")]
+    NoSnapshots { jname: Jname, why: String },
+    #[error("{jname} has no snapshot {name}")]
+    NoSuchSnapshot { jname: Jname, name: String },
     #[error("{0} is not waiting for a migration here")]
     NotIncoming(Jname),
     #[error("the lease of {jname} does not name {node} ({lease}): the guest stays paused")]
@@ -71,8 +75,10 @@ impl VmError {
             | VmError::VncTaken(_)
             | VmError::VncUsed { .. }
             | VmError::NotIncoming(_)
+            | VmError::NoSnapshots { .. }
             | VmError::LeaseNotHere { .. }
             | VmError::LeaseArrived { .. } => ErrorKind::Refused,
+            VmError::NoSuchSnapshot { .. } => ErrorKind::NotFound,
             _ => ErrorKind::Failed,
         }
     }

@@ -12,6 +12,7 @@ pub mod integrity;
 pub mod migrate;
 pub mod qemu;
 pub mod qmp;
+pub mod snapshot;
 
 use std::fs;
 use std::net::TcpListener;

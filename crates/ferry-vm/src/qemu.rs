@@ -410,6 +410,12 @@ fn spawn_with(wd: &Workdir, cfg: &VmConfig, args: Vec<OsString>) -> Result<i32> 
 
 /// Run `qemu-img` with these arguments; its stderr becomes the error.
 pub fn img<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<()> {
+    img_output(args).map(drop)
+}
+
+/// Run `qemu-img` with these arguments: its stdout, or its stderr as the
+/// error.
+pub fn img_output<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<Vec<u8>> {
     let out = Command::new("qemu-img")
         .args(args)
         .output()
@@ -418,7 +424,7 @@ pub fn img<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<()> {
             "qemu-img",
         ))?;
     if out.status.success() {
-        return Ok(());
+        return Ok(out.stdout);
     }
     let shown: Vec<String> = args
         .iter()

@@ -452,3 +452,15 @@ fn jset_changes_settings_with_jcreate_s_validation_and_jget_reads_them_back() {
     }
     assert_same(&before, &t.snapshot(), "refused jsets");
 }
+
+#[test]
+fn jsnapshot_is_refused_with_the_reason() {
+    let t = TestWorkdir::with_base(BIN);
+    t.ok(&["jcreate", "jname=j1"]);
+    let e = t.fails(6, &["jsnapshot", "mode=create", "jname=j1", "snapname=a"]);
+    assert!(
+        e.contains("shared storage") && e.contains("bsnapshot"),
+        "{e}"
+    );
+    t.fails(3, &["jsnapshot", "jname=nosuch"]);
+}

@@ -361,3 +361,97 @@ fn bset_changes_a_vm_s_settings_and_says_what_waits_for_its_next_start() {
     assert_eq!(bls(&t, "b2")["vm_ram"], "160m");
     t.ok(&["bstop", "jname=b2"]);
 }
+
+/// `qemu-io` on a stopped VM's disk: write a pattern, or check one.
+fn qemu_io(disk: &std::path::Path, op: &str) -> bool {
+    std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", op])
+        .arg(disk)
+        .output()
+        .map(|o| {
+            o.status.success()
+                && !String::from_utf8_lossy(&o.stdout).contains("Pattern verification failed")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn bsnapshot_takes_lists_destroys_and_rolls_back_disk_snapshots_live_or_stopped() {
+    let t = TestWorkdir::new(BIN);
+    bcreate(&t, "s1", &[]);
+    let disk = t.root().join("jails-data/s1-data/dsk1.vhd");
+    assert!(qemu_io(&disk, "write -P 0x11 0 64k"));
+    let out = t.ok(&["bsnapshot", "mode=create", "jname=s1", "snapname=before"]);
+    assert!(out.starts_with("snapshot before of s1 taken at "), "{out}");
+    assert!(qemu_io(&disk, "write -P 0x22 0 64k"));
+    // Live, while the guest runs (disk only), and by the time.
+    t.ok(&["bstart", "jname=s1"]);
+    wait_booted(&t, "s1");
+    t.ok(&["bsnapshot", "mode=create", "jname=s1", "snapname=live"]);
+    t.ok(&[
+        "bsnapshot",
+        "mode=create",
+        "jname=s1",
+        "snapname=gettimeofday",
+    ]);
+    let listed = |t: &TestWorkdir| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&t.ok(&["bsnapshot", "jname=s1", "--json"])).expect("JSON");
+        v.as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["snapname"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let names = listed(&t);
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(&names[..2], ["before", "live"]);
+    assert!(
+        names[2].len() == 14 && names[2].bytes().all(|b| b.is_ascii_digit()),
+        "{names:?}"
+    );
+    t.fails(
+        4,
+        &["bsnapshot", "mode=rollback", "jname=s1", "snapname=before"],
+    );
+    t.ok(&["bsnapshot", "mode=destroy", "jname=s1", "snapname=live"]);
+    t.ok(&["bstop", "jname=s1"]);
+    // Rolled back: the disk holds what it held at "before".
+    t.ok(&["bsnapshot", "mode=rollback", "jname=s1", "snapname=before"]);
+    assert!(
+        qemu_io(&disk, "read -P 0x11 0 64k"),
+        "the rollback did not restore the disk"
+    );
+    assert_eq!(listed(&t).len(), 2);
+    assert_eq!(
+        t.ok(&["bsnapshot", "mode=destroyall", "jname=s1"]).trim(),
+        "2 snapshots of s1 destroyed"
+    );
+    assert!(listed(&t).is_empty());
+    // Refusals, nothing changed: no name, no such snapshot, a raw disk, a jail.
+    bcreate(&t, "r1", &["imgtype=raw"]);
+    let before = t.snapshot();
+    for (args, code, said) in [
+        (&["bsnapshot", "mode=create", "jname=s1"][..], 2, "snapname"),
+        (
+            &["bsnapshot", "mode=destroy", "jname=s1", "snapname=nosuch"],
+            3,
+            "nosuch",
+        ),
+        (
+            &["bsnapshot", "mode=create", "jname=r1", "snapname=a"],
+            6,
+            "raw",
+        ),
+        (
+            &["bsnapshot", "mode=create", "jname=s1", "snapname=../a"],
+            2,
+            "snapname",
+        ),
+        (&["bsnapshot", "mode=list", "jname=nosuch"], 3, "nosuch"),
+    ] {
+        let e = t.fails(code, args);
+        assert!(e.contains(said), "{args:?}: {e}");
+    }
+    assert_same(&before, &t.snapshot(), "refused bsnapshots");
+}

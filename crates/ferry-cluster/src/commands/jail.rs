@@ -1,10 +1,10 @@
 //! Jail commands.
 
-use ferry_api::command::JcreateArgs;
+use ferry_api::command::{JcreateArgs, JsnapshotArgs};
 use ferry_api::Outcome;
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::Registry;
-use ferry_core::{Result, Workdir};
+use ferry_core::{EnvKind, Error, NameSelector, Result, Workdir};
 
 pub fn create(wd: &Workdir, reg: &Registry, a: JcreateArgs) -> Result<Outcome> {
     let profile = ferry_jail::profile::JailProfile::load(wd, &a.jail_profile.0)?;
@@ -19,4 +19,19 @@ pub fn create(wd: &Workdir, reg: &Registry, a: JcreateArgs) -> Result<Outcome> {
     } else {
         format!("{j} created")
     }))
+}
+
+/// `jsnapshot`: a jail's data lives on shared storage (GlusterFS, NFS, a
+/// shared directory) that offers ferry no snapshots; refused with the
+/// reason, after the jail is found.
+pub fn snapshot(wd: &Workdir, reg: &Registry, a: &JsnapshotArgs) -> Result<Outcome> {
+    crate::context::select(reg, EnvKind::Jail, &NameSelector::One(a.jname.clone()))?;
+    Err(Error::Refused(format!(
+        "jsnapshot {} of {}: ferry takes no jail snapshots, since the jail's data ({}) is on \
+         shared storage that offers none to it; snapshot that storage itself (its volume or \
+         file system), or keep the data in a VM's qcow2 disk (bsnapshot)",
+        a.mode.as_str(),
+        a.jname,
+        wd.data_dir(&a.jname).display()
+    )))
 }

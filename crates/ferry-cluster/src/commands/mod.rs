@@ -65,6 +65,11 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Bremove(a) => lifecycle(ctx, EnvKind::Vm, &a.jname, Op::Remove),
         Command::Bls(a) => list(ctx, EnvKind::Vm, &a.jname, &view(&a.display, a.header)),
         Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
+        Command::Bsnapshot(a) => vm::snapshot(ctx, a),
+        Command::Jsnapshot(a) => {
+            let (wd, reg) = ctx.open()?;
+            jail::snapshot(&wd, &reg, &a)
+        }
         Command::Daemon(a) => daemon::run(ctx, a),
         Command::Task(a) => tasks::run(ctx, a, dispatch),
         Command::Taskls(a) => tasks::list(ctx, &view(&a.display, a.header)),

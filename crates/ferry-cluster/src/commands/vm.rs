@@ -1,9 +1,13 @@
 //! VM commands.
 
-use ferry_api::command::{BcheckpointArgs, BcreateArgs, CheckpointMode};
+use ferry_api::command::{
+    BcheckpointArgs, BcreateArgs, BsnapshotArgs, CheckpointMode, SnapshotMode,
+};
 use ferry_api::{Columns, Outcome};
 use ferry_core::lock::EnvLock;
-use ferry_core::{EnvKind, NameSelector, Result};
+use ferry_core::{EnvKind, Error, NameSelector, Result};
+use ferry_vm::snapshot;
+use serde_json::json;
 
 use crate::context::{listing, select, view, Context};
 
@@ -66,6 +70,60 @@ pub fn checkpoint(ctx: &Context, a: BcheckpointArgs) -> Result<Outcome> {
             Ok(Outcome::message(format!(
                 "{n} checkpoints of {j} destroyed"
             )))
+        }
+    }
+}
+
+/// `bsnapshot`: snapshots of a VM's disk.
+pub fn snapshot(ctx: &Context, a: BsnapshotArgs) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    select(&reg, EnvKind::Vm, &NameSelector::One(a.jname.clone()))?;
+    let j = &a.jname;
+    let _lock = EnvLock::acquire(&wd, j)?;
+    let name = || {
+        a.snapname
+            .as_ref()
+            .map(|w| snapshot::resolve_name(&w.0))
+            .ok_or_else(|| {
+                Error::bad_value(
+                    "snapname",
+                    "",
+                    format!("is required with mode={}", a.mode.as_str()),
+                )
+            })
+    };
+    match a.mode {
+        SnapshotMode::List => {
+            let mut l = listing(
+                Columns::all(&["jname", "snapname", "created", "vm_state"]),
+                &view(&a.display, a.header),
+            )?;
+            for s in snapshot::list(&wd, j)? {
+                l.push(json!({"jname": j, "snapname": s.name, "created": s.created, "vm_state": s.vm_state}));
+            }
+            Ok(Outcome::Listing(l))
+        }
+        SnapshotMode::Create => {
+            let n = name()?;
+            let s = snapshot::create(&wd, j, &n)?;
+            Ok(Outcome::message(format!(
+                "snapshot {} of {j} taken at {}",
+                s.name, s.created
+            )))
+        }
+        SnapshotMode::Destroy => {
+            let n = name()?;
+            snapshot::destroy(&wd, j, &n)?;
+            Ok(Outcome::message(format!("snapshot {n} of {j} destroyed")))
+        }
+        SnapshotMode::Destroyall => {
+            let n = snapshot::destroy_all(&wd, j)?;
+            Ok(Outcome::message(format!("{n} snapshots of {j} destroyed")))
+        }
+        SnapshotMode::Rollback => {
+            let n = name()?;
+            snapshot::rollback(&wd, j, &n)?;
+            Ok(Outcome::message(format!("{j} rolled back to snapshot {n}")))
         }
     }
 }
