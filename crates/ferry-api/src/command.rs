@@ -188,6 +188,21 @@ commands! {
         header: bool = Default("1"),
     }
 
+    /// Clone a stopped jail into a new one (CBSD's jclone): its data copied
+    /// (holes kept, reflinked where the file system can) unless a
+    /// clone-local.d hook made the copy; a new name, host name and lease.
+    Jclone(JcloneArgs) = "jclone" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The stopped jail to copy.
+        old: Jname = Required,
+        /// The new jail's name.
+        new: Jname = Required,
+        /// The new jail's host name (default: its name).
+        host_hostname: Option<String> = Optional,
+        /// The new jail's addresses (default: the old one's).
+        ip4_addr: Option<Ip4List> = Optional,
+    }
+
     /// Change settings of registered jails (CBSD's jset), with jcreate's
     /// validation; says which take effect only at the next start.
     Jset(JsetArgs) = "jset" in Jails, listing = false,
@@ -485,6 +500,21 @@ commands! {
         display: Option<String> = Optional,
         /// 0: no header line (CBSD's header=0).
         header: bool = Default("1"),
+    }
+
+    /// Clone a stopped VM into a new one (CBSD's bclone): its disks copied
+    /// (holes kept, reflinked where the file system can) unless a
+    /// clone-local.d hook made the copy; a new name, MAC and lease.
+    Bclone(BcloneArgs) = "bclone" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The stopped VM to copy.
+        old: Jname = Required,
+        /// The new VM's name.
+        new: Jname = Required,
+        /// 1: a new MAC (ferry's MAC follows the name, so always; 0 is refused).
+        mac_reinit: bool = Default("1"),
+        /// The new VM's VNC port (default 0: none; a port serves one VM).
+        vm_vnc_port: Option<u16> = Optional,
     }
 
     /// Change settings of registered VMs (CBSD's bset), with bcreate's

@@ -103,6 +103,7 @@ impl Hooks {
         let path = match kind {
             HookKind::MntStart => &self.mnt_start,
             HookKind::MntStop => &self.mnt_stop,
+            HookKind::Clone => &None,
         };
         let Some(path) = path else { return Ok(()) };
         let wd = ctx.wd;

@@ -43,6 +43,8 @@ pub enum Phase {
     Remove,
     MigrateIn,
     MigrateOut,
+    /// A clone hook (`clone-local.d`), for the env being made.
+    Clone,
 }
 
 impl Phase {
@@ -54,6 +56,7 @@ impl Phase {
             Phase::Remove => "remove",
             Phase::MigrateIn => "migrate-in",
             Phase::MigrateOut => "migrate-out",
+            Phase::Clone => "clone",
         }
     }
 }
@@ -69,6 +72,8 @@ impl fmt::Display for Phase {
 pub enum HookKind {
     MntStart,
     MntStop,
+    /// An executable of `clone-local.d` (CBSD's custom clone).
+    Clone,
 }
 
 impl HookKind {
@@ -77,6 +82,7 @@ impl HookKind {
         match self {
             HookKind::MntStart => "mnt_start",
             HookKind::MntStop => "mnt_stop",
+            HookKind::Clone => "clone",
         }
     }
 }
@@ -225,6 +231,7 @@ fn label(kind: &Option<HookKind>) -> &'static str {
     match kind {
         Some(HookKind::MntStart) => "mnt_start hook",
         Some(HookKind::MntStop) => "mnt_stop hook",
+        Some(HookKind::Clone) => "clone hook",
         None => "hook",
     }
 }
@@ -355,6 +362,15 @@ pub fn check_as(kind: HookKind, hook: &Path) -> Result<(), HookError> {
 /// after `grace`. A hook that exits on its own is never signalled, and
 /// whatever it left running in the background is left alone.
 pub fn run(hook: &Path, run: &HookRun<'_>) -> Result<HookOutcome, HookError> {
+    run_with_env(hook, run, &[])
+}
+
+/// [`run`], with these variables added to the hook's environment.
+pub fn run_with_env(
+    hook: &Path,
+    run: &HookRun<'_>,
+    env: &[(&str, String)],
+) -> Result<HookOutcome, HookError> {
     check_as(run.kind, hook)?;
     let kind = run.kind;
     let log_err = |source| HookError::Log {
@@ -387,6 +403,7 @@ pub fn run(hook: &Path, run: &HookRun<'_>) -> Result<HookOutcome, HookError> {
         .env("FERRY_PHASE", run.phase.as_str())
         .env("FERRY_JNAME", run.jname)
         .env("FERRY_HOOK", kind.as_str())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(stdout)

@@ -5,6 +5,7 @@
 
 pub mod atomic;
 pub mod base;
+pub mod clone;
 pub mod engine;
 pub mod envdef;
 pub mod envfs;

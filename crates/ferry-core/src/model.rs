@@ -86,6 +86,8 @@ pub enum Action {
     Exec,
     Checkpoint,
     Unregister,
+    /// Copy into a new env.
+    Clone,
 }
 
 impl Action {
@@ -98,6 +100,7 @@ impl Action {
             Action::Exec => "exec",
             Action::Checkpoint => "checkpoint",
             Action::Unregister => "unregister",
+            Action::Clone => "clone",
         }
     }
 }
@@ -108,14 +111,14 @@ pub fn check(jname: &Jname, state: EnvState, action: Action) -> Result<()> {
     use EnvState::*;
     let needs = match (state, action) {
         // Arriving by live migration: the migration alone ends it.
-        (Incoming, Start | Remove | Unregister | Restart) => "stopped",
+        (Incoming, Start | Remove | Unregister | Restart | Clone) => "stopped",
         (Incoming, Stop | Exec | Checkpoint) => "running",
         (Stopped | Crashed, Start | Remove)
-        | (Stopped, Unregister)
+        | (Stopped, Unregister | Clone)
         | (Running, Stop | Exec | Checkpoint)
         | (_, Restart) => return Ok(()),
         (Crashed, Stop) => return Ok(()),
-        (Running, Start | Remove) | (Running | Crashed, Unregister) => "stopped",
+        (Running, Start | Remove) | (Running | Crashed, Unregister | Clone) => "stopped",
         (Stopped | Crashed, Exec | Checkpoint) | (Stopped, Stop) => "running",
     };
     Err(Error::WrongState {

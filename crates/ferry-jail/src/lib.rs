@@ -276,6 +276,29 @@ pub fn row(cfg: &JailConfig) -> EnvRow {
     }
 }
 
+/// Clone the stopped jail `old` (owned here) into `new`: host name `new`
+/// unless given, the old addresses unless given (two jails with one
+/// address cannot run at once on one bridge).
+pub fn clone(
+    wd: &Workdir,
+    reg: &Registry,
+    old: &Jname,
+    new: &Jname,
+    host_hostname: Option<String>,
+    ip4_addr: Option<ferry_api::args::Ip4List>,
+) -> Result<()> {
+    let mut args = JAILS.load(wd, old)?.args;
+    args.jname = new.clone();
+    args.host_hostname = Some(host_hostname.unwrap_or_else(|| new.to_string()));
+    if let Some(ip) = ip4_addr {
+        args.ip4_addr = ip;
+    }
+    let def = config::to_definition(&args, wd.root())?;
+    let cfg = JailConfig::from_definition(&def, wd, &wd.registered_rcconf(new))?;
+    let row = JAILS.row(wd, &cfg)?;
+    ferry_core::clone::clone(wd, reg, old, &row, &cfg.hooks, &def)
+}
+
 /// Fill a new jail's data dir from its base.
 fn populate(wd: &Workdir, cfg: &JailConfig) -> Result<()> {
     let j = cfg.jname();

@@ -248,6 +248,26 @@ fn make_disk(wd: &Workdir, cfg: &VmConfig) -> Result<()> {
     ])
 }
 
+/// Clone the stopped VM `old` (owned here) into `new`, its disks copied
+/// (holes kept, reflinked where the file system can). Its NIC's MAC
+/// follows its name, so it is new; its VNC port is `vm_vnc_port` (default
+/// none: one port serves one VM here).
+pub fn clone(
+    wd: &Workdir,
+    reg: &Registry,
+    old: &Jname,
+    new: &Jname,
+    vm_vnc_port: Option<u16>,
+) -> Result<()> {
+    let mut args = load(wd, old)?.args;
+    args.jname = new.clone();
+    args.vm_vnc_port = vm_vnc_port.unwrap_or(0);
+    let def = config::to_definition(&args, wd.root())?;
+    let cfg = VmConfig::from_definition(&def, wd, &wd.registered_rcconf(new))?;
+    check_vnc_unique(wd, reg, &cfg)?;
+    ferry_core::clone::clone(wd, reg, old, &vm_row(&cfg), &cfg.hooks, &def)
+}
+
 /// No two VMs registered here share a VNC port.
 fn check_vnc_unique(wd: &Workdir, reg: &Registry, cfg: &VmConfig) -> Result<()> {
     let port = cfg.args.vm_vnc_port;

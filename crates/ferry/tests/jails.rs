@@ -464,3 +464,69 @@ fn jsnapshot_is_refused_with_the_reason() {
     );
     t.fails(3, &["jsnapshot", "jname=nosuch"]);
 }
+
+#[test]
+fn jclone_copies_a_stopped_jail_into_a_new_one_and_clone_hooks_may_copy_or_cancel() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestWorkdir::with_base(BIN);
+    t.ok(&["jcreate", "jname=c1", "host_hostname=c1.example.org"]);
+    t.ok(&["jstart", "jname=c1"]);
+    t.ok(&["jexec", "jname=c1", "sh", "-c", "echo kept > /root/note"]);
+    t.fails(4, &["jclone", "old=c1", "new=c2"]);
+    t.ok(&["jstop", "jname=c1"]);
+    assert_eq!(
+        t.ok(&["jclone", "old=c1", "new=c2"]).trim(),
+        "c1 cloned into c2"
+    );
+    let jls = t.jls();
+    assert_eq!(jls["c2"]["host_hostname"], "c2");
+    assert_eq!(jls["c1"]["host_hostname"], "c1.example.org");
+    t.ok(&["jstart", "jname=c2"]);
+    assert_eq!(t.ok(&["jexec", "jname=c2", "cat", "/root/note"]), "kept\n");
+    assert_eq!(t.ok(&["jexec", "jname=c2", "hostname"]).trim(), "c2");
+    t.ok(&["jexec", "jname=c2", "sh", "-c", "echo changed > /root/note"]);
+    t.ok(&["jstop", "jname=c2"]);
+    let note =
+        |j: &str| fs::read_to_string(t.root().join(format!("jails-data/{j}-data/root/note")));
+    assert_eq!(
+        note("c1").unwrap(),
+        "kept\n",
+        "the clone shares nothing with its source"
+    );
+    // Refused, nothing made: the name is taken, the source is missing.
+    t.fails(4, &["jclone", "old=c1", "new=c2"]);
+    t.fails(3, &["jclone", "old=nosuch", "new=c9"]);
+    t.fails(2, &["jclone", "old=c1", "new=../x"]);
+
+    // A clone hook that makes the copy itself (exit 1): ferry copies nothing.
+    let hooks = t.root().join("jails-system/c1/clone-local.d");
+    fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("10-storage");
+    let write_hook = |exit: u8| {
+        fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\nwhile [ $# -gt 0 ]; do case \"$1\" in -d) d=\"$2\"; shift 2;; *) shift;; esac; done\n\
+                 mkdir -p \"$d/root\" && echo \"made by the storage from $FERRY_CLONE_FROM\" > \"$d/root/hooked\"\nexit {exit}\n"
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write_hook(1);
+    t.ok(&["jclone", "old=c1", "new=c3", "ip4_addr=10.9.2.3/24"]);
+    assert_eq!(
+        fs::read_to_string(t.root().join("jails-data/c3-data/root/hooked")).unwrap(),
+        "made by the storage from c1\n"
+    );
+    assert!(note("c3").is_err(), "ferry copied although the hook did");
+    assert_eq!(t.jls()["c3"]["ip4_addr"], "10.9.2.3/24");
+    // Exit 2 cancels the clone: nothing is left of it.
+    write_hook(2);
+    let before = t.snapshot();
+    let e = t.fails(6, &["jclone", "old=c1", "new=c4"]);
+    assert!(e.contains("cancelled by its hook"), "{e}");
+    assert!(!t.root().join("jails-data/c4-data").exists());
+    assert!(!t.jls().contains_key("c4"));
+    assert_same(&before, &t.snapshot(), "a cancelled clone");
+}

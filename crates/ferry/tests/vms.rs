@@ -455,3 +455,42 @@ fn bsnapshot_takes_lists_destroys_and_rolls_back_disk_snapshots_live_or_stopped(
     }
     assert_same(&before, &t.snapshot(), "refused bsnapshots");
 }
+
+#[test]
+fn bclone_copies_a_stopped_vm_s_disk_and_the_clone_boots() {
+    let t = TestWorkdir::new(BIN);
+    bcreate(&t, "o1", &["vm_vnc_port=5983", "stop_timeout=3"]);
+    let disk = |j: &str| t.root().join(format!("jails-data/{j}-data/dsk1.vhd"));
+    assert!(qemu_io(&disk("o1"), "write -P 0x33 1M 64k"));
+    t.ok(&["bsnapshot", "mode=create", "jname=o1", "snapname=base"]);
+    t.ok(&["bstart", "jname=o1"]);
+    t.fails(4, &["bclone", "old=o1", "new=o2"]);
+    wait_booted(&t, "o1");
+    t.ok(&["bstop", "jname=o1"]);
+    t.fails(6, &["bclone", "old=o1", "new=o2", "mac_reinit=0"]);
+    t.fails(6, &["bclone", "old=o1", "new=o2", "vm_vnc_port=5983"]);
+    assert_eq!(
+        t.ok(&["bclone", "old=o1", "new=o2"]).trim(),
+        "o1 cloned into o2"
+    );
+    assert!(
+        qemu_io(&disk("o2"), "read -P 0x33 1M 64k"),
+        "the disk was not copied"
+    );
+    // A qcow2 copy keeps its snapshots; the VNC port is not shared.
+    assert!(t.ok(&["bsnapshot", "jname=o2"]).contains("base"));
+    assert!(bls(&t, "o2")["vnc"].is_null());
+    t.ok(&["bstart", "jname=o2"]);
+    wait_booted(&t, "o2");
+    t.ok(&["bstart", "jname=o1"]);
+    wait_booted(&t, "o1");
+    assert_eq!(
+        (
+            bls(&t, "o1")["status"].as_str(),
+            bls(&t, "o2")["status"].as_str()
+        ),
+        (Some("running"), Some("running"))
+    );
+    t.ok(&["bstop", "jname=o1"]);
+    t.ok(&["bstop", "jname=o2"]);
+}

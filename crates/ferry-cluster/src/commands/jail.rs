@@ -1,6 +1,6 @@
 //! Jail commands.
 
-use ferry_api::command::{JcreateArgs, JsnapshotArgs};
+use ferry_api::command::{JcloneArgs, JcreateArgs, JsnapshotArgs};
 use ferry_api::Outcome;
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::Registry;
@@ -34,4 +34,13 @@ pub fn snapshot(wd: &Workdir, reg: &Registry, a: &JsnapshotArgs) -> Result<Outco
         a.jname,
         wd.data_dir(&a.jname).display()
     )))
+}
+
+/// `jclone`: under both envs' locks.
+pub fn clone(wd: &Workdir, reg: &Registry, a: JcloneArgs) -> Result<Outcome> {
+    crate::context::select(reg, EnvKind::Jail, &NameSelector::One(a.old.clone()))?;
+    let _old = EnvLock::acquire(wd, &a.old)?;
+    let _new = EnvLock::acquire(wd, &a.new)?;
+    ferry_jail::clone(wd, reg, &a.old, &a.new, a.host_hostname, a.ip4_addr)?;
+    Ok(Outcome::message(format!("{} cloned into {}", a.old, a.new)))
 }

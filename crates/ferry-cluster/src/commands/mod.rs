@@ -50,6 +50,14 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             settings::set(ctx, EnvKind::Vm, &a.jname, &changes)
         }
         Command::Bget(a) => settings::get(ctx, EnvKind::Vm, &a.jname, &a.keys),
+        Command::Jclone(a) => {
+            let (wd, reg) = ctx.open()?;
+            jail::clone(&wd, &reg, a)
+        }
+        Command::Bclone(a) => {
+            let (wd, reg) = ctx.open()?;
+            vm::clone(&wd, &reg, a)
+        }
         Command::Jexec(a) => {
             let (wd, _) = ctx.open()?;
             let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;

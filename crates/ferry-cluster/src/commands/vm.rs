@@ -1,11 +1,12 @@
 //! VM commands.
 
 use ferry_api::command::{
-    BcheckpointArgs, BcreateArgs, BsnapshotArgs, CheckpointMode, SnapshotMode,
+    BcheckpointArgs, BcloneArgs, BcreateArgs, BsnapshotArgs, CheckpointMode, SnapshotMode,
 };
 use ferry_api::{Columns, Outcome};
 use ferry_core::lock::EnvLock;
-use ferry_core::{EnvKind, Error, NameSelector, Result};
+use ferry_core::registry::Registry;
+use ferry_core::{EnvKind, Error, NameSelector, Result, Workdir};
 use ferry_vm::snapshot;
 use serde_json::json;
 
@@ -126,4 +127,19 @@ pub fn snapshot(ctx: &Context, a: BsnapshotArgs) -> Result<Outcome> {
             Ok(Outcome::message(format!("{j} rolled back to snapshot {n}")))
         }
     }
+}
+
+/// `bclone`: under both envs' locks.
+pub fn clone(wd: &Workdir, reg: &Registry, a: BcloneArgs) -> Result<Outcome> {
+    select(reg, EnvKind::Vm, &NameSelector::One(a.old.clone()))?;
+    if !a.mac_reinit {
+        return Err(Error::Refused(format!(
+            "mac_reinit=0: a VM's MAC follows its name in ferry, so {} gets its own",
+            a.new
+        )));
+    }
+    let _old = EnvLock::acquire(wd, &a.old)?;
+    let _new = EnvLock::acquire(wd, &a.new)?;
+    ferry_vm::clone(wd, reg, &a.old, &a.new, a.vm_vnc_port)?;
+    Ok(Outcome::message(format!("{} cloned into {}", a.old, a.new)))
 }
