@@ -1,6 +1,8 @@
 //! The value types of command arguments that are words of their own:
 //! modes, keywords, interface names.
 
+use std::net::Ipv4Addr;
+
 use crate::args::{ArgError, FromArg};
 
 crate::keyword_enum! {
@@ -79,5 +81,120 @@ crate::keyword_enum! {
         Destroy = "destroy",
         Destroyall = "destroyall",
         Rollback = "rollback",
+    }
+}
+
+/// Why a text is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("not a size such as 512m or 10g")]
+    NotASize,
+    #[error("unknown size unit {0:?} (use k, m, g or t)")]
+    Unit(String),
+    #[error("too large")]
+    TooLarge,
+}
+
+/// Why a text is not a list of IPv4 addresses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ip4Error {
+    #[error("{0:?} is not an IPv4 address")]
+    NotAnAddress(String),
+    #[error("{0}")]
+    Prefix(#[from] ipnet::PrefixLenError),
+}
+
+/// A size in bytes, written as a number with an optional suffix:
+/// `b`, `k`, `m`, `g`, `t` (powers of 1024; CBSD's `1g`, `512m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(v: &str) -> Result<Size, SizeError> {
+        let t = v.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| SizeError::NotASize)?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1 << 10,
+            "m" | "mb" => 1 << 20,
+            "g" | "gb" => 1 << 30,
+            "t" | "tb" => 1 << 40,
+            _ => return Err(SizeError::Unit(unit.to_owned())),
+        };
+        n.checked_mul(mult).map(Size).ok_or(SizeError::TooLarge)
+    }
+
+    pub fn mib(self) -> u64 {
+        self.0 >> 20
+    }
+
+    /// The shortest exact text form (`1g`, `512m`, `1536k`, `7`).
+    pub fn render(self) -> String {
+        for (shift, unit) in [(40, "t"), (30, "g"), (20, "m"), (10, "k")] {
+            if self.0 != 0 && self.0.is_multiple_of(1u64 << shift) {
+                return format!("{}{unit}", self.0 >> shift);
+            }
+        }
+        self.0.to_string()
+    }
+}
+
+impl FromArg for Size {
+    const TYPE: &'static str = "SIZE";
+    fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
+        Size::parse(v).map_err(|e| ArgError::invalid(key, v, e))
+    }
+    fn to_arg(&self) -> String {
+        self.render()
+    }
+}
+
+/// IPv4 addresses of a jail: `0` for none, else a comma-separated list of
+/// `a.b.c.d/prefix` (prefix defaults to 24).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ip4List(pub Vec<ipnet::Ipv4Net>);
+
+impl Ip4List {
+    pub fn parse(v: &str) -> Result<Self, Ip4Error> {
+        if v.is_empty() || v == "0" {
+            return Ok(Ip4List(Vec::new()));
+        }
+        v.split(',')
+            .map(|item| {
+                let item = item.trim();
+                if let Ok(net) = item.parse::<ipnet::Ipv4Net>() {
+                    return Ok(net);
+                }
+                let addr: Ipv4Addr = item
+                    .parse()
+                    .map_err(|_| Ip4Error::NotAnAddress(item.to_owned()))?;
+                Ok(ipnet::Ipv4Net::new(addr, 24)?)
+            })
+            .collect::<Result<_, _>>()
+            .map(Ip4List)
+    }
+
+    /// The text form stored in a definition.
+    pub fn render(&self) -> String {
+        if self.0.is_empty() {
+            return "0".into();
+        }
+        self.0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl FromArg for Ip4List {
+    const TYPE: &'static str = "0|ADDR/PREFIX[,...]";
+    fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
+        Ip4List::parse(v).map_err(|e| ArgError::invalid(key, v, e))
+    }
+    fn to_arg(&self) -> String {
+        self.render()
     }
 }
