@@ -84,9 +84,11 @@ pub fn clone(
     })
 }
 
-/// Copy what `src` holds into `dst` (made if missing).
+/// Copy what `src` holds into `dst` (made if missing); an empty or
+/// missing `src` costs no copy.
 fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
-    if !src.is_dir() {
+    let empty = std::fs::read_dir(src).map_or(true, |mut d| d.next().is_none());
+    if empty {
         return Ok(());
     }
     std::fs::create_dir_all(dst).map_err(Error::io("cannot create", dst))?;
