@@ -15,9 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::envdef::Hooks;
+use crate::envdef::{EnvDirs, HookCtx, Hooks};
 use crate::error::{Error, Result};
-use crate::hook::{self, HookError, HookKind, HookRun, Phase};
+use crate::hook::{self, HookError, HookKind, Phase};
 use crate::model::{self, Action};
 use crate::name::Jname;
 use crate::rcconf::Definition;
@@ -97,33 +97,23 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
 
 /// Run one clone hook; whether it made the copy.
 fn run_hook(wd: &Workdir, h: &Path, old: &Jname, new: &Jname, epoch: u64) -> Result<bool> {
-    let (data, fstab, system, log) = (
-        wd.data_dir(new),
-        wd.fstab_dir(new),
-        wd.system_dir(new),
-        wd.hook_log(new),
-    );
-    if let Some(d) = log.parent() {
+    let dirs = EnvDirs::of(wd, new);
+    if let Some(d) = dirs.log.parent() {
         std::fs::create_dir_all(d).map_err(Error::io("cannot create", d))?;
     }
-    let rcconf = wd.rcconf_dir();
-    let source = wd.data_dir(old);
-    let run = HookRun {
-        kind: HookKind::Clone,
-        phase: Phase::Clone,
-        jname: new.as_str(),
-        data_dir: &data,
-        fstab_dir: &fstab,
-        rcconf_dir: &rcconf,
-        system_dir: &system,
-        node: wd.nodename(),
-        workdir: wd.root(),
+    let ctx = HookCtx {
+        wd,
+        jname: new,
         epoch,
-        log: &log,
-        timeout: Some(HOOK_TIMEOUT),
-        grace: hook::DEFAULT_GRACE,
-        dry_run: false,
     };
+    let run = dirs.hook_run(
+        &ctx,
+        HookKind::Clone,
+        Phase::Clone,
+        Some(HOOK_TIMEOUT),
+        false,
+    );
+    let source = wd.data_dir(old);
     let env = [
         ("FERRY_CLONE_FROM", old.as_str().to_owned()),
         ("FERRY_CLONE_SOURCE", source.to_string_lossy().into_owned()),

@@ -38,6 +38,55 @@ pub fn load_raw(wd: &Workdir, j: &Jname, path: &Path) -> Result<(Vec<u8>, Defini
     }
 }
 
+/// The paths a hook of an env is told about (`-d -f -r -s`) and its log.
+#[derive(Debug, Clone)]
+pub struct EnvDirs {
+    pub data: PathBuf,
+    pub fstab: PathBuf,
+    pub system: PathBuf,
+    pub rcconf: PathBuf,
+    pub log: PathBuf,
+}
+
+impl EnvDirs {
+    pub fn of(wd: &Workdir, j: &Jname) -> EnvDirs {
+        EnvDirs {
+            data: wd.data_dir(j),
+            fstab: wd.fstab_dir(j),
+            system: wd.system_dir(j),
+            rcconf: wd.rcconf_dir(),
+            log: wd.hook_log(j),
+        }
+    }
+
+    /// A run of a hook of `kind` for the env of `ctx`.
+    pub fn hook_run<'a>(
+        &'a self,
+        ctx: &HookCtx<'a>,
+        kind: HookKind,
+        phase: Phase,
+        timeout: Option<Duration>,
+        dry_run: bool,
+    ) -> HookRun<'a> {
+        HookRun {
+            kind,
+            phase,
+            jname: ctx.jname.as_str(),
+            data_dir: &self.data,
+            fstab_dir: &self.fstab,
+            rcconf_dir: &self.rcconf,
+            system_dir: &self.system,
+            node: ctx.wd.nodename(),
+            workdir: ctx.wd.root(),
+            epoch: ctx.epoch,
+            log: &self.log,
+            timeout,
+            grace: hook::DEFAULT_GRACE,
+            dry_run,
+        }
+    }
+}
+
 /// The mount hooks of one env.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hooks {
@@ -106,33 +155,10 @@ impl Hooks {
             HookKind::Clone => &None,
         };
         let Some(path) = path else { return Ok(()) };
-        let wd = ctx.wd;
-        let j = ctx.jname;
-        let (data, fstab, system, log) = (
-            wd.data_dir(j),
-            wd.fstab_dir(j),
-            wd.system_dir(j),
-            wd.hook_log(j),
-        );
-        let rcconf = wd.rcconf_dir();
+        let dirs = EnvDirs::of(ctx.wd, ctx.jname);
         hook::run(
             path,
-            &HookRun {
-                kind,
-                phase,
-                jname: j.as_str(),
-                data_dir: &data,
-                fstab_dir: &fstab,
-                rcconf_dir: &rcconf,
-                system_dir: &system,
-                node: wd.nodename(),
-                workdir: wd.root(),
-                epoch: ctx.epoch,
-                log: &log,
-                timeout: self.timeout,
-                grace: hook::DEFAULT_GRACE,
-                dry_run,
-            },
+            &dirs.hook_run(ctx, kind, phase, self.timeout, dry_run),
         )?;
         Ok(())
     }

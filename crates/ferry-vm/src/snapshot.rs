@@ -176,13 +176,7 @@ pub fn destroy(wd: &Workdir, j: &Jname, name: &str) -> Result<()> {
     lease::held(wd, j)?;
     let cfg = load(wd, j)?;
     let disk = disk(wd, &cfg)?;
-    if !list(wd, j)?.iter().any(|s| s.name == name) {
-        return Err(VmError::NoSuchSnapshot {
-            jname: j.clone(),
-            name: name.to_owned(),
-        }
-        .into());
-    }
+    must_have(wd, j, name)?;
     match running_qmp(wd, j)? {
         Some(mut q) => q
             .execute(
@@ -198,6 +192,18 @@ pub fn destroy(wd: &Workdir, j: &Jname, name: &str) -> Result<()> {
             disk.as_os_str(),
         ]),
     }
+}
+
+/// Refuse a snapshot `j` does not have (exit 3).
+fn must_have(wd: &Workdir, j: &Jname, name: &str) -> Result<()> {
+    if list(wd, j)?.iter().any(|s| s.name == name) {
+        return Ok(());
+    }
+    Err(VmError::NoSuchSnapshot {
+        jname: j.clone(),
+        name: name.to_owned(),
+    }
+    .into())
 }
 
 /// Remove every snapshot of `j`; how many there were.
@@ -225,13 +231,7 @@ pub fn rollback(wd: &Workdir, j: &Jname, name: &str) -> Result<()> {
     }
     let cfg = load(wd, j)?;
     let disk = disk(wd, &cfg)?;
-    if !list(wd, j)?.iter().any(|s| s.name == name) {
-        return Err(VmError::NoSuchSnapshot {
-            jname: j.clone(),
-            name: name.to_owned(),
-        }
-        .into());
-    }
+    must_have(wd, j, name)?;
     qemu::img(&[
         "snapshot".as_ref(),
         "-a".as_ref(),
