@@ -83,7 +83,7 @@ pub fn create(wd: &Workdir, name: &Jname, source: &BaseSource) -> Result<BaseInf
         created: now(),
     };
     let meta = meta_path(wd, name.as_str());
-    let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::Failed(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&info).map_err(Error::encode("the base's record"))?;
     atomic::write_atomic(&meta, &json, 0o644).map_err(Error::io("cannot write", &meta))?;
     let tmp = tmp.keep();
     atomic::rename_durable(&tmp, &dir).map_err(Error::io("cannot move base into place", &dir))?;

@@ -114,6 +114,12 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot encode {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
@@ -176,6 +182,7 @@ impl Error {
             | Error::Registry { .. }
             | Error::TaskStore { .. }
             | Error::Hook(_)
+            | Error::Encode { .. }
             | Error::Failed(_) => ErrorKind::Failed,
             Error::Classified(c) => c.kind,
         }
@@ -197,6 +204,11 @@ impl Error {
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
+    }
+
+    /// Attach what was being encoded to a JSON error.
+    pub fn encode(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
+        move |source| Error::Encode { what, source }
     }
 
     pub fn bad_value(key: &str, value: &str, reason: impl Into<String>) -> Self {

@@ -133,7 +133,7 @@ pub fn write(wd: &Workdir, j: &Jname, rt: &Runtime) -> Result<()> {
     let dir = wd.runtime_dir(j);
     fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
     let p = record_path(wd, j);
-    let json = serde_json::to_vec(rt).map_err(|e| Error::Failed(e.to_string()))?;
+    let json = serde_json::to_vec(rt).map_err(Error::encode("the runtime record"))?;
     // Atomic, not synced: the record describes running processes, which a
     // power loss ends too (a lost or stale record then reads as stopped or
     // crashed, and both are handled).

@@ -188,7 +188,7 @@ impl TaskStore {
     /// Store a new task; returns its id. `after` must name a task that
     /// exists and has not ended in failure.
     pub fn submit(&mut self, t: &NewTask) -> Result<u64> {
-        let words = serde_json::to_string(&t.words).map_err(|e| Error::Failed(e.to_string()))?;
+        let words = serde_json::to_string(&t.words).map_err(Error::encode("a task's words"))?;
         self.write(|tx| {
             if let Some(after) = t.after {
                 match get_in(tx, after)? {

@@ -155,7 +155,8 @@ fn write_state(
         disk_snapshot: cfg.disk(wd).is_some(),
     };
     let meta = meta_file(wd, j, name);
-    let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::Failed(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(&info).map_err(Error::encode("the checkpoint's record"))?;
     atomic::write_atomic(&meta, &json, 0o644).map_err(Error::io("cannot write", &meta))?;
     Ok(info)
 }

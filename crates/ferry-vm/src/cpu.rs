@@ -23,7 +23,7 @@ use ferry_core::{Error, Jname, Result, Workdir};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::{qemu, qmp_failed};
+use crate::{qemu, qmp_failed, VmError};
 
 /// How long a probing QEMU may take to answer.
 const PROBE_LIMIT: Duration = Duration::from_secs(20);
@@ -151,7 +151,10 @@ pub fn runs_here(wd: &Workdir, machine: &str, accel: &str, cpu: &GuestCpu) -> Re
             json!({"type": "static", "model": {"name": "max"}}),
         )],
     )
-    .map_err(|why| Error::Failed(format!("cannot ask {bin} for its CPU flags: {why}")))?;
+    .map_err(|source| VmError::Probe {
+        what: format!("cannot ask {bin} for its CPU flags"),
+        source,
+    })?;
     let offered = GuestCpu::from_expansion(&max[0])?;
     let offered = offered.flags();
     let missing: Vec<&str> = cpu.flags().difference(&offered).copied().collect();
@@ -170,10 +173,14 @@ pub fn runs_here(wd: &Workdir, machine: &str, accel: &str, cpu: &GuestCpu) -> Re
         &[("query-status", json!({}))],
     )
     .map(drop)
-    .map_err(|why| {
-        Error::Refused(format!(
-            "{bin} cannot start machine {machine} with the VM's CPU under {accel} here: {why}"
-        ))
+    .map_err(|source| {
+        VmError::ProbeRefused {
+            what: format!(
+                "{bin} cannot start machine {machine} with the VM's CPU under {accel} here"
+            ),
+            source,
+        }
+        .into()
     })
 }
 

@@ -37,6 +37,19 @@ pub enum VmError {
     NoSnapshots { jname: Jname, why: String },
     #[error("{jname} has no snapshot {name}")]
     NoSuchSnapshot { jname: Jname, name: String },
+    #[error("{what}")]
+    Probe {
+        what: String,
+        #[source]
+        source: crate::cpu::ProbeError,
+    },
+    /// A QEMU here would not run the guest as asked.
+    #[error("{what}")]
+    ProbeRefused {
+        what: String,
+        #[source]
+        source: crate::cpu::ProbeError,
+    },
     #[error("{0} is not waiting for a migration here")]
     NotIncoming(Jname),
     #[error("the lease of {jname} does not name {node} ({lease}): the guest stays paused")]
@@ -75,6 +88,7 @@ impl VmError {
             | VmError::VncTaken(_)
             | VmError::VncUsed { .. }
             | VmError::NotIncoming(_)
+            | VmError::ProbeRefused { .. }
             | VmError::NoSnapshots { .. }
             | VmError::LeaseNotHere { .. }
             | VmError::LeaseArrived { .. } => ErrorKind::Refused,

@@ -124,7 +124,7 @@ fn initenv(root: &Path, a: &InitenvArgs) -> Result<Outcome> {
     if inv.qemu_version.is_some() {
         inv.accel = ferry_vm::qemu::probe_accel(&wd, &reg, ferry_vm::DEFAULT_CPU_MODEL).ok();
     }
-    let json = serde_json::to_string(&inv).map_err(|e| Error::Failed(e.to_string()))?;
+    let json = serde_json::to_string(&inv).map_err(Error::encode("the inventory"))?;
     reg.set_inventory("node", &json)?;
     // Said now, not only when a move is refused.
     let corrupts = inv

@@ -62,7 +62,7 @@ fn add(ctx: &Context, node: &Jname, timeout: Duration) -> Result<Outcome> {
             inv.nodename
         )));
     }
-    let json = serde_json::to_string(&inv).map_err(|e| Error::Failed(e.to_string()))?;
+    let json = serde_json::to_string(&inv).map_err(Error::encode("the inventory"))?;
     reg.add_node(node, &json)?;
     Ok(Outcome::message(format!("node {node} added")))
 }

@@ -48,7 +48,7 @@ impl Queue {
     /// Open the queue for a daemon that runs at most `limit` tasks at once.
     pub fn open(wd: &Workdir, limit: usize) -> Result<Queue> {
         let exe = std::env::current_exe()
-            .map_err(|e| Error::Failed(format!("cannot find the ferry binary: {e}")))?;
+            .map_err(Error::io("cannot find the ferry binary", "/proc/self/exe"))?;
         Ok(Queue {
             wd: wd.clone(),
             store: TaskStore::open(&wd.db_dir())?,

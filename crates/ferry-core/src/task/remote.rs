@@ -145,7 +145,7 @@ impl TaskStore {
         words: &[String],
         retry: bool,
     ) -> Result<Accepted> {
-        let command = serde_json::to_string(words).map_err(|e| Error::Failed(e.to_string()))?;
+        let command = serde_json::to_string(words).map_err(Error::encode("a task's words"))?;
         self.write(|tx| {
             let seen = get_by(tx, "origin", &origin)?;
             if let Some(row) = seen {
