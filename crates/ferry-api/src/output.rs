@@ -146,7 +146,8 @@ impl Listing {
     /// columns, or those `display=` names (any of all it has), with or
     /// without a header.
     pub fn of(columns: Columns, view: &View) -> Result<Listing, ColumnError> {
-        let mut l = Listing::new(columns.all, None)?;
+        let every: Vec<&str> = columns.every().collect();
+        let mut l = Listing::new(&every, None)?;
         match &view.display {
             Some(d) => l.select(d)?,
             None => l.columns = columns.default.iter().map(|c| (*c).to_owned()).collect(),
@@ -266,8 +267,8 @@ mod tests {
     #[test]
     fn a_view_shows_the_default_columns_or_any_it_names_and_leaves_the_header_out_when_asked() {
         const COLS: Columns = Columns {
-            all: &["jname", "jid", "ip4_addr", "status", "node"],
             default: &["jname", "status"],
+            more: &["jid", "ip4_addr", "node"],
         };
         let row = serde_json::json!({"jname": "j1", "jid": 7, "ip4_addr": "", "status": "running", "node": "n1"});
         let mut l = Listing::of(

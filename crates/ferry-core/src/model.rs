@@ -65,14 +65,24 @@ impl EnvState {
 /// those it shows when no `display=` is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Columns {
-    pub all: &'static [&'static str],
+    /// Shown when no `display=` is given.
     pub default: &'static [&'static str],
+    /// Shown only when `display=` names them.
+    pub more: &'static [&'static str],
 }
 
 impl Columns {
     /// Columns that are all shown by default.
     pub const fn all(all: &'static [&'static str]) -> Columns {
-        Columns { all, default: all }
+        Columns {
+            default: all,
+            more: &[],
+        }
+    }
+
+    /// Every column, the default ones first.
+    pub fn every(&self) -> impl Iterator<Item = &'static str> {
+        self.default.iter().chain(self.more).copied()
     }
 }
 

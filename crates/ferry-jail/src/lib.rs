@@ -71,14 +71,7 @@ pub const COLUMNS: Columns = Columns {
         "astart",
         "status",
     ],
-    all: &[
-        "jname",
-        "jid",
-        "ip4_addr",
-        "host_hostname",
-        "base",
-        "astart",
-        "status",
+    more: &[
         "node",
         "nodename",
         "path",

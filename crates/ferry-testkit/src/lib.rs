@@ -570,6 +570,15 @@ fn preflight() {
 pub mod bench {
     use std::time::{Duration, Instant};
 
+    /// A count a benchmark reads from the environment (`FERRY_BENCH_ROUNDS`
+    /// ...), else `default`.
+    pub fn setting(var: &str, default: usize) -> usize {
+        std::env::var(var)
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(default)
+    }
+
     /// How long `f` took.
     pub fn timed(f: impl FnOnce()) -> Duration {
         let t = Instant::now();

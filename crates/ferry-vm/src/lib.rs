@@ -77,17 +77,8 @@ pub const COLUMNS: Columns = Columns {
         "qemu",
         "status",
     ],
-    all: &[
-        "jname",
-        "jid",
-        "vm_ram",
-        "vm_cpus",
-        "vm_os_type",
-        "vnc",
+    more: &[
         "vnc_port",
-        "accel",
-        "qemu",
-        "status",
         "ip4_addr",
         "host_hostname",
         "astart",

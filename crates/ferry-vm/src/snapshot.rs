@@ -174,24 +174,8 @@ pub fn create(wd: &Workdir, j: &Jname, name: &str) -> Result<SnapshotInfo> {
 /// Remove snapshot `name` of `j` (owned here; live while it runs).
 pub fn destroy(wd: &Workdir, j: &Jname, name: &str) -> Result<()> {
     lease::held(wd, j)?;
-    let cfg = load(wd, j)?;
-    let disk = disk(wd, &cfg)?;
     must_have(wd, j, name)?;
-    match running_qmp(wd, j)? {
-        Some(mut q) => q
-            .execute(
-                "blockdev-snapshot-delete-internal-sync",
-                Some(json!({"device": "dsk1", "name": tag(name)})),
-            )
-            .map(drop)
-            .map_err(|e| qmp_failed(j, e)),
-        None => qemu::img(&[
-            "snapshot".as_ref(),
-            "-d".as_ref(),
-            tag(name).as_ref(),
-            disk.as_os_str(),
-        ]),
-    }
+    remove(wd, j, &[name.to_owned()])
 }
 
 /// Refuse a snapshot `j` does not have (exit 3).
@@ -206,13 +190,37 @@ fn must_have(wd: &Workdir, j: &Jname, name: &str) -> Result<()> {
     .into())
 }
 
-/// Remove every snapshot of `j`; how many there were.
+/// Remove every snapshot of `j` (owned here); how many there were.
 pub fn destroy_all(wd: &Workdir, j: &Jname) -> Result<usize> {
-    let snaps = list(wd, j)?;
-    for s in &snaps {
-        destroy(wd, j, &s.name)?;
+    lease::held(wd, j)?;
+    let names: Vec<String> = list(wd, j)?.into_iter().map(|s| s.name).collect();
+    remove(wd, j, &names)?;
+    Ok(names.len())
+}
+
+/// Remove these snapshots, known to exist: over one QMP connection while
+/// the VM runs, with `qemu-img` while it is stopped.
+fn remove(wd: &Workdir, j: &Jname, names: &[String]) -> Result<()> {
+    let disk = disk(wd, &load(wd, j)?)?;
+    let mut qmp = running_qmp(wd, j)?;
+    for name in names {
+        match qmp.as_mut() {
+            Some(q) => q
+                .execute(
+                    "blockdev-snapshot-delete-internal-sync",
+                    Some(json!({"device": "dsk1", "name": tag(name)})),
+                )
+                .map(drop)
+                .map_err(|e| qmp_failed(j, e))?,
+            None => qemu::img(&[
+                "snapshot".as_ref(),
+                "-d".as_ref(),
+                tag(name).as_ref(),
+                disk.as_os_str(),
+            ])?,
+        }
     }
-    Ok(snaps.len())
+    Ok(())
 }
 
 /// Put `j`'s disk back to snapshot `name` (stopped, owned here). The

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use ferry_agent::{Client, Config};
 use ferry_broker::{Broker, ConnectOptions, Connection};
 use ferry_testkit::beanstalkd::Beanstalkd;
-use ferry_testkit::bench::ms;
+use ferry_testkit::bench::{ms, setting};
 use ferry_testkit::TestWorkdir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -108,13 +108,6 @@ fn main() {
     for w in raw_workers {
         let _ = w.join();
     }
-}
-
-fn setting(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(default)
 }
 
 #[track_caller]

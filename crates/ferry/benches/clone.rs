@@ -11,16 +11,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ferry_testkit::bench::{median, ms, timed};
+use ferry_testkit::bench::{median, ms, setting, timed};
 use ferry_testkit::TestWorkdir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn main() {
-    let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(10);
+    let rounds = setting("FERRY_BENCH_ROUNDS", 10);
     let t = TestWorkdir::new(BIN);
     t.bcreate_guest("src", &["imgsize=1g"]);
     let disk = t.root().join("jails-data/src-data/dsk1.vhd");

@@ -16,16 +16,13 @@ use std::time::{Duration, Instant};
 use ferry_api::{Command as FerryCommand, RawArgs};
 use ferry_core::registry::Registry;
 use ferry_core::Jname;
-use ferry_testkit::bench::{median, ms, timed};
+use ferry_testkit::bench::{median, ms, setting, timed};
 use ferry_testkit::TestWorkdir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn main() {
-    let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(30);
+    let rounds = setting("FERRY_BENCH_ROUNDS", 30);
     lifecycle(rounds);
     jls_10k(10);
 }

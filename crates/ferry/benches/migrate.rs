@@ -28,7 +28,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_core::Jname;
-use ferry_testkit::bench::{median, ms};
+use ferry_testkit::bench::{median, ms, setting};
 use ferry_testkit::{
     assert_memory_clean, memcheck_cmdline, memcheck_gen, wait_counter, Storage, TestCluster,
 };
@@ -39,10 +39,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 const DOWNTIME_MS: u64 = 300;
 
 fn main() {
-    let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let rounds = setting("FERRY_BENCH_ROUNDS", 6);
     let (c, _b) = TestCluster::with_broker(BIN, 2, Storage::Plain, false);
     let _daemons: Vec<_> = c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect();
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);

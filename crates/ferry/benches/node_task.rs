@@ -21,16 +21,13 @@ use ferry_broker::{Broker, ConnectOptions, Connection};
 use ferry_cluster::{dispatch, Context};
 use ferry_core::task::TaskStore;
 use ferry_testkit::beanstalkd::Beanstalkd;
-use ferry_testkit::bench::{ms, percentile};
+use ferry_testkit::bench::{ms, percentile, setting};
 use ferry_testkit::{Storage, TestCluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn main() {
-    let n: usize = std::env::var("FERRY_BENCH_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let n = setting("FERRY_BENCH_TASKS", 300);
     let c = TestCluster::new(BIN, 2, Storage::Plain, false);
     let b = Beanstalkd::start().expect("beanstalkd");
     for node in &c.nodes {

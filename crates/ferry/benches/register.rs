@@ -19,7 +19,7 @@ use std::io::Write;
 use ferry_api::{Command as FerryCommand, RawArgs};
 use ferry_core::envdef::Hooks;
 use ferry_core::registry::Registry;
-use ferry_testkit::bench::{ms, timed};
+use ferry_testkit::bench::{ms, setting, timed};
 use ferry_testkit::TestCluster;
 use ferry_testkit::TestWorkdir;
 
@@ -35,13 +35,6 @@ fn main() {
         rounds,
     );
     measure("GlusterFS", &TestCluster::glusterfs(BIN, 2), n, rounds);
-}
-
-fn setting(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(default)
 }
 
 fn measure(what: &str, c: &TestCluster, n: usize, rounds: usize) {

@@ -14,17 +14,14 @@ use std::time::{Duration, Instant};
 
 use ferry_core::registry::Registry;
 use ferry_core::{Jname, Workdir};
-use ferry_testkit::bench::{median, ms, timed};
+use ferry_testkit::bench::{median, ms, setting, timed};
 use ferry_testkit::{guest_counters, TestWorkdir};
 use ferry_vm::qmp::Qmp;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn main() {
-    let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(10);
+    let rounds = setting("FERRY_BENCH_ROUNDS", 10);
     let t = TestWorkdir::new(BIN);
     for name in ["bench", "raw"] {
         t.bcreate_guest(name, &[]);

@@ -12,6 +12,9 @@ fn request(body: NodeRequest) -> Request {
 
 fn round_trip(body: NodeRequest) {
     let req = request(body);
+    // The kind it names in logs is the kind it travels as.
+    let tagged = serde_json::to_value(&req.body).expect("JSON");
+    assert_eq!(tagged["kind"], req.body.kind(), "{tagged}");
     let text = serde_json::to_vec(&req).expect("JSON");
     assert_eq!(decode_request(&text).expect("decoded"), req);
 }
@@ -133,6 +136,8 @@ fn replies_read_back_and_a_refusal_keeps_its_exit_code_kind() {
         }),
     ];
     for body in replies {
+        let tagged = serde_json::to_value(&body).expect("JSON");
+        assert_eq!(tagged["kind"], body.kind(), "{tagged}");
         let r = Reply::to("r1", body);
         let text = serde_json::to_vec(&r).expect("JSON");
         assert_eq!(decode_reply(&text).expect("decoded"), r);
