@@ -12,8 +12,8 @@ use crate::args::{
 };
 pub use crate::policy::Policy;
 pub use crate::values::{
-    BaseFrom, BaseMode, CheckpointMode, IfName, ImgType, NicKind, NodeMode, SnapshotMode,
-    TaskAutoflush, TaskMode,
+    BaseFrom, BaseMode, CheckpointMode, DiskController, DiskMode, IfName, ImgType, NicKind,
+    NodeMode, SizeChange, SnapshotMode, TaskAutoflush, TaskMode,
 };
 use crate::values::{Ip4List, Size};
 
@@ -509,7 +509,7 @@ commands! {
         keys: Vec<String> = Rest,
     }
 
-    /// Snapshots of a VM's qcow2 disk (CBSD's bsnapshot): create, list,
+    /// Snapshots of a VM's qcow2 disks (CBSD's bsnapshot): create, list,
     /// destroy, destroyall while it runs or not; rollback while it is
     /// stopped. snapname=gettimeofday names one by the time.
     Bsnapshot(BsnapshotArgs) = "bsnapshot" in Vms, listing = true,
@@ -520,6 +520,29 @@ commands! {
         jname: Jname = Required,
         /// The snapshot (create, destroy, rollback); gettimeofday: the time now.
         snapname: Option<Word> = Optional,
+        /// Comma-separated columns to show (list).
+        display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0; list).
+        header: bool = Default("1"),
+    }
+
+    /// A VM's disks (CBSD's bhyve-dsk): attach a new or detached one,
+    /// detach, delete, grow (dsk_size=+30g) or list them. virtio-blk disks
+    /// are hot-plugged while the VM runs; the definition keeps them.
+    BhyveDsk(BhyveDskArgs) = "bhyve-dsk" in Vms, listing = true,
+        policy(|a: &BhyveDskArgs| Policy::reads_if(a.mode == DiskMode::List)) {
+        /// attach, detach, delete (or remove), modify or list.
+        mode: DiskMode = Default("list"),
+        /// The VM (every VM here when list has none).
+        jname: Option<Jname> = Optional,
+        /// virtio-blk (hot-pluggable) or ahci-hd (q35 machines, stopped VMs).
+        dsk_controller: Option<DiskController> = Optional,
+        /// The disk: dskN or dskN.vhd, N from 1 to 9 (attach: the next free one).
+        dsk_path: Option<String> = Optional,
+        /// Size of a new disk (attach), or the new size or +growth (modify).
+        dsk_size: Option<SizeChange> = Optional,
+        /// Format of a new disk: qcow2 (snapshots need it) or raw.
+        imgtype: ImgType = Default("qcow2"),
         /// Comma-separated columns to show (list).
         display: Option<String> = Optional,
         /// 0: no header line (CBSD's header=0; list).

@@ -84,6 +84,63 @@ crate::keyword_enum! {
     }
 }
 
+crate::keyword_enum! {
+    /// What `bhyve-dsk` does (CBSD's modes; `remove` is `delete`).
+    pub enum DiskMode {
+        Attach = "attach",
+        Detach = "detach",
+        Delete = "delete",
+        Remove = "remove",
+        Modify = "modify",
+        List = "list",
+    }
+}
+
+crate::keyword_enum! {
+    /// The controller a VM's disk hangs on (CBSD's `dsk_controller`).
+    pub enum DiskController { VirtioBlk = "virtio-blk", AhciHd = "ahci-hd" }
+}
+
+/// A disk's new size (CBSD's `dsk_size=`): `40g` is the size to reach,
+/// `+30g` the growth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeChange {
+    To(Size),
+    By(Size),
+}
+
+impl SizeChange {
+    /// The size a disk of `now` bytes gets.
+    pub fn applied_to(self, now: u64) -> Option<u64> {
+        match self {
+            SizeChange::To(s) => Some(s.0),
+            SizeChange::By(s) => now.checked_add(s.0),
+        }
+    }
+}
+
+impl FromArg for SizeChange {
+    const TYPE: &'static str = "[+]SIZE";
+    fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
+        let (grow, t) = match v.strip_prefix('+') {
+            Some(rest) => (true, rest),
+            None => (false, v),
+        };
+        let s = Size::parse(t).map_err(|e| ArgError::invalid(key, v, e))?;
+        Ok(if grow {
+            SizeChange::By(s)
+        } else {
+            SizeChange::To(s)
+        })
+    }
+    fn to_arg(&self) -> String {
+        match self {
+            SizeChange::To(s) => s.render(),
+            SizeChange::By(s) => format!("+{}", s.render()),
+        }
+    }
+}
+
 /// Why a text is not a size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {

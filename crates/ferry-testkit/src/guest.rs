@@ -174,3 +174,30 @@ pub fn wait_counter(
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The virtio disks the guest saw last, as it prints them
+/// (`vda:SECTORS vdb:SECTORS`, or `none`); `None` before its first report.
+pub fn guest_disks(t: &TestWorkdir, jname: &str) -> Option<String> {
+    console(t, jname)
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("ferry-guest disks "))
+        .map(str::to_owned)
+}
+
+/// Wait until the guest reports exactly these disks (`vda:20971520 vdb:131072`).
+#[track_caller]
+pub fn wait_guest_disks(t: &TestWorkdir, jname: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let seen = guest_disks(t, jname);
+        if seen.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{jname}: the guest never saw the disks {want:?}; it saw {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

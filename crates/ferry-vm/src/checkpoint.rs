@@ -12,13 +12,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use ferry_core::hook::Phase as HookPhase;
 use ferry_core::model::{self, Action};
 use ferry_core::runtime;
 use ferry_core::{atomic, EnvState, Error, Jname, Result, Workdir};
 
+use crate::disk::{self, Disk};
 use crate::qmp::Qmp;
 use crate::{load, qemu, qmp_failed, VmConfig};
 
@@ -35,6 +35,26 @@ pub struct CheckpointInfo {
     pub vm_cpu_model: String,
     pub vm_ram: String,
     pub disk_snapshot: bool,
+    /// The disks snapshotted with it (absent in records written before
+    /// VMs had more than dsk1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<String>,
+}
+
+impl CheckpointInfo {
+    /// The disks it holds a snapshot of.
+    fn disk_names(&self) -> Vec<String> {
+        if self.disks.is_empty() && self.disk_snapshot {
+            vec!["dsk1".to_owned()]
+        } else {
+            self.disks.clone()
+        }
+    }
+}
+
+/// The names of a VM's disks, as a checkpoint records them.
+fn names(cfg: &VmConfig) -> Vec<String> {
+    cfg.disks().iter().map(Disk::name).collect()
 }
 
 pub fn dir(wd: &Workdir, j: &Jname) -> PathBuf {
@@ -80,11 +100,7 @@ pub fn create(wd: &Workdir, j: &Jname, name: &str, suspend: bool) -> Result<Chec
     model::check(j, st, Action::Checkpoint)?;
     let rt = rt.ok_or_else(|| Error::Failed(format!("{j} has no runtime record")))?;
     let cfg = load(wd, j)?;
-    if !crate::config::checkpointable(&cfg.args) {
-        return Err(Error::Refused(format!(
-            "{j} has a raw disk; checkpoints need qcow2 disks"
-        )));
-    }
+    cfg.all_qcow2()?;
     if meta_file(wd, j, name).exists() {
         return Err(Error::Refused(format!(
             "{j} already has a checkpoint {name}; destroy it first"
@@ -101,11 +117,8 @@ pub fn create(wd: &Workdir, j: &Jname, name: &str, suspend: bool) -> Result<Chec
         Ok(info) => info,
         Err(e) => {
             let _ = fs::remove_file(&partial);
-            if cfg.disk(wd).is_some() {
-                let _ = q.execute(
-                    "blockdev-snapshot-delete-internal-sync",
-                    Some(json!({"device": "dsk1", "name": name})),
-                );
+            for d in cfg.disks() {
+                let _ = disk::delete_snapshot_live(&mut q, j, &d, name);
             }
             let _ = q.cont();
             return Err(e);
@@ -129,12 +142,9 @@ fn write_state(
     partial: &PathBuf,
 ) -> Result<CheckpointInfo> {
     let j = cfg.jname();
-    if cfg.disk(wd).is_some() {
-        q.execute(
-            "blockdev-snapshot-internal-sync",
-            Some(json!({"device": "dsk1", "name": name})),
-        )
-        .map_err(|e| qmp_failed(j, e))?;
+    let disks = cfg.disks();
+    if !disks.is_empty() {
+        disk::snapshot_live(q, j, &disks, name)?;
     }
     let file = File::create(partial).map_err(Error::io("cannot create", partial))?;
     q.getfd("ferry-ckp", file.as_fd())
@@ -152,7 +162,8 @@ fn write_state(
         vm_machine: cfg.args.vm_machine.0.clone(),
         vm_cpu_model: cfg.args.vm_cpu_model.0.clone(),
         vm_ram: cfg.args.vm_ram.render(),
-        disk_snapshot: cfg.disk(wd).is_some(),
+        disk_snapshot: !disks.is_empty(),
+        disks: names(cfg),
     };
     let meta = meta_file(wd, j, name);
     let json =
@@ -204,6 +215,13 @@ pub(crate) fn check_restorable(wd: &Workdir, cfg: &VmConfig, name: &str) -> Resu
             info.vm_machine, info.vm_cpu_model, info.vm_ram, now.0, now.1, now.2
         )));
     }
+    if info.disk_names() != names(cfg) {
+        return Err(Error::Refused(format!(
+            "checkpoint {name} was taken with the disks [{}]; {j} now has [{}] (attach or detach them back first)",
+            info.disk_names().join(" "),
+            names(cfg).join(" ")
+        )));
+    }
     if !state_file(wd, j, name).is_file() {
         return Err(Error::Failed(format!(
             "checkpoint {name} of {j} has no state file"
@@ -214,10 +232,10 @@ pub(crate) fn check_restorable(wd: &Workdir, cfg: &VmConfig, name: &str) -> Resu
 
 /// Put each disk back to the checkpoint's internal snapshot (VM stopped).
 pub(crate) fn revert_disks(wd: &Workdir, cfg: &VmConfig, name: &str) -> Result<()> {
-    let Some(disk) = cfg.disk(wd) else {
-        return Ok(());
-    };
-    qemu_img(&["snapshot", "-a", name], &disk)
+    for d in cfg.disks() {
+        qemu_img(&["snapshot", "-a", name], &d.file(wd, cfg.jname()))?;
+    }
+    Ok(())
 }
 
 fn qemu_img(args: &[&str], disk: &std::path::Path) -> Result<()> {
@@ -280,17 +298,19 @@ pub fn destroy_all(wd: &Workdir, j: &Jname) -> Result<usize> {
         None
     };
     for c in &all {
-        if let (true, Some(disk)) = (c.disk_snapshot, cfg.disk(wd)) {
+        // A snapshot that is already gone (or a disk attached since) is
+        // not an error.
+        for d in cfg
+            .disks()
+            .iter()
+            .filter(|d| c.disk_names().contains(&d.name()))
+        {
             match q.as_mut() {
                 Some(q) => {
-                    // A snapshot that is already gone is not an error.
-                    let _ = q.execute(
-                        "blockdev-snapshot-delete-internal-sync",
-                        Some(json!({"device": "dsk1", "name": c.name})),
-                    );
+                    let _ = disk::delete_snapshot_live(q, j, d, &c.name);
                 }
                 None => {
-                    let _ = qemu_img(&["snapshot", "-d", &c.name], &disk);
+                    let _ = qemu_img(&["snapshot", "-d", &c.name], &d.file(wd, j));
                 }
             }
         }

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_api::args::{HookPath, Size};
-use ferry_api::command::{BcreateArgs, ImgType, NicKind};
+use ferry_api::command::{BcreateArgs, NicKind};
 use ferry_api::Command;
 use ferry_core::envdef::Hooks;
 use ferry_core::rcconf::Definition;
 use ferry_core::{Error, Jname, Result, Workdir};
+
+use crate::disk::{self, Disk};
 
 /// Smallest `vm_ram` accepted.
 pub const MIN_RAM: u64 = 16 << 20;
@@ -19,6 +21,8 @@ pub const MIN_RAM: u64 = 16 << 20;
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub args: BcreateArgs,
+    /// Disks beyond dsk1 (`bhyve-dsk mode=attach`), from `vm_disks`.
+    pub extra_disks: Vec<Disk>,
     pub hooks: Hooks,
 }
 
@@ -40,12 +44,26 @@ impl VmConfig {
         self.args.imgtype.as_str()
     }
 
+    /// Every disk of the VM: dsk1 (when `imgsize` is not 0), then the
+    /// attached ones.
+    pub fn disks(&self) -> Vec<Disk> {
+        let first = (self.args.imgsize.0 > 0).then(|| Disk::first(self.args.imgtype));
+        first
+            .into_iter()
+            .chain(self.extra_disks.iter().cloned())
+            .collect()
+    }
+
     /// Type and check the settings given to `bcreate`.
     pub fn from_args(args: BcreateArgs, workdir: &Path) -> Result<VmConfig> {
         validate(&args)?;
-        let def = to_definition(&args, workdir)?;
+        let def = to_definition(&args, &[], workdir)?;
         let hooks = Hooks::from_definition(&def, workdir)?;
-        Ok(VmConfig { args, hooks })
+        Ok(VmConfig {
+            args,
+            extra_disks: Vec::new(),
+            hooks,
+        })
     }
 
     /// Read a VM's definition.
@@ -63,8 +81,15 @@ impl VmConfig {
             return Err(Error::Failed("bcreate parsed into another command".into()));
         };
         validate(&args).map_err(|e| bad(e.to_string()))?;
+        let extra_disks = disk::parse_list(def.get(disk::DEFINITION_KEY).unwrap_or(""))
+            .and_then(|d| disk::check_placement(&args.vm_machine.0, &d).map(|()| d))
+            .map_err(|e| bad(format!("{}: {e}", disk::DEFINITION_KEY)))?;
         let hooks = Hooks::from_definition(def, wd.root())?;
-        Ok(VmConfig { args, hooks })
+        Ok(VmConfig {
+            args,
+            extra_disks,
+            hooks,
+        })
     }
 }
 
@@ -118,8 +143,9 @@ fn validate(a: &BcreateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The definition file of a VM with these settings.
-pub fn to_definition(a: &BcreateArgs, workdir: &Path) -> Result<Definition> {
+/// The definition file of a VM with these settings and these disks beyond
+/// dsk1.
+pub fn to_definition(a: &BcreateArgs, extra_disks: &[Disk], workdir: &Path) -> Result<Definition> {
     let j = a.jname.as_str();
     let hook = |h: &HookPath| {
         h.0.as_ref()
@@ -150,6 +176,9 @@ pub fn to_definition(a: &BcreateArgs, workdir: &Path) -> Result<Definition> {
         ("stop_timeout", a.stop_timeout.to_string()),
     ];
     let mut pairs = pairs;
+    if !extra_disks.is_empty() {
+        pairs.push((disk::DEFINITION_KEY, disk::render_list(extra_disks)));
+    }
     // Direct kernel boot only: absent keys mean "boot from dsk1".
     for (key, p) in [("vm_kernel", &a.vm_kernel), ("vm_initrd", &a.vm_initrd)] {
         if let Some(p) = p {
@@ -162,11 +191,6 @@ pub fn to_definition(a: &BcreateArgs, workdir: &Path) -> Result<Definition> {
             .map_err(|e| Error::bad_value(k, "", e.to_string()))?;
     }
     Ok(def)
-}
-
-/// Whether checkpoints can capture this VM's disks.
-pub fn checkpointable(a: &BcreateArgs) -> bool {
-    a.imgsize.0 == 0 || a.imgtype == ImgType::Qcow2
 }
 
 /// Whether the VM has a NIC on a host bridge.

@@ -37,6 +37,8 @@ pub enum VmError {
     NoSnapshots { jname: Jname, why: String },
     #[error("{jname} has no snapshot {name}")]
     NoSuchSnapshot { jname: Jname, name: String },
+    #[error("{jname} has no disk {disk} attached")]
+    NoSuchDisk { jname: Jname, disk: String },
     #[error("{what}")]
     Probe {
         what: String,
@@ -92,7 +94,7 @@ impl VmError {
             | VmError::NoSnapshots { .. }
             | VmError::LeaseNotHere { .. }
             | VmError::LeaseArrived { .. } => ErrorKind::Refused,
-            VmError::NoSuchSnapshot { .. } => ErrorKind::NotFound,
+            VmError::NoSuchSnapshot { .. } | VmError::NoSuchDisk { .. } => ErrorKind::NotFound,
             _ => ErrorKind::Failed,
         }
     }

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+pub mod disk;
 mod error;
 pub mod integrity;
 pub mod migrate;
@@ -203,7 +204,7 @@ impl Backend for Vms {
 pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
     cfg.args.vm_machine.0 = qemu::resolve_machine(wd, &cfg.args.vm_machine.0)?;
     check_vnc_unique(wd, reg, cfg)?;
-    let def = config::to_definition(&cfg.args, wd.root())?;
+    let def = config::to_definition(&cfg.args, &cfg.extra_disks, wd.root())?;
     envfs::create(wd, reg, &vm_row(cfg), &cfg.hooks, &def, || {
         make_disk(wd, cfg)
     })?;
@@ -250,10 +251,11 @@ pub fn clone(
     new: &Jname,
     vm_vnc_port: Option<u16>,
 ) -> Result<()> {
-    let mut args = load(wd, old)?.args;
+    let from = load(wd, old)?;
+    let mut args = from.args;
     args.jname = new.clone();
     args.vm_vnc_port = vm_vnc_port.unwrap_or(0);
-    let def = config::to_definition(&args, wd.root())?;
+    let def = config::to_definition(&args, &from.extra_disks, wd.root())?;
     let cfg = VmConfig::from_definition(&def, wd, &wd.registered_rcconf(new))?;
     check_vnc_unique(wd, reg, &cfg)?;
     ferry_core::clone::clone(wd, reg, old, &vm_row(&cfg), &cfg.hooks, &def)

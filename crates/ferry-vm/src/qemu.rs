@@ -344,6 +344,8 @@ pub fn command_line(wd: &Workdir, cfg: &VmConfig, accel: &str, incoming: bool) -
         v.push(joined(&prefix, &disk, ""));
         v.extend(["-device", "virtio-blk-pci,drive=dsk1"].map(OsString::from));
     }
+    v.extend(crate::disk::root_ports(&a.vm_machine.0));
+    v.extend(crate::disk::command_line(wd, cfg));
     if let Some(k) = &a.vm_kernel {
         v.push("-kernel".into());
         v.push(k.into());

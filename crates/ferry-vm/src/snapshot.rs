@@ -1,22 +1,21 @@
-//! Snapshots of a VM's disk (CBSD's `bsnapshot`): qcow2 internal
-//! snapshots of `dsk1`, tagged `snap:<name>` so that they never meet a
+//! Snapshots of a VM's disks (CBSD's `bsnapshot`): qcow2 internal
+//! snapshots of every disk at once, tagged `snap:<name>` so that they never meet a
 //! checkpoint's (whose names are words, without `:`). Taken and removed
 //! over QMP while the VM runs (disk only: its RAM goes on), with
 //! `qemu-img` while it is stopped; a rollback needs it stopped. A raw disk
 //! has no snapshots: refused with the reason.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
-use serde_json::json;
 
 use ferry_core::lease;
 use ferry_core::runtime;
 use ferry_core::{EnvState, Error, Jname, Result, Workdir};
 
-use crate::qmp::Qmp;
-use crate::{load, qemu, qmp_failed, VmConfig, VmError};
+use crate::disk::{self, running_qmp, Disk};
+use crate::{load, qemu, VmConfig, VmError};
 
 /// The tag of snapshot `name` in the qcow2 image.
 fn tag(name: &str) -> String {
@@ -36,7 +35,6 @@ pub struct SnapshotInfo {
 /// `qemu-img info --output=json`, the part read here.
 #[derive(Debug, Deserialize)]
 struct ImageInfo {
-    format: String,
     #[serde(default)]
     snapshots: Vec<ImageSnapshot>,
 }
@@ -63,65 +61,57 @@ pub fn resolve_name(name: &str) -> String {
     }
 }
 
-/// The VM's disk, if it can have snapshots: qcow2, and one at all.
-fn disk(wd: &Workdir, cfg: &VmConfig) -> Result<PathBuf> {
+/// The VM's disks, if it can have snapshots: one at least, all qcow2.
+fn disks(wd: &Workdir, cfg: &VmConfig) -> Result<Vec<(Disk, PathBuf)>> {
     let j = cfg.jname();
-    let disk = cfg.disk(wd).ok_or_else(|| VmError::NoSnapshots {
-        jname: j.clone(),
-        why: "it has no disk (imgsize=0)".into(),
-    })?;
-    if !crate::config::checkpointable(&cfg.args) {
+    let all = cfg.disks();
+    if all.is_empty() {
         return Err(VmError::NoSnapshots {
             jname: j.clone(),
-            why: "its disk is raw (imgtype=raw); snapshots need qcow2".into(),
+            why: "it has no disk (imgsize=0)".into(),
         }
         .into());
     }
-    Ok(disk)
+    cfg.all_qcow2()?;
+    Ok(all
+        .into_iter()
+        .map(|d| {
+            let f = d.file(wd, j);
+            (d, f)
+        })
+        .collect())
 }
 
-/// The VM's QMP while it runs; `None` while it is stopped.
-fn running_qmp(wd: &Workdir, j: &Jname) -> Result<Option<Qmp>> {
-    match runtime::state(wd, j)?.0 {
-        EnvState::Running => Qmp::connect(&qemu::qmp_socket(wd, j), Duration::from_secs(10))
-            .map(Some)
-            .map_err(|e| qmp_failed(j, e)),
-        EnvState::Incoming => Err(Error::WrongState {
-            jname: j.clone(),
-            state: "incoming",
-            action: "snapshot",
-            needs: "stopped or running",
-        }),
-        _ => Ok(None),
-    }
-}
-
-/// The snapshots of `j`, oldest first.
-pub fn list(wd: &Workdir, j: &Jname) -> Result<Vec<SnapshotInfo>> {
-    let cfg = load(wd, j)?;
-    let disk = disk(wd, &cfg)?;
-    // -U: read while a running QEMU holds the image.
+/// The internal snapshots of one image (`-U`: also while QEMU runs it).
+fn image_snapshots(file: &Path) -> Result<Vec<ImageSnapshot>> {
     let out = qemu::img_output(&[
         "info".as_ref(),
         "-U".as_ref(),
         "--output=json".as_ref(),
-        disk.as_os_str(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        file.as_os_str(),
     ])?;
     let info: ImageInfo = serde_json::from_slice(&out).map_err(|e| {
         Error::Failed(format!(
             "qemu-img info of {} does not read: {e}",
-            disk.display()
+            file.display()
         ))
     })?;
-    if info.format != "qcow2" {
-        return Err(VmError::NoSnapshots {
-            jname: j.clone(),
-            why: format!("its disk is {}, not qcow2", info.format),
-        }
-        .into());
-    }
-    let mut snaps: Vec<(u64, SnapshotInfo)> = info
-        .snapshots
+    Ok(info.snapshots)
+}
+
+/// Whether the image holds snapshot `name`.
+fn has(file: &Path, name: &str) -> Result<bool> {
+    Ok(image_snapshots(file)?.iter().any(|s| s.name == tag(name)))
+}
+
+/// The snapshots of `j`, oldest first, as its first disk holds them (a
+/// snapshot is taken of every disk at once).
+pub fn list(wd: &Workdir, j: &Jname) -> Result<Vec<SnapshotInfo>> {
+    let cfg = load(wd, j)?;
+    let (_, first) = &disks(wd, &cfg)?[0];
+    let mut snaps: Vec<(u64, SnapshotInfo)> = image_snapshots(first)?
         .into_iter()
         .filter_map(|s| {
             let name = s.name.strip_prefix("snap:")?.to_owned();
@@ -140,35 +130,48 @@ pub fn list(wd: &Workdir, j: &Jname) -> Result<Vec<SnapshotInfo>> {
     Ok(snaps.into_iter().map(|(_, s)| s).collect())
 }
 
-/// Take snapshot `name` of `j`'s disk (owned here; live while it runs).
+/// Take snapshot `name` of every disk of `j` (owned here): in one QMP
+/// transaction while it runs (all disks at the same instant), with
+/// `qemu-img` while it is stopped (undone on every disk if one fails).
 pub fn create(wd: &Workdir, j: &Jname, name: &str) -> Result<SnapshotInfo> {
     lease::held(wd, j)?;
     let cfg = load(wd, j)?;
-    let disk = disk(wd, &cfg)?;
+    let all = disks(wd, &cfg)?;
     if list(wd, j)?.iter().any(|s| s.name == name) {
         return Err(Error::Refused(format!(
             "{j} already has a snapshot {name}; destroy it first"
         )));
     }
-    match running_qmp(wd, j)? {
+    match running_qmp(wd, j, "snapshot")? {
         Some(mut q) => {
-            q.execute(
-                "blockdev-snapshot-internal-sync",
-                Some(json!({"device": "dsk1", "name": tag(name)})),
-            )
-            .map_err(|e| qmp_failed(j, e))?;
+            let ds: Vec<Disk> = all.iter().map(|(d, _)| d.clone()).collect();
+            disk::snapshot_live(&mut q, j, &ds, &tag(name))?;
         }
-        None => qemu::img(&[
-            "snapshot".as_ref(),
-            "-c".as_ref(),
-            tag(name).as_ref(),
-            disk.as_os_str(),
-        ])?,
+        None => {
+            for (i, (_, file)) in all.iter().enumerate() {
+                if let Err(e) = img_snapshot("-c", name, file) {
+                    for (_, done) in &all[..i] {
+                        let _ = img_snapshot("-d", name, done);
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
     list(wd, j)?
         .into_iter()
         .find(|s| s.name == name)
         .ok_or_else(|| Error::Failed(format!("the snapshot {name} of {j} is not in its disk")))
+}
+
+/// `qemu-img snapshot <op> snap:<name> <file>`.
+fn img_snapshot(op: &str, name: &str, file: &Path) -> Result<()> {
+    qemu::img(&[
+        "snapshot".as_ref(),
+        op.as_ref(),
+        tag(name).as_ref(),
+        file.as_os_str(),
+    ])
 }
 
 /// Remove snapshot `name` of `j` (owned here; live while it runs).
@@ -198,34 +201,31 @@ pub fn destroy_all(wd: &Workdir, j: &Jname) -> Result<usize> {
     Ok(names.len())
 }
 
-/// Remove these snapshots, known to exist: over one QMP connection while
-/// the VM runs, with `qemu-img` while it is stopped.
+/// Remove these snapshots from every disk that holds them (a disk
+/// attached after a snapshot does not): over one QMP connection while the
+/// VM runs, with `qemu-img` while it is stopped.
 fn remove(wd: &Workdir, j: &Jname, names: &[String]) -> Result<()> {
-    let disk = disk(wd, &load(wd, j)?)?;
-    let mut qmp = running_qmp(wd, j)?;
-    for name in names {
-        match qmp.as_mut() {
-            Some(q) => q
-                .execute(
-                    "blockdev-snapshot-delete-internal-sync",
-                    Some(json!({"device": "dsk1", "name": tag(name)})),
-                )
-                .map(drop)
-                .map_err(|e| qmp_failed(j, e))?,
-            None => qemu::img(&[
-                "snapshot".as_ref(),
-                "-d".as_ref(),
-                tag(name).as_ref(),
-                disk.as_os_str(),
-            ])?,
+    let all = disks(wd, &load(wd, j)?)?;
+    let mut qmp = running_qmp(wd, j, "snapshot")?;
+    for (d, file) in &all {
+        let held = image_snapshots(file)?;
+        for name in names
+            .iter()
+            .filter(|n| held.iter().any(|s| s.name == tag(n)))
+        {
+            match qmp.as_mut() {
+                Some(q) => disk::delete_snapshot_live(q, j, d, &tag(name))?,
+                None => img_snapshot("-d", name, file)?,
+            }
         }
     }
     Ok(())
 }
 
-/// Put `j`'s disk back to snapshot `name` (stopped, owned here). The
-/// snapshots taken after it stay (qcow2's snapshots are independent of one
-/// another, unlike CBSD's ZFS ones).
+/// Put every disk of `j` back to snapshot `name` (stopped, owned here).
+/// The snapshots taken after it stay (qcow2's snapshots are independent of
+/// one another, unlike CBSD's ZFS ones). A disk attached after the
+/// snapshot has nothing to go back to: refused, naming it.
 pub fn rollback(wd: &Workdir, j: &Jname, name: &str) -> Result<()> {
     lease::held(wd, j)?;
     let (st, _) = runtime::state(wd, j)?;
@@ -238,14 +238,20 @@ pub fn rollback(wd: &Workdir, j: &Jname, name: &str) -> Result<()> {
         });
     }
     let cfg = load(wd, j)?;
-    let disk = disk(wd, &cfg)?;
+    let all = disks(wd, &cfg)?;
     must_have(wd, j, name)?;
-    qemu::img(&[
-        "snapshot".as_ref(),
-        "-a".as_ref(),
-        tag(name).as_ref(),
-        disk.as_os_str(),
-    ])
+    for (d, file) in &all {
+        if !has(file, name)? {
+            return Err(Error::Refused(format!(
+                "{} of {j} was attached after snapshot {name}: it has nothing to roll back to; detach it first",
+                d.name()
+            )));
+        }
+    }
+    for (_, file) in &all {
+        img_snapshot("-a", name, file)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -268,7 +274,6 @@ mod tests {
             {"id": "2", "name": "snap:a", "date-sec": 1700000100, "date-nsec": 0, "vm-state-size": 0, "vm-clock-sec": 0, "vm-clock-nsec": 0}
         ]}"#;
         let info: ImageInfo = serde_json::from_str(text).expect("reads");
-        assert_eq!(info.format, "qcow2");
         let names: Vec<&str> = info.snapshots.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["ckp1", "snap:a"]);
         let bare: ImageInfo = serde_json::from_str(r#"{"format": "raw"}"#).expect("reads");

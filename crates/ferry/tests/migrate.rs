@@ -10,8 +10,8 @@ use ferry_testkit::view::{
     bls_row, incoming_pid, lease_owner, node_alive, qemu_pids_of, wait_until,
 };
 use ferry_testkit::{
-    assert_memory_clean, guest_counters, memcheck_cmdline, memcheck_gen, wait_counter, Daemon,
-    Storage, TestCluster, TestWorkdir,
+    assert_memory_clean, guest_counters, guest_disks, memcheck_cmdline, memcheck_gen, wait_counter,
+    wait_guest_disks, Daemon, Storage, TestCluster, TestWorkdir,
 };
 use serde_json::Value;
 
@@ -139,6 +139,11 @@ fn back_and_forth(storage: Storage, vm: &str, rounds: usize) {
     let out = n1.ok(&["bmigrate", &jname, "node=n2", "check=1"]);
     assert!(out.contains("every precheck passed"), "{out}");
     runs_only_on(&p.c, vm, 0);
+    // A disk hot-plugged before the moves goes with the VM each time (the
+    // destination's QEMU has it at the same place, from the definition).
+    n1.ok(&["bhyve-dsk", "mode=attach", &jname, "dsk_size=64m"]);
+    let disks = "vda:32768 vdb:131072";
+    wait_guest_disks(n1, vm, disks);
     let mut on = 0;
     for round in 0..rounds {
         let (from, to) = (&p.c.nodes[on], &p.c.nodes[1 - on]);
@@ -152,7 +157,17 @@ fn back_and_forth(storage: Storage, vm: &str, rounds: usize) {
         on = 1 - on;
         runs_only_on(&p.c, vm, on);
         kept_counting(to, vm, before);
+        assert_eq!(guest_disks(to, vm).as_deref(), Some(disks), "round {round}");
     }
+    // Grown on the destination, live: the disk is that QEMU's own now.
+    p.c.nodes[on].ok(&[
+        "bhyve-dsk",
+        "mode=modify",
+        &jname,
+        "dsk_path=dsk2",
+        "dsk_size=+64m",
+    ]);
+    wait_guest_disks(&p.c.nodes[on], vm, "vda:32768 vdb:262144");
     let _ = n2;
 }
 

@@ -74,6 +74,7 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Bls(a) => list(ctx, EnvKind::Vm, &a.jname, &view(&a.display, a.header)),
         Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
         Command::Bsnapshot(a) => vm::snapshot(ctx, a),
+        Command::BhyveDsk(a) => vm::disk(ctx, a),
         Command::Jsnapshot(a) => {
             let (wd, reg) = ctx.open()?;
             jail::snapshot(&wd, &reg, &a)

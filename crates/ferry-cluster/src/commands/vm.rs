@@ -1,13 +1,16 @@
 //! VM commands.
 
+use ferry_api::args::Size;
 use ferry_api::command::{
-    BcheckpointArgs, BcloneArgs, BcreateArgs, BsnapshotArgs, CheckpointMode, SnapshotMode,
+    BcheckpointArgs, BcloneArgs, BcreateArgs, BhyveDskArgs, BsnapshotArgs, CheckpointMode,
+    DiskController, DiskMode, SizeChange, SnapshotMode,
 };
+use ferry_api::FromArg;
 use ferry_api::{Columns, Outcome};
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::Registry;
 use ferry_core::{EnvKind, Error, NameSelector, Result, Workdir};
-use ferry_vm::snapshot;
+use ferry_vm::{disk, snapshot};
 use serde_json::json;
 
 use crate::context::{listing, select, view, Context};
@@ -142,4 +145,132 @@ pub fn clone(wd: &Workdir, reg: &Registry, a: BcloneArgs) -> Result<Outcome> {
     let _new = EnvLock::acquire(wd, &a.new)?;
     ferry_vm::clone(wd, reg, &a.old, &a.new, a.vm_vnc_port)?;
     Ok(Outcome::message(format!("{} cloned into {}", a.old, a.new)))
+}
+
+/// `bhyve-dsk mode=list`: CBSD's columns first.
+const DISK_COLUMNS: Columns = Columns {
+    default: &[
+        "jname",
+        "dsk_controller",
+        "dsk_path",
+        "dsk_size",
+        "dsk_sectorsize",
+        "bootable",
+    ],
+    more: &["imgtype", "dsk_used", "attached"],
+};
+
+/// `bhyve-dsk` (CBSD's word): a VM's disks.
+pub fn disk(ctx: &Context, a: BhyveDskArgs) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    if a.mode == DiskMode::List {
+        let names = match &a.jname {
+            Some(j) => select(&reg, EnvKind::Vm, &NameSelector::One(j.clone()))?,
+            None => reg
+                .list()?
+                .into_iter()
+                .filter(|r| r.kind == EnvKind::Vm)
+                .map(|r| r.jname)
+                .collect(),
+        };
+        let mut l = listing(DISK_COLUMNS, &view(&a.display, a.header))?;
+        for j in names {
+            for d in disk::list(&wd, &j)? {
+                l.push(json!({
+                    "jname": j,
+                    "dsk_controller": if d.attached { d.disk.controller.as_str() } else { "-" },
+                    "dsk_path": d.disk.file_name(),
+                    "dsk_size": Size(d.size).render(),
+                    "dsk_sectorsize": 512,
+                    "bootable": d.bootable,
+                    "imgtype": if d.attached { d.disk.imgtype.as_str() } else { "-" },
+                    "dsk_used": Size(d.used).render(),
+                    "attached": d.attached,
+                }));
+            }
+        }
+        return Ok(Outcome::Listing(l));
+    }
+    let j = a.jname.clone().ok_or_else(|| {
+        Error::bad_value(
+            "jname",
+            "",
+            format!("is required with mode={}", a.mode.as_str()),
+        )
+    })?;
+    select(&reg, EnvKind::Vm, &NameSelector::One(j.clone()))?;
+    let n = a
+        .dsk_path
+        .as_ref()
+        .map(|p| disk::parse_name(p).map_err(|e| Error::bad_value("dsk_path", p, e.to_string())))
+        .transpose()?;
+    let needs_path = || {
+        n.ok_or_else(|| {
+            Error::bad_value(
+                "dsk_path",
+                "",
+                format!("is required with mode={}", a.mode.as_str()),
+            )
+        })
+    };
+    let _lock = EnvLock::acquire(&wd, &j)?;
+    match a.mode {
+        DiskMode::List => unreachable!("listed above"),
+        DiskMode::Attach => {
+            let size = match a.dsk_size {
+                None => None,
+                Some(SizeChange::To(s)) => Some(s),
+                Some(by @ SizeChange::By(_)) => {
+                    return Err(Error::bad_value(
+                        "dsk_size",
+                        &by.to_arg(),
+                        "a new disk has a size, not a growth (+ is for mode=modify)",
+                    ))
+                }
+            };
+            let req = disk::AttachRequest {
+                controller: a.dsk_controller.unwrap_or(DiskController::VirtioBlk),
+                n,
+                size,
+                imgtype: a.imgtype,
+            };
+            let running = ferry_core::engine::state(&wd, &j)? == ferry_core::EnvState::Running;
+            let d = disk::attach(&wd, &reg, &j, &req)?;
+            Ok(Outcome::message(format!(
+                "{} ({}, {}) attached to {j}{}",
+                d.file_name(),
+                d.controller.as_str(),
+                d.imgtype.as_str(),
+                if running { ", hot-plugged" } else { "" }
+            )))
+        }
+        DiskMode::Detach | DiskMode::Delete | DiskMode::Remove => {
+            let n = needs_path()?;
+            let delete = a.mode != DiskMode::Detach;
+            disk::detach(&wd, &reg, &j, n, delete)?;
+            Ok(Outcome::message(format!(
+                "dsk{n}.vhd {} {j}",
+                if delete {
+                    "deleted from"
+                } else {
+                    "detached from"
+                }
+            )))
+        }
+        DiskMode::Modify => {
+            let n = needs_path()?;
+            let change = a.dsk_size.ok_or_else(|| {
+                Error::bad_value(
+                    "dsk_size",
+                    "",
+                    "is required with mode=modify (e.g. dsk_size=+10g); ferry changes only a disk's size",
+                )
+            })?;
+            let size = disk::resize(&wd, &reg, &j, n, change)?;
+            Ok(Outcome::message(format!(
+                "dsk{n}.vhd of {j} is {}",
+                Size(size).render()
+            )))
+        }
+    }
 }
