@@ -157,6 +157,22 @@ commands! {
         ip4_addr: Option<Ip4List> = Optional,
     }
 
+    /// Rename a stopped jail (CBSD's jrename): its files, definition, lease
+    /// and registry row, journaled so that a crash is finished, not lost.
+    Jrename(JrenameArgs) = "jrename" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The jail's name now.
+        old: Jname = Required,
+        /// Its new name.
+        new: Jname = Required,
+        /// A new host name (default: kept).
+        host_hostname: Option<String> = Optional,
+        /// New addresses (default: kept).
+        ip4_addr: Option<Ip4List> = Optional,
+        /// 1: a running jail is stopped, renamed and started again.
+        restart: bool = Default("0"),
+    }
+
     /// Change settings of registered jails (CBSD's jset), with jcreate's
     /// validation; says which take effect only at the next start.
     Jset(JsetArgs) = "jset" in Jails, listing = false,
@@ -469,6 +485,19 @@ commands! {
         mac_reinit: bool = Default("1"),
         /// The new VM's VNC port (default 0: none; a port serves one VM).
         vm_vnc_port: Option<u16> = Optional,
+    }
+
+    /// Rename a stopped VM (CBSD's brename): its disks, definition, lease,
+    /// checkpoints and registry row, journaled like jrename. Its MAC
+    /// follows its name, so it changes.
+    Brename(BrenameArgs) = "brename" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The VM's name now.
+        old: Jname = Required,
+        /// Its new name.
+        new: Jname = Required,
+        /// 1: a running VM is stopped, renamed and started again.
+        restart: bool = Default("0"),
     }
 
     /// Change settings of registered VMs (CBSD's bset), with bcreate's

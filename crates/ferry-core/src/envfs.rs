@@ -97,7 +97,7 @@ pub fn remove(wd: &Workdir, reg: &Registry, j: &Jname, hooks: &Hooks) -> Result<
 
 /// Marker left in the system dir while a create is in progress; it names
 /// the node doing it.
-const CREATING: &str = ".creating";
+pub(crate) const CREATING: &str = ".creating";
 
 /// Claim `j` for a new env, pool-wide: creating its system dir on shared
 /// storage is atomic, so two nodes can never both create the same name.

@@ -23,6 +23,7 @@ pub mod process;
 pub mod rcconf;
 pub mod register;
 pub mod registry;
+pub mod rename;
 pub mod runtime;
 pub mod sys;
 pub mod task;

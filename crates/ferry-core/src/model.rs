@@ -98,6 +98,8 @@ pub enum Action {
     Unregister,
     /// Copy into a new env.
     Clone,
+    /// Give the env another name.
+    Rename,
 }
 
 impl Action {
@@ -111,6 +113,7 @@ impl Action {
             Action::Checkpoint => "checkpoint",
             Action::Unregister => "unregister",
             Action::Clone => "clone",
+            Action::Rename => "rename",
         }
     }
 }
@@ -121,14 +124,14 @@ pub fn check(jname: &Jname, state: EnvState, action: Action) -> Result<()> {
     use EnvState::*;
     let needs = match (state, action) {
         // Arriving by live migration: the migration alone ends it.
-        (Incoming, Start | Remove | Unregister | Restart | Clone) => "stopped",
+        (Incoming, Start | Remove | Unregister | Restart | Clone | Rename) => "stopped",
         (Incoming, Stop | Exec | Checkpoint) => "running",
         (Stopped | Crashed, Start | Remove)
-        | (Stopped, Unregister | Clone)
+        | (Stopped, Unregister | Clone | Rename)
         | (Running, Stop | Exec | Checkpoint)
         | (_, Restart) => return Ok(()),
         (Crashed, Stop) => return Ok(()),
-        (Running, Start | Remove) | (Running | Crashed, Unregister | Clone) => "stopped",
+        (Running, Start | Remove) | (Running | Crashed, Unregister | Clone | Rename) => "stopped",
         (Stopped | Crashed, Exec | Checkpoint) | (Stopped, Stop) => "running",
     };
     Err(Error::WrongState {

@@ -142,6 +142,9 @@ pub fn settle(wd: &Workdir, reg: &Registry, j: &Jname, engines: &EngineSet) -> R
 /// and envs whose lease names this node without a row (the daemon does
 /// this when it starts). Returns the errors met, by env.
 pub fn settle_all(wd: &Workdir, reg: &Registry, engines: &EngineSet) -> Vec<(Jname, Error)> {
+    // Renames first: a half-renamed env's lease names this node under its
+    // new name before its row does.
+    let mut failed = crate::rename::finish_all(wd, reg, engines);
     let mut names: Vec<Jname> = reg
         .list()
         .map(|rows| rows.into_iter().map(|r| r.jname).collect())
@@ -155,14 +158,15 @@ pub fn settle_all(wd: &Workdir, reg: &Registry, engines: &EngineSet) -> Vec<(Jna
             names.push(j);
         }
     }
-    names
-        .into_iter()
-        .filter_map(|j| {
-            let r = crate::lock::EnvLock::acquire(wd, &j)
-                .and_then(|_lock| settle(wd, reg, &j, engines));
-            r.err().map(|e| (j, e))
-        })
-        .collect()
+    // A rename that could not be finished is left as it is, for the
+    // next try: it is not an interrupted register.
+    names.retain(|j| crate::rename::interrupted(wd, j).is_none());
+    failed.extend(names.into_iter().filter_map(|j| {
+        let r =
+            crate::lock::EnvLock::acquire(wd, &j).and_then(|_lock| settle(wd, reg, &j, engines));
+        r.err().map(|e| (j, e))
+    }));
+    failed
 }
 
 /// Unregister a stopped env registered on this node.

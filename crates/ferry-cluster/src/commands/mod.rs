@@ -58,6 +58,11 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             let (wd, reg) = ctx.open()?;
             vm::clone(&wd, &reg, a)
         }
+        Command::Jrename(ref a) => {
+            let changes = settings::changes(&cmd);
+            shared::rename(ctx, EnvKind::Jail, &a.old, &a.new, &changes, a.restart)
+        }
+        Command::Brename(a) => shared::rename(ctx, EnvKind::Vm, &a.old, &a.new, &[], a.restart),
         Command::Jexec(a) => {
             let (wd, _) = ctx.open()?;
             let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;

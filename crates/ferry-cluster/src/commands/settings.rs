@@ -8,11 +8,13 @@ use ferry_core::{envdef, EnvKind, Error, Jname, NameSelector, Result};
 use crate::context::{error_chain, select, Context};
 use crate::engines;
 
-/// The `key=value` pairs a `jset`/`bset` was given, besides `jname`.
+/// The definition keys a `jset`/`bset`/`jrename` was given, as `key=value`
+/// pairs (not the names, nor `restart`).
 pub(super) fn changes(cmd: &Command) -> Vec<(String, String)> {
     let given = match cmd {
         Command::Jset(a) => &a.given,
         Command::Bset(a) => &a.given,
+        Command::Jrename(a) => &a.given,
         _ => return Vec::new(),
     };
     cmd.to_words()
@@ -20,7 +22,8 @@ pub(super) fn changes(cmd: &Command) -> Vec<(String, String)> {
         .skip(1)
         .filter_map(|w| {
             let (k, v) = w.split_once('=')?;
-            (k != "jname" && given.contains(k)).then(|| (k.to_owned(), v.to_owned()))
+            let setting = !matches!(k, "jname" | "old" | "new" | "restart");
+            (setting && given.contains(k)).then(|| (k.to_owned(), v.to_owned()))
         })
         .collect()
 }

@@ -1,14 +1,18 @@
 //! Zero-copy registration on shared storage: `jregister`, `junregister`,
-//! `bregister`, `bunregister`.
+//! `bregister`, `bunregister`; and renaming an env's files there
+//! (`jrename`, `brename`).
 
 use std::time::Duration;
 
 use ferry_api::Outcome;
+use ferry_core::engine::StartOptions;
+use ferry_core::lock::EnvLock;
 use ferry_core::register::{self, Takeover};
-use ferry_core::{EnvKind, Error, NameSelector, Result};
+use ferry_core::rename;
+use ferry_core::{EnvKind, EnvState, Error, Jname, NameSelector, Result};
 
 use crate::context::{per_env_parallel, select, Context};
-use crate::engines::ENGINES;
+use crate::engines::{self, ENGINES};
 
 pub fn unregister(ctx: &Context, sel: &NameSelector, kind: EnvKind) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
@@ -56,4 +60,52 @@ pub fn register(
         return Err(Error::NoMatch(sel.to_string()));
     }
     Ok(Outcome::PerEnv { results })
+}
+
+/// `jrename`/`brename`: under both names' locks; with `restart`, a running
+/// env is stopped first and started again under its new name. A rename
+/// into `new` that a crash cut short is finished.
+pub fn rename(
+    ctx: &Context,
+    kind: EnvKind,
+    old: &Jname,
+    new: &Jname,
+    changes: &[(String, String)],
+    restart: bool,
+) -> Result<Outcome> {
+    let (wd, reg) = ctx.open()?;
+    if old == new {
+        return Err(Error::bad_value("new", new.as_str(), "is the old name"));
+    }
+    let mut names = [old, new];
+    names.sort();
+    let _locks = (
+        EnvLock::acquire(&wd, names[0])?,
+        EnvLock::acquire(&wd, names[1])?,
+    );
+    if rename::interrupted(&wd, new).as_ref() == Some(old) {
+        rename::finish(&wd, &reg, &ENGINES, new)?;
+        return Ok(Outcome::message(format!(
+            "{old} renamed to {new} (an interrupted rename, finished)"
+        )));
+    }
+    select(&reg, kind, &NameSelector::One(old.clone()))?;
+    let engine = engines::of(kind);
+    let running = engine.state(&wd, old)? == EnvState::Running;
+    if running && restart {
+        engine.stop(&wd, old)?;
+    }
+    rename::rename(&wd, &reg, &ENGINES, old, new, changes)?;
+    if running && restart {
+        engine.start(&wd, &reg, new, &StartOptions::default())?;
+    }
+    register::sync_shared(&wd);
+    Ok(Outcome::message(format!(
+        "{old} renamed to {new}{}",
+        if running && restart {
+            ", restarted"
+        } else {
+            ""
+        }
+    )))
 }
