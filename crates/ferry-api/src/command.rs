@@ -173,6 +173,34 @@ commands! {
         restart: bool = Default("0"),
     }
 
+    /// Export a stopped jail into one archive (CBSD's jexport):
+    /// dstdir/<jname>.img, zstd-compressed, every file checksummed, and
+    /// <jname>.img.sha256 beside it. The jail stays as it is.
+    Jexport(JexportArgs) = "jexport" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The stopped jail.
+        jname: Jname = Required,
+        /// Absolute dir the archive goes to (default: $workdir/export).
+        dstdir: Option<PathBuf> = Optional,
+        /// zstd level, 1 to 19; 0: no compression.
+        compress: u32 = Default("6"),
+    }
+
+    /// Make a jail of an archive jexport wrote (CBSD's jimport), under its
+    /// own name or new_jname; every file is checked against the archive's
+    /// checksums, and a failure leaves nothing.
+    Jimport(JimportArgs) = "jimport" in Jails, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The archive: a path, or a name in $workdir/import (NAME.img).
+        jname: String = Required,
+        /// The new jail's name (default: the exported one's).
+        new_jname: Option<Jname> = Optional,
+        /// The new jail's host name (default: the exported one's).
+        new_host_hostname: Option<String> = Optional,
+        /// The new jail's addresses (default: the exported one's).
+        new_ip4_addr: Option<Ip4List> = Optional,
+    }
+
     /// Change settings of registered jails (CBSD's jset), with jcreate's
     /// validation; says which take effect only at the next start.
     Jset(JsetArgs) = "jset" in Jails, listing = false,
@@ -498,6 +526,28 @@ commands! {
         new: Jname = Required,
         /// 1: a running VM is stopped, renamed and started again.
         restart: bool = Default("0"),
+    }
+
+    /// Export a stopped VM into one archive (CBSD's bexport): its
+    /// definition, disks, snapshots and checkpoints, as jexport does.
+    Bexport(BexportArgs) = "bexport" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The stopped VM.
+        jname: Jname = Required,
+        /// Absolute dir the archive goes to (default: $workdir/export).
+        dstdir: Option<PathBuf> = Optional,
+        /// zstd level, 1 to 19; 0: no compression.
+        compress: u32 = Default("6"),
+    }
+
+    /// Make a VM of an archive bexport wrote (CBSD's bimport), as jimport
+    /// does; a VNC port used here is refused.
+    Bimport(BimportArgs) = "bimport" in Vms, listing = false,
+        policy(|_| Policy::ACTS) {
+        /// The archive: a path, or a name in $workdir/import (NAME.img).
+        jname: String = Required,
+        /// The new VM's name (default: the exported one's).
+        new_jname: Option<Jname> = Optional,
     }
 
     /// Change settings of registered VMs (CBSD's bset), with bcreate's

@@ -120,6 +120,9 @@ pub trait Engine: Sync {
     fn remove(&self, wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()>;
     fn state(&self, wd: &Workdir, j: &Jname) -> Result<EnvState>;
     fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow>;
+    /// The registry row of a definition about to become an env here (an
+    /// import): read, checked as a change of settings is, and its row.
+    fn admit(&self, wd: &Workdir, reg: &Registry, def: &Definition) -> Result<EnvRow>;
     /// Change settings of the registered env `j` (`jset`, `bset`): see
     /// [`set`].
     fn set(
@@ -162,6 +165,12 @@ impl<B: Backend> Engine for B {
     }
     fn row_of(&self, wd: &Workdir, def: &Definition) -> Result<EnvRow> {
         Backend::row_of(self, wd, def)
+    }
+    fn admit(&self, wd: &Workdir, reg: &Registry, def: &Definition) -> Result<EnvRow> {
+        let cfg: B::Config = config_of(wd, def)?;
+        cfg.hooks().check()?;
+        self.check_settings(wd, reg, &cfg)?;
+        self.row(wd, &cfg)
     }
     fn set(
         &self,

@@ -3,6 +3,7 @@
 //! hooks, bases and the node inventory. Engines (runc, QEMU) and front doors
 //! (CLI, broker) build on this crate; it starts no environment itself.
 
+pub mod archive;
 pub mod atomic;
 pub mod base;
 pub mod clone;

@@ -100,6 +100,8 @@ pub enum Action {
     Clone,
     /// Give the env another name.
     Rename,
+    /// Write it into an archive.
+    Export,
 }
 
 impl Action {
@@ -114,6 +116,7 @@ impl Action {
             Action::Unregister => "unregister",
             Action::Clone => "clone",
             Action::Rename => "rename",
+            Action::Export => "export",
         }
     }
 }
@@ -124,14 +127,16 @@ pub fn check(jname: &Jname, state: EnvState, action: Action) -> Result<()> {
     use EnvState::*;
     let needs = match (state, action) {
         // Arriving by live migration: the migration alone ends it.
-        (Incoming, Start | Remove | Unregister | Restart | Clone | Rename) => "stopped",
+        (Incoming, Start | Remove | Unregister | Restart | Clone | Rename | Export) => "stopped",
         (Incoming, Stop | Exec | Checkpoint) => "running",
         (Stopped | Crashed, Start | Remove)
-        | (Stopped, Unregister | Clone | Rename)
+        | (Stopped, Unregister | Clone | Rename | Export)
         | (Running, Stop | Exec | Checkpoint)
         | (_, Restart) => return Ok(()),
         (Crashed, Stop) => return Ok(()),
-        (Running, Start | Remove) | (Running | Crashed, Unregister | Clone | Rename) => "stopped",
+        (Running, Start | Remove) | (Running | Crashed, Unregister | Clone | Rename | Export) => {
+            "stopped"
+        }
         (Stopped | Crashed, Exec | Checkpoint) | (Stopped, Stop) => "running",
     };
     Err(Error::WrongState {

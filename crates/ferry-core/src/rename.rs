@@ -96,8 +96,9 @@ fn journal(wd: &Workdir, new: &Jname) -> std::path::PathBuf {
     wd.system_dir(new).join(JOURNAL)
 }
 
-/// The definition `def` of the env renamed to `new`, with `changes`.
-fn renamed(
+/// The definition `def` of the env renamed to `new`, with `changes`
+/// (also an import's, under its new name).
+pub fn renamed(
     wd: &Workdir,
     def: &Definition,
     new: &Jname,

@@ -3,6 +3,7 @@
 //! a task runner). Handlers are short: open, call the engine or the
 //! cluster code, shape the outcome.
 
+mod archive;
 mod base;
 mod jail;
 mod node;
@@ -63,6 +64,29 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             shared::rename(ctx, EnvKind::Jail, &a.old, &a.new, &changes, a.restart)
         }
         Command::Brename(a) => shared::rename(ctx, EnvKind::Vm, &a.old, &a.new, &[], a.restart),
+        Command::Jexport(a) => archive::export(
+            ctx,
+            EnvKind::Jail,
+            &a.jname,
+            a.dstdir.as_deref(),
+            a.compress,
+        ),
+        Command::Bexport(a) => {
+            archive::export(ctx, EnvKind::Vm, &a.jname, a.dstdir.as_deref(), a.compress)
+        }
+        Command::Jimport(a) => {
+            let mut changes = Vec::new();
+            if let Some(h) = &a.new_host_hostname {
+                changes.push(("host_hostname".to_owned(), h.clone()));
+            }
+            if let Some(ip) = &a.new_ip4_addr {
+                changes.push(("ip4_addr".to_owned(), ip.render()));
+            }
+            archive::import(ctx, EnvKind::Jail, &a.jname, a.new_jname.as_ref(), &changes)
+        }
+        Command::Bimport(a) => {
+            archive::import(ctx, EnvKind::Vm, &a.jname, a.new_jname.as_ref(), &[])
+        }
         Command::Jexec(a) => {
             let (wd, _) = ctx.open()?;
             let status = ferry_jail::exec(&wd, &a.jname, &a.cmd)?;
