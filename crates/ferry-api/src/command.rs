@@ -41,6 +41,10 @@ commands! {
         /// The QEMU this node runs VMs with (an absolute path), kept in
         /// etc/qemu.conf; without one, qemu-system-ARCH from PATH.
         qemu: Option<PathBuf> = Optional,
+        /// Where jcreate pkglist= takes packages from: an http(s) Debian
+        /// mirror or an absolute dir holding a flat repository (0: the
+        /// base's own apt sources), kept in etc/pkg.conf.
+        pkg_mirror: Option<String> = Optional,
     }
 
     /// Create, list or remove local read-only bases for jails.

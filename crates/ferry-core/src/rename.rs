@@ -106,6 +106,11 @@ pub fn renamed(
 ) -> Result<Definition> {
     let mut def = def.clone();
     let root = wd.root().to_string_lossy();
+    if def.get("mount_fstab").is_some() {
+        let p = format!("{root}/jails-fstab/{new}/fstab");
+        def.set("mount_fstab", p.clone())
+            .map_err(|e| Error::bad_value("mount_fstab", &p, e.to_string()))?;
+    }
     let pairs = [
         ("jname", new.as_str().to_owned()),
         ("path", format!("{root}/jails/{new}")),

@@ -38,8 +38,24 @@ impl JailConfig {
         Duration::from_secs(self.args.stop_timeout)
     }
 
-    /// Type the settings given to `jcreate`.
-    pub fn from_args(args: JcreateArgs, workdir: &Path) -> Result<JailConfig> {
+    /// Type the settings given to `jcreate`. A `pkglist` needs the jail's
+    /// own copy of its base (packages write `/usr`): `baserw=1` unless
+    /// `baserw=0` was said, which is refused.
+    pub fn from_args(mut args: JcreateArgs, workdir: &Path) -> Result<JailConfig> {
+        if args
+            .pkglist
+            .as_deref()
+            .is_some_and(|p| !p.trim().is_empty())
+        {
+            if args.given.contains("baserw") && !args.baserw {
+                return Err(Error::bad_value(
+                    "baserw",
+                    "0",
+                    "pkglist installs into /usr, which only a jail with its own copy of the base (baserw=1) can write",
+                ));
+            }
+            args.baserw = true;
+        }
         let def = to_definition(&args, workdir)?;
         let exec = split_exec(&args.exec_start)?;
         let hooks = Hooks::from_definition(&def, workdir)?;

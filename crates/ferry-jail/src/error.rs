@@ -26,6 +26,15 @@ pub enum JailError {
     NoCheckpoints(Jname),
     #[error("cannot install {pkgs:?}: {why}")]
     NoPackages { pkgs: String, why: String },
+    #[error("installing {pkgs} into {jname} failed at apt-get {step} ({how}); see {}:\n{tail}", .log.display())]
+    Install {
+        jname: Jname,
+        pkgs: String,
+        step: String,
+        how: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("cannot write the OCI spec")]
     Spec(#[source] serde_json::Error),
 }

@@ -9,6 +9,7 @@
 pub mod config;
 mod error;
 pub mod fstab;
+pub mod pkg;
 pub mod profile;
 pub mod runc;
 pub mod spec;
@@ -229,28 +230,31 @@ pub fn create(wd: &Workdir, reg: &Registry, cfg: &JailConfig) -> Result<()> {
     if !base::exists(wd, &cfg.args.base) {
         return Err(Error::BaseNotFound(cfg.args.base.to_string()));
     }
-    if let Some(pkgs) = cfg.args.pkglist.as_deref().filter(|p| !p.trim().is_empty()) {
+    let pkgs = pkg::names(cfg.args.pkglist.as_deref().unwrap_or(""))?;
+    if !pkgs.is_empty() {
         let base = cfg.args.base.to_string();
-        let has_apt = wd.base_dir(&cfg.args.base).join("usr/bin/apt-get").exists();
-        return Err(JailError::NoPackages {
-            pkgs: pkgs.to_owned(),
-            why: if has_apt {
-                format!(
-                    "ferry does not install packages at create time yet; create the jail, then \
-                     `ferry jexec jname={} apt-get install ...`",
-                    cfg.jname()
-                )
-            } else {
-                format!(
-                    "base {base} has no package manager (no /usr/bin/apt-get); pkglist needs a \
-                     Debian base (`ferry base mode=create from=dir path=<a debootstrap tree>`)"
-                )
-            },
+        if !pkg::has_package_manager(&wd.base_dir(&cfg.args.base)) {
+            return Err(JailError::NoPackages {
+                pkgs: pkgs.join(" "),
+                why: format!(
+                    "base {base} has no package manager (no /usr/bin/apt-get and dpkg); pkglist \
+                     needs a Debian base (`ferry base mode=create from=dir path=<a debootstrap or \
+                     mmdebstrap tree>`)"
+                ),
+            }
+            .into());
         }
-        .into());
+        // Checked before anything is made.
+        pkg::Mirror::of(wd)?;
     }
     let def = config::to_definition(&cfg.args, wd.root())?;
-    envfs::create(wd, reg, &row(cfg), &cfg.hooks, &def, || populate(wd, cfg))?;
+    envfs::create(wd, reg, &row(cfg), &cfg.hooks, &def, || {
+        populate(wd, cfg)?;
+        if pkgs.is_empty() {
+            return Ok(());
+        }
+        pkg::install(wd, cfg, &pkgs)
+    })?;
     if cfg.args.runasap {
         engine::start(&JAILS, wd, reg, cfg.jname(), &StartOptions::default())?;
     }

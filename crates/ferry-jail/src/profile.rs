@@ -93,6 +93,12 @@ impl JailProfile {
     pub fn apply(&self, args: JcreateArgs) -> Result<JcreateArgs> {
         let given = args.given.clone();
         let jname = args.jname.clone();
+        // A pkglist needs baserw=1 (JailConfig::from_args): the profile's
+        // baserw does not speak for the user then.
+        let pkglist = args
+            .pkglist
+            .as_deref()
+            .is_some_and(|p| !p.trim().is_empty());
         let mut words = vec!["jcreate".to_owned()];
         for w in Command::Jcreate(args).to_words().into_iter().skip(1) {
             let key = w.split_once('=').map_or(w.as_str(), |(k, _)| k);
@@ -101,7 +107,8 @@ impl JailProfile {
             }
         }
         for (k, v) in self.def.iter() {
-            if !given.contains(k) && !PROFILE_KEYS.contains(&k) {
+            let users = given.contains(k) || (pkglist && k == "baserw");
+            if !users && !PROFILE_KEYS.contains(&k) {
                 words.push(format!("{k}={v}"));
             }
         }

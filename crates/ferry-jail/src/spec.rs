@@ -50,7 +50,8 @@ pub fn root_dir(wd: &Workdir, cfg: &JailConfig) -> PathBuf {
     }
 }
 
-fn bind(source: &Path, target: &Path, ro: bool) -> Mount {
+/// A bind mount of `source` at `target`.
+pub fn bind(source: &Path, target: &Path, ro: bool) -> Mount {
     let mut m = Mount::default();
     m.set_destination(target.to_path_buf())
         .set_typ(Some("bind".into()))

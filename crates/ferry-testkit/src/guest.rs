@@ -24,8 +24,28 @@ pub fn second_qemu() -> PathBuf {
         .clone()
 }
 
+/// A Debian base with apt and dpkg, and a flat package repository holding
+/// mc and git with what they need beyond it (built once from Debian's
+/// archive by the project's script): `(base, repo)`.
+pub fn test_debian() -> (PathBuf, PathBuf) {
+    static DIRS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        let lines = script_lines("install-test-debian");
+        match &lines[..] {
+            [.., base, repo] => (PathBuf::from(base), PathBuf::from(repo)),
+            _ => panic!("install-test-debian printed {lines:?}"),
+        }
+    })
+    .clone()
+}
+
 /// Run one of the project's `scripts/`: the path its last line names.
 fn script_path(name: &str) -> PathBuf {
+    PathBuf::from(script_lines(name).last().cloned().unwrap_or_default())
+}
+
+/// Run one of the project's `scripts/`: the lines it printed.
+fn script_lines(name: &str) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../scripts")
         .join(name);
@@ -37,13 +57,10 @@ fn script_path(name: &str) -> PathBuf {
         "{name} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let path = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
-        .last()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    PathBuf::from(path)
+        .map(|l| l.trim().to_owned())
+        .collect()
 }
 
 /// The `ferry-guest counter N` lines of a VM's console log, as numbers.

@@ -252,6 +252,81 @@ fn bs_router_client_jail_jobs_round_trip() {
     assert!(p.agent_alive());
 }
 
+/// What an operator of pool2 has: a Debian base with apt as the default
+/// profile's, and a local mirror (the tests reach no network).
+fn debian_pool(b: &Beanstalkd, tube: &str) -> Pool {
+    let (base, repo) = ferry_testkit::test_debian();
+    let p = Pool::new(b, tube, "");
+    p.t.ok(&["initenv", &format!("pkg_mirror={}", repo.display())]);
+    p.t.ok(&[
+        "base",
+        "mode=create",
+        "name=debian",
+        "from=dir",
+        &format!("path={}", base.display()),
+    ]);
+    let profiles = p.t.root().join("etc/profiles");
+    fs::create_dir_all(&profiles).expect("profiles dir");
+    fs::write(
+        profiles.join("jail-default.conf"),
+        "base=\"debian\"\nexec_start=\"/bin/sh -c 'trap exit TERM; while :; do sleep 1 & wait; done'\"\n",
+    )
+    .expect("profile");
+    p
+}
+
+#[test]
+fn bs_router_client_s_pool2_jobs_install_packages_into_a_debian_jail() {
+    let b = Beanstalkd::start().expect("beanstalkd");
+    let mut p = debian_pool(&b, "cbsd_pool2");
+    p.start_agent();
+    // bin.jail/jcreate2.sh, jls2.sh, jstart2.sh, jstop2.sh, jremove2.sh as
+    // they are, in the order a user sends them.
+    let r = p.ok(
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"jail2","jail_profile":"default",
+        "host_hostname":"jail1.my.domain","astart":"1","pkglist":"misc/mc devel/git"}}"#,
+    );
+    assert_eq!((r.progress, r.err_code), (100, 0), "{r:?}");
+    let r = p.ok(
+        r#"{"Command":"jls","CommandArgs":{"header":"0","display":"jname,jid,ip4_addr,status"}}"#,
+    );
+    assert_eq!(
+        r.message.split_whitespace().collect::<Vec<_>>(),
+        ["jail2", "-", "0", "stopped"]
+    );
+    p.ok(r#"{"Command":"jstart","CommandArgs":{"jname":"jail2"}}"#);
+    assert_eq!(p.t.status("jail2"), "running");
+    // The packages are really there, from the pool's mirror.
+    let git = p.t.ok(&["jexec", "jname=jail2", "git", "--version"]);
+    assert!(git.starts_with("git version 2."), "{git}");
+    let mc = p.t.ok(&[
+        "jexec",
+        "jname=jail2",
+        "dpkg-query",
+        "-W",
+        "-f=${Status}",
+        "mc",
+    ]);
+    assert_eq!(mc, "install ok installed");
+    assert_eq!(
+        p.t.ok(&["jexec", "jname=jail2", "hostname"]).trim(),
+        "jail1.my.domain"
+    );
+    p.ok(r#"{"Command":"jstop","CommandArgs":{"jname":"jail2"}}"#);
+    assert_eq!(p.t.status("jail2"), "stopped");
+    p.ok(r#"{"Command":"jremove","CommandArgs":{"jname":"jail2"}}"#);
+    assert!(p.t.jls().is_empty());
+    // A package the mirror lacks: refused by apt, nothing left behind.
+    let (code, r) = p.client(
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"jail3","pkglist":"no-such-package"}}"#,
+    );
+    assert_eq!(code, 1, "{r:?}");
+    assert!(r[0].message.contains("apt-get install"), "{r:?}");
+    assert!(p.t.jls().is_empty());
+    assert!(!p.t.root().join("jails-data/jail3-data").exists());
+    assert!(p.agent_alive());
+}
+
 #[test]
 fn bs_router_client_vm_jobs_round_trip_with_progress_and_vnc() {
     let b = Beanstalkd::start().expect("beanstalkd");

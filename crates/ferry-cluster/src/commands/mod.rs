@@ -136,12 +136,20 @@ fn initenv(root: &Path, a: &InitenvArgs) -> Result<Outcome> {
         .as_deref()
         .map(ferry_vm::qemu::check_binary)
         .transpose()?;
+    let mirror = a
+        .pkg_mirror
+        .as_deref()
+        .map(ferry_jail::pkg::Mirror::parse)
+        .transpose()?;
     let wd = Workdir::init(root, a.nodename.as_ref().map(Jname::as_str))?;
     if let Some(uri) = &a.broker {
         rpc::set_broker(&wd, uri)?;
     }
     if let Some(q) = &qemu {
         ferry_vm::qemu::set_binary(&wd, q)?;
+    }
+    if let Some(m) = &mirror {
+        m.set(&wd)?;
     }
     let reg = Registry::open(&wd.db_dir())?;
     let qemu_version = match qemu {
