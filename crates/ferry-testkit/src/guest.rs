@@ -24,6 +24,15 @@ pub fn second_qemu() -> PathBuf {
         .clone()
 }
 
+/// A bootable Debian 12 cloud image (qcow2), built once from Debian's
+/// archive by the project's script and cached.
+pub fn test_cloud_image() -> PathBuf {
+    static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| script_path("build-test-cloud-image"))
+        .clone()
+}
+
 /// A Debian base with apt and dpkg, and a flat package repository holding
 /// mc and git with what they need beyond it (built once from Debian's
 /// archive by the project's script): `(base, repo)`.

@@ -5,6 +5,7 @@
 //! record, exactly as for jails.
 
 pub mod checkpoint;
+pub mod cloudinit;
 pub mod config;
 pub mod cpu;
 pub mod disk;
