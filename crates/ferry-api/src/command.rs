@@ -12,8 +12,8 @@ use crate::args::{
 };
 pub use crate::policy::Policy;
 pub use crate::values::{
-    BaseFrom, BaseMode, CheckpointMode, DiskController, DiskMode, IfName, ImgType, NicKind,
-    NodeMode, SizeChange, SnapshotMode, TaskAutoflush, TaskMode,
+    BaseFrom, BaseMode, CheckpointMode, DiskController, DiskMode, IfName, ImageMode, ImgType,
+    NicKind, NodeMode, SizeChange, SnapshotMode, TaskAutoflush, TaskMode,
 };
 use crate::values::{Ip4List, Size};
 
@@ -603,6 +603,27 @@ commands! {
         jname: Jname = Required,
         /// The snapshot (create, destroy, rollback); gettimeofday: the time now.
         snapname: Option<Word> = Optional,
+        /// Comma-separated columns to show (list).
+        display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0; list).
+        header: bool = Default("1"),
+    }
+
+    /// The node's disk images VMs are made from (CBSD's fetch_iso idea):
+    /// add one from a file or an http(s) URL (its SHA-256 checked), list,
+    /// remove. Images are read-only; a VM's disk is an overlay on one.
+    Image(ImageArgs) = "image" in Vms, listing = true,
+        policy(|a: &ImageArgs| Policy::reads_if(a.mode == ImageMode::List)) {
+        /// add, list or remove.
+        mode: ImageMode = Default("list"),
+        /// The image's name (add, remove).
+        name: Option<Jname> = Optional,
+        /// A local file to add.
+        path: Option<PathBuf> = Optional,
+        /// An http(s) URL to add from.
+        url: Option<String> = Optional,
+        /// The SHA-256 the image must have (64 hex digits).
+        sha256: Option<String> = Optional,
         /// Comma-separated columns to show (list).
         display: Option<String> = Optional,
         /// 0: no header line (CBSD's header=0; list).

@@ -85,6 +85,11 @@ crate::keyword_enum! {
 }
 
 crate::keyword_enum! {
+    /// What `image` does.
+    pub enum ImageMode { Add = "add", List = "list", Remove = "remove" }
+}
+
+crate::keyword_enum! {
     /// What `bhyve-dsk` does (CBSD's modes; `remove` is `delete`).
     pub enum DiskMode {
         Attach = "attach",

@@ -10,6 +10,7 @@ pub mod config;
 pub mod cpu;
 pub mod disk;
 mod error;
+pub mod image;
 pub mod integrity;
 pub mod migrate;
 pub mod qemu;

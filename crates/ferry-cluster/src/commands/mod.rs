@@ -5,6 +5,7 @@
 
 mod archive;
 mod base;
+mod image;
 mod jail;
 mod node;
 mod settings;
@@ -104,6 +105,7 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Bcheckpoint(a) => vm::checkpoint(ctx, a),
         Command::Bsnapshot(a) => vm::snapshot(ctx, a),
         Command::BhyveDsk(a) => vm::disk(ctx, a),
+        Command::Image(a) => image::run(ctx, a),
         Command::Jsnapshot(a) => {
             let (wd, reg) = ctx.open()?;
             jail::snapshot(&wd, &reg, &a)
