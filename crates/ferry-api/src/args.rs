@@ -176,9 +176,17 @@ impl ArgReader {
         self.raw.pairs.remove(key)
     }
 
-    /// Whether `key` was given (as a pair, or as the trailing words).
+    /// Whether `key` was given (as a pair, or as the trailing words; a
+    /// family key ending in `_`, as any key of the family).
     pub fn has(&self, key: &str) -> bool {
-        self.raw.pairs.contains_key(key) || (key == "cmd" && !self.raw.rest.is_empty())
+        self.raw.pairs.contains_key(key)
+            || (key == "cmd" && !self.raw.rest.is_empty())
+            || (key.ends_with('_')
+                && self
+                    .raw
+                    .pairs
+                    .keys()
+                    .any(|k| k.len() > key.len() && k.starts_with(key)))
     }
 
     /// The trailing words, or `cmd=` split into words (never evaluated).
@@ -194,6 +202,24 @@ impl ArgReader {
             words = shell_words::split(&cmd).map_err(|e| ArgError::invalid(key, &cmd, e))?;
         }
         Ok(words)
+    }
+
+    /// Every `prefix<suffix>=value` pair (a family of keys such as CBSD's
+    /// `ci_user_pubkey_<user>`), by suffix.
+    pub fn take_prefixed(&mut self, prefix: &str) -> BTreeMap<String, String> {
+        let keys: Vec<String> = self
+            .raw
+            .pairs
+            .keys()
+            .filter(|k| k.len() > prefix.len() && k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let v = self.raw.pairs.remove(&k)?;
+                Some((k[prefix.len()..].to_owned(), v))
+            })
+            .collect()
     }
 
     /// Fail if any argument was not consumed.
@@ -231,8 +257,11 @@ impl Given {
         Given(keys.iter().copied().filter(|k| r.has(k)).collect())
     }
 
+    /// Whether `key` was given (a key of a given family too).
     pub fn contains(&self, key: &str) -> bool {
-        self.0.contains(&key)
+        self.0
+            .iter()
+            .any(|g| *g == key || (g.ends_with('_') && key.len() > g.len() && key.starts_with(g)))
     }
 }
 
@@ -269,6 +298,39 @@ pub struct Default(pub &'static str);
 /// The trailing words of the command line, or `cmd=` in a broker job.
 #[derive(Debug)]
 pub struct Rest;
+/// A family of keys: the field's name (ending in `_`) followed by a
+/// suffix, e.g. `ci_user_pubkey_centos=` (field `ci_user_pubkey_`, by
+/// suffix `centos`).
+#[derive(Debug)]
+pub struct Suffixed;
+
+impl Rule<BTreeMap<String, String>> for Suffixed {
+    fn take(
+        &self,
+        r: &mut ArgReader,
+        key: &'static str,
+    ) -> Result<BTreeMap<String, String>, ArgError> {
+        let all = r.take_prefixed(key);
+        for (suffix, v) in &all {
+            String::from_arg(&format!("{key}{suffix}"), v)?;
+        }
+        Ok(all)
+    }
+    fn describe(&self) -> (&'static str, String) {
+        ("TEXT", "a family of keys: one per suffix".into())
+    }
+    fn render(
+        &self,
+        v: &BTreeMap<String, String>,
+        key: &str,
+        pairs: &mut Vec<String>,
+        _: &mut Vec<String>,
+    ) {
+        for (suffix, value) in v {
+            pairs.push(format!("{key}{suffix}={value}"));
+        }
+    }
+}
 
 impl<T: FromArg> Rule<T> for Required {
     fn take(&self, r: &mut ArgReader, key: &'static str) -> Result<T, ArgError> {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use ferry_core::{Jname, NameSelector};
 
 use crate::args::{
-    ArgError, ArgReader, Default, Given, HookPath, Optional, RawArgs, Required, Rest, Rule, Word,
+    ArgError, ArgReader, Default, Given, HookPath, Optional, RawArgs, Required, Rest, Rule,
+    Suffixed, Word,
 };
 pub use crate::policy::Policy;
 pub use crate::values::{
@@ -16,6 +17,7 @@ pub use crate::values::{
     NicKind, NodeMode, SizeChange, SnapshotMode, TaskAutoflush, TaskMode,
 };
 use crate::values::{Ip4List, Size};
+use std::collections::BTreeMap;
 
 pub use spec::{Area, ArgSpec, CommandSpec};
 
@@ -273,8 +275,9 @@ commands! {
         vm_initrd: Option<PathBuf> = Optional,
         /// Kernel command line for direct kernel boot.
         vm_cmdline: String = Default("console=ttyS0"),
-        /// NIC: user (QEMU user-mode networking), bridge (a tap on `interface`) or none.
-        vm_nic: NicKind = Default("user"),
+        /// NIC: bridge (a tap on `interface`, as CBSD's), user (QEMU's
+        /// user-mode networking, out through the host) or none.
+        vm_nic: NicKind = Default("bridge"),
         /// The bridge the tap is attached to (vm_nic=bridge; created if missing).
         interface: IfName = Default("ferry0"),
         /// VNC console port on 127.0.0.1 (5900 and up; 0: none).
@@ -295,6 +298,34 @@ commands! {
         stop_timeout: u64 = Default("30"),
         /// Start the VM right after creating it.
         runasap: bool = Default("0"),
+        /// A VM profile (CBSD's vm_os_profile, e.g. cloud-Debian-x86-12):
+        /// the image dsk1 is made from and defaults for the other keys.
+        vm_os_profile: Option<Word> = Optional,
+        /// The guest's host name, given by cloud-init (default: its name).
+        host_hostname: Option<String> = Optional,
+        /// The guest's address, ADDR[/PREFIX] (prefix 24 when left out) or
+        /// DHCP, given by cloud-init.
+        ci_ip4_addr: Option<String> = Optional,
+        /// The guest's default gateway (cloud-init; auto: none set).
+        ci_gw4: Option<String> = Optional,
+        /// Name servers for the guest, separated by commas or spaces.
+        ci_nameserver_address: Option<String> = Optional,
+        /// DNS search domains for the guest, separated by commas or spaces.
+        ci_nameserver_search: Option<String> = Optional,
+        /// The host bridge of the guest's NIC (CBSD's name for interface=).
+        ci_interface: Option<IfName> = Optional,
+        /// The guest's NIC name without its number (default eth: eth0).
+        ci_interface_name: Option<Word> = Optional,
+        /// The user cloud-init makes (default: the profile's).
+        ci_user_add: Option<Word> = Optional,
+        /// That user's SSH public key.
+        ci_user_pubkey: Option<String> = Optional,
+        /// An SSH public key by user name: ci_user_pubkey_<user>=.
+        ci_user_pubkey_: BTreeMap<String, String> = Suffixed,
+        /// root's password; kept only as a SHA-512 crypt hash (* locks it).
+        ci_user_pw_root: Option<String> = Optional,
+        /// The user's password; kept only as a hash (* locks it).
+        ci_user_pw_user: Option<String> = Optional,
     }
 
     /// Start VMs (optionally restoring a checkpoint).

@@ -16,7 +16,13 @@ pub fn typed(def: &Definition, workdir: &Path, command: &str) -> Result<Command,
     let spec =
         CommandSpec::find(command).ok_or_else(|| ArgError::UnknownCommand(command.to_owned()))?;
     let known: Vec<&str> = (spec.args)().iter().map(|a| a.key).collect();
-    let pairs = def.iter().filter(|(k, _)| known.contains(k)).map(|(k, v)| {
+    // A key ending in `_` names a family (`ci_user_pubkey_<user>`).
+    let is_known = |k: &str| {
+        known
+            .iter()
+            .any(|n| *n == k || (n.ends_with('_') && k.len() > n.len() && k.starts_with(n)))
+    };
+    let pairs = def.iter().filter(|(k, _)| is_known(k)).map(|(k, v)| {
         let v = if rcconf::is_path_key(k) && v != "0" && !v.is_empty() {
             def.resolve_path(k, workdir)
                 .map_or_else(String::new, |p| p.to_string_lossy().into_owned())

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod help;
 pub mod output;
 pub mod policy;
+pub mod profile;
 pub mod progress;
 pub mod values;
 

@@ -97,10 +97,9 @@ pub fn tap_up(name: &str, bridge: &str) -> Result<()> {
 /// Delete a network interface if it exists (idempotent; an interface that
 /// vanishes meanwhile is not an error).
 pub fn remove_link(name: &str) -> Result<()> {
-    let sys = Path::new("/sys/class/net").join(name);
-    if sys.exists() {
+    if link_kind(name).is_some() {
         if let Err(e) = ip(&["link", "del", name]) {
-            if sys.exists() {
+            if link_kind(name).is_some() {
                 return Err(e);
             }
         }
@@ -108,12 +107,32 @@ pub fn remove_link(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether interface `name` exists in this process's network namespace,
+/// and its kind (`bridge`, `tun` ...; empty for a plain device). Asked of
+/// `ip`, not read from `/sys`: a process that entered another network
+/// namespace (nsenter) still sees the host's `/sys`.
+fn link_kind(name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", name])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        v.pointer("/0/linkinfo/info_kind")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+    )
+}
+
 /// Create `name` as a bridge and bring it up, unless it exists. An existing
 /// interface of that name that is not a bridge is refused.
 pub fn ensure_bridge(name: &str) -> Result<()> {
-    let sys = Path::new("/sys/class/net").join(name);
-    if sys.exists() {
-        if !sys.join("bridge").exists() {
+    if let Some(kind) = link_kind(name) {
+        if kind != "bridge" {
             return Err(Error::Refused(format!(
                 "interface {name} exists and is not a bridge"
             )));

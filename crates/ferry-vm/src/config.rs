@@ -55,7 +55,12 @@ impl VmConfig {
     }
 
     /// Type and check the settings given to `bcreate`.
-    pub fn from_args(args: BcreateArgs, workdir: &Path) -> Result<VmConfig> {
+    pub fn from_args(mut args: BcreateArgs, workdir: &Path) -> Result<VmConfig> {
+        crate::cloud::hash_passwords(&mut args)?;
+        // CBSD's ci_interface is the NIC's host bridge.
+        if let (Some(i), false) = (&args.ci_interface, args.given.contains("interface")) {
+            args.interface = i.clone();
+        }
         validate(&args)?;
         let def = to_definition(&args, &[], workdir)?;
         let hooks = Hooks::from_definition(&def, workdir)?;
@@ -133,6 +138,8 @@ fn validate(a: &BcreateArgs) -> Result<()> {
             "a VM without vm_kernel boots from dsk1, so it needs a disk",
         ));
     }
+    // Every cloud-init key read as the seed will read it.
+    crate::cloud::seed(a.jname.as_str(), a, "52:54:00:00:00:00")?;
     for (key, p) in [("vm_kernel", &a.vm_kernel), ("vm_initrd", &a.vm_initrd)] {
         if let Some(p) = p {
             if !p.is_file() {
@@ -179,6 +186,25 @@ pub fn to_definition(a: &BcreateArgs, extra_disks: &[Disk], workdir: &Path) -> R
     if !extra_disks.is_empty() {
         pairs.push((disk::DEFINITION_KEY, disk::render_list(extra_disks)));
     }
+    let word = |w: &Option<ferry_api::args::Word>| w.as_ref().map(|w| w.0.clone());
+    for (key, v) in [
+        ("vm_os_profile", word(&a.vm_os_profile)),
+        ("host_hostname", a.host_hostname.clone()),
+        ("ci_ip4_addr", a.ci_ip4_addr.clone()),
+        ("ci_gw4", a.ci_gw4.clone()),
+        ("ci_nameserver_address", a.ci_nameserver_address.clone()),
+        ("ci_nameserver_search", a.ci_nameserver_search.clone()),
+        ("ci_interface", a.ci_interface.as_ref().map(|i| i.0.clone())),
+        ("ci_interface_name", word(&a.ci_interface_name)),
+        ("ci_user_add", word(&a.ci_user_add)),
+        ("ci_user_pubkey", a.ci_user_pubkey.clone()),
+        ("ci_user_pw_root", a.ci_user_pw_root.clone()),
+        ("ci_user_pw_user", a.ci_user_pw_user.clone()),
+    ] {
+        if let Some(v) = v {
+            pairs.push((key, v));
+        }
+    }
     // Direct kernel boot only: absent keys mean "boot from dsk1".
     for (key, p) in [("vm_kernel", &a.vm_kernel), ("vm_initrd", &a.vm_initrd)] {
         if let Some(p) = p {
@@ -189,6 +215,11 @@ pub fn to_definition(a: &BcreateArgs, extra_disks: &[Disk], workdir: &Path) -> R
     for (k, v) in pairs {
         def.set(k, v)
             .map_err(|e| Error::bad_value(k, "", e.to_string()))?;
+    }
+    for (user, key) in &a.ci_user_pubkey_ {
+        let k = format!("ci_user_pubkey_{user}");
+        def.set(&k, key.clone())
+            .map_err(|e| Error::bad_value(&k, "", e.to_string()))?;
     }
     Ok(def)
 }

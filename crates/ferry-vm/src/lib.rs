@@ -5,6 +5,7 @@
 //! record, exactly as for jails.
 
 pub mod checkpoint;
+pub mod cloud;
 pub mod cloudinit;
 pub mod config;
 pub mod cpu;
@@ -13,6 +14,7 @@ mod error;
 pub mod image;
 pub mod integrity;
 pub mod migrate;
+pub mod profile;
 pub mod qemu;
 pub mod qmp;
 pub mod snapshot;
@@ -191,9 +193,9 @@ impl Backend for Vms {
             "qemu": live.qemu_status,
             "status": live.state.display(),
             "vnc_port": vnc,
-            // A VM has no address ferry assigns (CBSD's `0`: none).
-            "ip4_addr": "0",
-            "host_hostname": null,
+            // The address cloud-init gives it; else CBSD's `0`: none.
+            "ip4_addr": cfg.as_ref().ok().and_then(|c| c.args.ci_ip4_addr.clone()).unwrap_or_else(|| "0".to_owned()),
+            "host_hostname": cfg.as_ref().ok().and_then(|c| c.args.host_hostname.clone()),
             "astart": row.astart,
             "node": wd.nodename(),
             "nodename": wd.nodename(),
@@ -203,12 +205,28 @@ impl Backend for Vms {
 }
 
 /// Create a VM on this node (and start it when `runasap=1`).
-pub fn create(wd: &Workdir, reg: &Registry, cfg: &mut VmConfig) -> Result<()> {
+/// `from`: the image dsk1 is an overlay on (a VM profile's), else a new
+/// empty disk.
+pub fn create(
+    wd: &Workdir,
+    reg: &Registry,
+    cfg: &mut VmConfig,
+    from: Option<&image::ImageInfo>,
+) -> Result<()> {
     cfg.args.vm_machine.0 = qemu::resolve_machine(wd, &cfg.args.vm_machine.0)?;
     check_vnc_unique(wd, reg, cfg)?;
-    let def = config::to_definition(&cfg.args, &cfg.extra_disks, wd.root())?;
+    let mut def = config::to_definition(&cfg.args, &cfg.extra_disks, wd.root())?;
+    if let Some(i) = from {
+        for (k, v) in [("vm_image", &i.name), ("vm_image_sha256", &i.sha256)] {
+            def.set(k, v.clone())
+                .map_err(|e| Error::bad_value(k, v, e.to_string()))?;
+        }
+    }
     envfs::create(wd, reg, &vm_row(cfg), &cfg.hooks, &def, || {
-        make_disk(wd, cfg)
+        match (from, cfg.disk(wd)) {
+            (Some(i), Some(disk)) => image::overlay(wd, i, &disk, cfg.args.imgsize.0),
+            _ => make_disk(wd, cfg),
+        }
     })?;
     if cfg.args.runasap {
         engine::start(&VMS, wd, reg, cfg.jname(), &StartOptions::default())?;
@@ -373,6 +391,7 @@ fn try_launch(
     if let Some(name) = checkpoint {
         checkpoint::revert_disks(wd, cfg, name)?;
     }
+    cloud::write(wd, cfg)?;
     let pid = qemu::spawn(wd, cfg, accel, checkpoint.is_some())?;
     let process = Process::of(pid)
         .ok_or_else(|| Error::Failed(format!("QEMU of {j} exited as soon as it started")))?;

@@ -278,7 +278,7 @@ fn accel_key(wd: &Workdir, cpu_model: &str) -> Result<String> {
 }
 
 /// A stable MAC address for the VM's NIC (locally administered).
-fn mac(j: &Jname) -> String {
+pub(crate) fn mac(j: &Jname) -> String {
     let h = fnv1a(j.as_str().as_bytes()).to_be_bytes();
     format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
 }
@@ -346,6 +346,7 @@ pub fn command_line(wd: &Workdir, cfg: &VmConfig, accel: &str, incoming: bool) -
     }
     v.extend(crate::disk::root_ports(&a.vm_machine.0));
     v.extend(crate::disk::command_line(wd, cfg));
+    v.extend(crate::cloud::command_line(wd, cfg));
     if let Some(k) = &a.vm_kernel {
         v.push("-kernel".into());
         v.push(k.into());

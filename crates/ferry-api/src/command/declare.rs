@@ -50,6 +50,9 @@ macro_rules! commands {
         )+
 
         /// Every operation ferry performs, whichever door it came through.
+        // One Command is made per request and moved a few times: the size
+        // of bcreate's many keys costs nothing worth a Box.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone)]
         pub enum Command {
             $( $(#[doc = $cdoc])+ $variant($args), )+

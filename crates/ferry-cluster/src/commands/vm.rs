@@ -17,6 +17,18 @@ use crate::context::{listing, select, view, Context};
 
 pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
+    let (a, from) = match a.vm_os_profile.clone() {
+        Some(p) => {
+            let profile = ferry_vm::profile::VmProfile::load(&wd, &a.vm_os_type.0, &p.0)?;
+            let a = profile.apply(a)?;
+            let from = profile
+                .image()?
+                .map(|name| image_of(&wd, &profile, &name, a.imgsize.0))
+                .transpose()?;
+            (a, from)
+        }
+        None => (a, None),
+    };
     let j = a.jname.clone();
     let runasap = a.runasap;
     let size = a.imgsize.render();
@@ -29,12 +41,36 @@ pub fn create(ctx: &Context, a: BcreateArgs) -> Result<Outcome> {
             if runasap { ", then starting it" } else { "" }
         ),
     );
-    ferry_vm::create(&wd, &reg, &mut cfg)?;
+    ferry_vm::create(&wd, &reg, &mut cfg, from.as_ref())?;
     Ok(Outcome::message(if runasap {
         format!("{j} created and started")
     } else {
         format!("{j} created")
     }))
+}
+
+/// The image a profile names, on this node, and big enough for `imgsize`.
+fn image_of(
+    wd: &Workdir,
+    profile: &ferry_vm::profile::VmProfile,
+    name: &ferry_core::Jname,
+    imgsize: u64,
+) -> Result<ferry_vm::image::ImageInfo> {
+    let info = ferry_vm::image::get(wd, name).map_err(|_| {
+        Error::Refused(format!(
+            "image {name} is not on this node; add it first: ferry image mode=add name={name} url={} sha256=<its SHA-256>",
+            profile.image_url().unwrap_or("<its URL>")
+        ))
+    })?;
+    let min = profile.imgsize_min()?.max(info.virtual_size);
+    if imgsize < min {
+        return Err(Error::bad_value(
+            "imgsize",
+            &Size(imgsize).render(),
+            format!("image {name} needs at least {}", Size(min).render()),
+        ));
+    }
+    Ok(info)
 }
 
 pub fn checkpoint(ctx: &Context, a: BcheckpointArgs) -> Result<Outcome> {
