@@ -120,6 +120,10 @@ pub fn claim(wd: &Workdir, j: &Jname) -> Result<()> {
         }
         Err(e) => return Err(Error::io("cannot create", &sys)(e)),
     }
+    // Root's only: the definition may hold password hashes (cloud-init),
+    // the logs what the env printed.
+    fs::set_permissions(&sys, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(Error::io("cannot set mode", &sys))?;
     let marker = sys.join(CREATING);
     atomic::write_atomic(&marker, format!("{}\n", wd.nodename()).as_bytes(), 0o644)
         .map_err(Error::io("cannot write", &marker))

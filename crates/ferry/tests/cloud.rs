@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::view::node_alive;
-use ferry_testkit::{Daemon, Storage, TestCluster, TestWorkdir};
+use ferry_testkit::{assert_same, Daemon, Storage, TestCluster, TestWorkdir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 const TUBE: &str = "cbsd_cloud";
@@ -225,4 +225,152 @@ fn bs_router_client_s_bhyve_jobs_make_a_cloud_vm_that_answers_and_moves() {
     assert_eq!(code, 0, "bremove: {out}");
     assert!(!n1.root().join("jails-system/cent1").exists());
     drop(daemons);
+}
+
+#[test]
+fn bad_cloud_input_is_refused_and_leaves_nothing_and_passwords_stay_hidden() {
+    let t = TestWorkdir::new(BIN);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("tiny.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("32m")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let profile = "vm_os_profile=cloud-Debian-x86-12";
+    let key = "ci_user_pubkey=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGc a: b #{c}";
+    // Without the profile's image on this node: refused with the command
+    // that adds it.
+    let e = t.fails(6, &["bcreate", "jname=c1", profile, key]);
+    assert!(
+        e.contains("ferry image mode=add name=debian-12-genericcloud-amd64"),
+        "{e}"
+    );
+    t.ok(&[
+        "image",
+        "mode=add",
+        "name=debian-12-genericcloud-amd64",
+        &format!("path={}", img.display()),
+    ]);
+    let before = t.snapshot();
+    for (args, code, said) in [
+        (
+            &["bcreate", "jname=c1", "vm_os_profile=cloud-Nosuch-1", key][..],
+            2,
+            "no such profile",
+        ),
+        (
+            &["bcreate", "jname=c1", profile, key, "imgsize=1g"],
+            2,
+            "at least 4g",
+        ),
+        (
+            &["bcreate", "jname=c1", profile, key, "ci_ip4_addr=10.1.2"],
+            2,
+            "ci_ip4_addr",
+        ),
+        (
+            &["bcreate", "jname=c1", profile, key, "ci_gw4=gateway"],
+            2,
+            "ci_gw4",
+        ),
+        (
+            &[
+                "bcreate",
+                "jname=c1",
+                profile,
+                key,
+                "ci_nameserver_address=8.8.8",
+            ],
+            2,
+            "ci_nameserver_address",
+        ),
+        (
+            &[
+                "bcreate",
+                "jname=c1",
+                profile,
+                key,
+                "ci_nameserver_search=a]b",
+            ],
+            2,
+            "ci_nameserver_search",
+        ),
+        (
+            &["bcreate", "jname=c1", profile, "ci_user_pubkey=not a key"],
+            2,
+            "SSH public key",
+        ),
+        (
+            &[
+                "bcreate",
+                "jname=c1",
+                profile,
+                "ci_user_pubkey=ssh-rsa AAA\n- evil: 1",
+            ],
+            2,
+            "SSH public key",
+        ),
+        (
+            &[
+                "bcreate",
+                "jname=c1",
+                profile,
+                key,
+                "host_hostname=a\n- evil: 1",
+            ],
+            2,
+            "host name",
+        ),
+        (
+            &["bcreate", "jname=c1", profile, key, "ci_user_add=Root!"],
+            2,
+            "ci_user_add",
+        ),
+        (
+            &[
+                "bcreate",
+                "jname=c1",
+                profile,
+                "ci_user_pubkey_Admin=ssh-ed25519 AAAA",
+            ],
+            2,
+            "user name",
+        ),
+        (
+            &["bcreate", "jname=c1", profile, key, "ci_user_pw_root=a\nb"],
+            2,
+            "ci_user_pw_root",
+        ),
+        (
+            &["bcreate", "jname=c1", profile, key, "ci_colour=red"],
+            2,
+            "ci_colour",
+        ),
+    ] {
+        let e = t.fails(code, args);
+        assert!(e.contains(said), "{args:?}: {e}");
+    }
+    assert_same(&before, &t.snapshot(), "refused cloud bcreates");
+    // Made: the password kept as a hash, which bget does not print; the
+    // key's YAML-like comment kept as it is.
+    t.ok(&[
+        "bcreate",
+        "jname=c1",
+        profile,
+        key,
+        "ci_user_pw_root=s3cret: #x",
+        "vm_nic=none",
+    ]);
+    let def = std::fs::read_to_string(t.root().join("jails-system/c1/rc.conf_c1")).expect("def");
+    assert!(
+        !def.contains("s3cret") && def.contains("ci_user_pw_root=\"\\$6\\$"),
+        "{def}"
+    );
+    let got = t.ok(&["bget", "jname=c1", "ci_user_pw_root", "ci_user_pubkey"]);
+    assert!(got.contains("ci_user_pw_root: (set, hidden)"), "{got}");
+    assert!(got.contains("a: b #{c}"), "{got}");
+    assert!(!got.contains("$6$"), "{got}");
 }

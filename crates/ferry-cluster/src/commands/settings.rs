@@ -87,15 +87,25 @@ pub(super) fn get(ctx: &Context, kind: EnvKind, j: &Jname, keys: &[String]) -> R
     select(&reg, kind, &NameSelector::One(j.clone()))?;
     let def = envdef::load_registered(&wd, j)?;
     let lines: Vec<String> = if keys.is_empty() {
-        def.iter().map(|(k, v)| format!("{k}: {v}")).collect()
+        def.iter()
+            .map(|(k, v)| format!("{k}: {}", shown(k, v)))
+            .collect()
     } else {
         keys.iter()
             .map(|k| {
                 def.get(k)
-                    .map(|v| format!("{k}: {v}"))
+                    .map(|v| format!("{k}: {}", shown(k, v)))
                     .ok_or_else(|| Error::bad_value("key", k, format!("{j} has no setting {k}")))
             })
             .collect::<Result<_>>()?
     };
     Ok(Outcome::message(lines.join("\n")))
+}
+
+/// A setting as `jget`/`bget` print it: a password (kept as a hash) never.
+fn shown<'a>(key: &str, value: &'a str) -> &'a str {
+    match (key.starts_with("ci_user_pw"), value) {
+        (false, v) | (true, v @ "*") => v,
+        (true, _) => "(set, hidden)",
+    }
 }
