@@ -34,8 +34,23 @@ fn ip(ns: &str, args: &[&str]) {
     );
 }
 
-/// SSH into the guest from node `t`'s namespace as `user`.
+/// [`ssh_once`], again for up to 60 s: the first logins come while
+/// cloud-init still restarts services (sshd among them).
 fn ssh(t: &TestWorkdir, key: &Path, user: &str, cmd: &str) -> Option<String> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(out) = ssh_once(t, key, user, cmd) {
+            return Some(out);
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// SSH into the guest from node `t`'s namespace as `user`.
+fn ssh_once(t: &TestWorkdir, key: &Path, user: &str, cmd: &str) -> Option<String> {
     let out = Command::new("ip")
         .args(["netns", "exec", t.netns().expect("netns"), "ssh", "-i"])
         .arg(key)
@@ -64,7 +79,7 @@ fn ssh(t: &TestWorkdir, key: &Path, user: &str, cmd: &str) -> Option<String> {
 fn wait_ssh(t: &TestWorkdir, key: &Path, limit: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
-        if ssh(t, key, "centos", "true").is_some() {
+        if ssh_once(t, key, "centos", "true").is_some() {
             return t0.elapsed();
         }
         let console = std::fs::read_to_string(t.root().join("jails-system/cent1/console.log"))

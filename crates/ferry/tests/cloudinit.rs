@@ -129,7 +129,22 @@ impl Drop for GuestNet {
     }
 }
 
+/// [`ssh_once`], again for up to 60 s: the first logins come while
+/// cloud-init still restarts services (sshd among them).
 fn ssh(net: &GuestNet, key: &Path, addr: &str, cmd: &str) -> Option<String> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(out) = ssh_once(net, key, addr, cmd) {
+            return Some(out);
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn ssh_once(net: &GuestNet, key: &Path, addr: &str, cmd: &str) -> Option<String> {
     let out = net
         .exec()
         .args(["ssh", "-i"])
@@ -213,7 +228,7 @@ fn a_debian_cloud_image_boots_from_its_disk_and_takes_ferry_s_seed() {
     // Under TCG the first boot (systemd, cloud-init, host keys) is slow.
     let limit = Duration::from_secs(300);
     let fqdn = loop {
-        if let Some(out) = ssh(&net, &key, addr, "hostname -f") {
+        if let Some(out) = ssh_once(&net, &key, addr, "hostname -f") {
             break out;
         }
         assert!(
