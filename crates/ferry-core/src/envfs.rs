@@ -125,7 +125,11 @@ pub fn claim(wd: &Workdir, j: &Jname) -> Result<()> {
     fs::set_permissions(&sys, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(Error::io("cannot set mode", &sys))?;
     let marker = sys.join(CREATING);
-    atomic::write_atomic(&marker, format!("{}\n", wd.nodename()).as_bytes(), 0o644)
+    // Its bytes are synced now; its name in the dir becomes durable with
+    // the next durable write there (a create's definition, a rename's
+    // journal): the journal of the file systems ferry runs on never
+    // persists a later change without the earlier ones (atomic::write_synced).
+    atomic::write_synced(&marker, format!("{}\n", wd.nodename()).as_bytes(), 0o644)
         .map_err(Error::io("cannot write", &marker))
 }
 

@@ -344,7 +344,9 @@ pub fn write_pool_id(wd: &Workdir, j: &Jname) -> Result<()> {
         .map(|(d, id)| format!("{d}={id}\n"))
         .collect();
     let p = wd.system_dir(j).join("pool.id");
-    atomic::write_atomic(&p, ids.as_bytes(), 0o644).map_err(Error::io("cannot write", &p))
+    // Synced, its name made durable with the definition written beside it
+    // (atomic::write_synced).
+    atomic::write_synced(&p, ids.as_bytes(), 0o644).map_err(Error::io("cannot write", &p))
 }
 
 /// Refuse to register an env whose shared dirs this node does not see as
