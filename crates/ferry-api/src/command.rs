@@ -611,6 +611,22 @@ commands! {
         mnt_timeout: Option<u64> = Optional,
         /// Seconds bstop waits for an ACPI power-down before stopping QEMU hard.
         stop_timeout: Option<u64> = Optional,
+        /// The guest's host name (cloud-init, at the next start).
+        host_hostname: Option<String> = Optional,
+        /// The guest's address, ADDR[/PREFIX] or DHCP (cloud-init).
+        ci_ip4_addr: Option<String> = Optional,
+        /// The guest's default gateway (cloud-init; auto: none).
+        ci_gw4: Option<String> = Optional,
+        /// Name servers for the guest (cloud-init).
+        ci_nameserver_address: Option<String> = Optional,
+        /// DNS search domains for the guest (cloud-init).
+        ci_nameserver_search: Option<String> = Optional,
+        /// The cloud-init user's SSH public key.
+        ci_user_pubkey: Option<String> = Optional,
+        /// root's password; kept only as a hash (* locks it).
+        ci_user_pw_root: Option<String> = Optional,
+        /// The cloud-init user's password; kept only as a hash.
+        ci_user_pw_user: Option<String> = Optional,
     }
 
     /// Print settings of a registered VM (CBSD's bget): `key: value`

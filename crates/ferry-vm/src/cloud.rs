@@ -45,21 +45,30 @@ pub fn hash_passwords(a: &mut BcreateArgs) -> Result<()> {
         ("ci_user_pw_root", &mut a.ci_user_pw_root),
         ("ci_user_pw_user", &mut a.ci_user_pw_user),
     ] {
-        if let Some(p) = pw.as_mut().filter(|p| p.as_str() != "*" && !is_crypt(p)) {
-            if p.is_empty() || p.contains(['\n', '\r', '\0']) {
-                return Err(Error::bad_value(
-                    key,
-                    "(hidden)",
-                    "must be one line, not empty",
-                ));
-            }
-            let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
-                .map_err(|e| Error::Failed(format!("cannot hash {key}: {e:?}")))?;
-            *p = sha_crypt::sha512_simple(p, &params)
-                .map_err(|e| Error::Failed(format!("cannot hash {key}: {e:?}")))?;
+        if let Some(p) = pw.as_mut() {
+            *p = hashed(key, p)?;
         }
     }
     Ok(())
+}
+
+/// The value a password key `key` is kept as: its SHA-512 crypt hash
+/// (`*`, a lock, and a value already hashed are kept as they are).
+pub fn hashed(key: &str, value: &str) -> Result<String> {
+    if value == "*" || is_crypt(value) {
+        return Ok(value.to_owned());
+    }
+    if value.is_empty() || value.contains(['\n', '\r', '\0']) {
+        return Err(Error::bad_value(
+            key,
+            "(hidden)",
+            "must be one line, not empty",
+        ));
+    }
+    let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
+        .map_err(|e| Error::Failed(format!("cannot hash {key}: {e:?}")))?;
+    sha_crypt::sha512_simple(value, &params)
+        .map_err(|e| Error::Failed(format!("cannot hash {key}: {e:?}")))
 }
 
 /// `ADDR[/PREFIX]` (prefix 24 by default), or `None` for DHCP.
@@ -166,46 +175,45 @@ pub fn seed(j: &str, a: &BcreateArgs, mac: &str) -> Result<Option<Seed>> {
     if let Some(u) = users.iter_mut().find(|u| u.name == main) {
         u.password_hash = hashed(&a.ci_user_pw_user);
     }
-    let network = if a.vm_nic == ferry_api::command::NicKind::None {
-        None
-    } else {
-        let gateway = match a.ci_gw4.as_deref() {
-            None | Some("auto") | Some("") => None,
-            Some(g) => Some(
-                g.parse::<Ipv4Addr>()
-                    .map_err(|_| Error::bad_value("ci_gw4", g, "not an IPv4 address nor auto"))?,
-            ),
-        };
-        let nameservers = list(&a.ci_nameserver_address)
-            .into_iter()
-            .map(|n| {
-                n.parse::<Ipv4Addr>().map_err(|_| {
-                    Error::bad_value("ci_nameserver_address", n, "not an IPv4 address")
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let search = list(&a.ci_nameserver_search)
-            .into_iter()
-            .map(|d| {
-                if d.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
-                {
-                    Ok(d.to_owned())
-                } else {
-                    Err(Error::bad_value("ci_nameserver_search", d, "not a domain"))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+    // Checked whether or not the VM has a NIC now: bset may give it one.
+    let gateway = match a.ci_gw4.as_deref() {
+        None | Some("auto") | Some("") => None,
+        Some(g) => Some(
+            g.parse::<Ipv4Addr>()
+                .map_err(|_| Error::bad_value("ci_gw4", g, "not an IPv4 address nor auto"))?,
+        ),
+    };
+    let nameservers = list(&a.ci_nameserver_address)
+        .into_iter()
+        .map(|n| {
+            n.parse::<Ipv4Addr>()
+                .map_err(|_| Error::bad_value("ci_nameserver_address", n, "not an IPv4 address"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let search = list(&a.ci_nameserver_search)
+        .into_iter()
+        .map(|d| {
+            if d.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+            {
+                Ok(d.to_owned())
+            } else {
+                Err(Error::bad_value("ci_nameserver_search", d, "not a domain"))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let address = a.ci_ip4_addr.as_deref().map(address).transpose()?.flatten();
+    let network = (a.vm_nic != ferry_api::command::NicKind::None).then(|| {
         let prefix = a.ci_interface_name.as_ref().map_or("eth", |w| w.0.as_str());
-        Some(Network {
+        Network {
             mac: mac.to_owned(),
             name: format!("{prefix}0"),
-            address: a.ci_ip4_addr.as_deref().map(address).transpose()?.flatten(),
+            address,
             gateway,
             nameservers,
             search,
-        })
-    };
+        }
+    });
     let mut s = Seed {
         instance_id: String::new(),
         hostname,

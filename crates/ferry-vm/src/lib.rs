@@ -98,8 +98,21 @@ impl Backend for Vms {
     const KIND: EnvKind = EnvKind::Vm;
     const STOP_TIMEOUT: Duration = Duration::from_secs(30);
     /// QEMU's command line is made at start.
-    const RESTART_KEYS: &'static [&'static str] =
-        &["vm_ram", "vm_cpus", "vm_vnc_port", "vm_cmdline"];
+    /// cloud-init's keys too: the seed is written at each start.
+    const RESTART_KEYS: &'static [&'static str] = &[
+        "vm_ram",
+        "vm_cpus",
+        "vm_vnc_port",
+        "vm_cmdline",
+        "host_hostname",
+        "ci_ip4_addr",
+        "ci_gw4",
+        "ci_nameserver_address",
+        "ci_nameserver_search",
+        "ci_user_pubkey",
+        "ci_user_pw_root",
+        "ci_user_pw_user",
+    ];
 
     fn check_settings(&self, wd: &Workdir, reg: &Registry, cfg: &VmConfig) -> Result<()> {
         check_vnc_unique(wd, reg, cfg)

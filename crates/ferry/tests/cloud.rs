@@ -388,4 +388,26 @@ fn bad_cloud_input_is_refused_and_leaves_nothing_and_passwords_stay_hidden() {
     assert!(got.contains("ci_user_pw_root: (set, hidden)"), "{got}");
     assert!(got.contains("a: b #{c}"), "{got}");
     assert!(!got.contains("$6$"), "{got}");
+    // Changed with bset, checked the same way, the password hashed again:
+    // the seed says the new values at the next start.
+    let before = t.snapshot();
+    let e = t.fails(2, &["bset", "jname=c1", "ci_ip4_addr=10.1"]);
+    assert!(e.contains("ci_ip4_addr"), "{e}");
+    assert_same(&before, &t.snapshot(), "a refused bset");
+    t.ok(&[
+        "bset",
+        "jname=c1",
+        "ci_user_pw_root=n3w",
+        "ci_ip4_addr=10.9.0.5/16",
+    ]);
+    let after = std::fs::read_to_string(t.root().join("jails-system/c1/rc.conf_c1")).expect("def");
+    assert!(
+        !after.contains("n3w") && after.contains("ci_ip4_addr=\"10.9.0.5/16\""),
+        "{after}"
+    );
+    assert_ne!(
+        after.lines().find(|l| l.starts_with("ci_user_pw_root")),
+        def.lines().find(|l| l.starts_with("ci_user_pw_root")),
+        "the new password's hash"
+    );
 }

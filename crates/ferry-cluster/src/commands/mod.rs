@@ -48,7 +48,18 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         }
         Command::Jget(a) => settings::get(ctx, EnvKind::Jail, &a.jname, &a.keys),
         Command::Bset(ref a) => {
-            let changes = settings::changes(&cmd);
+            // Passwords are kept only as hashes.
+            let changes = settings::changes(&cmd)
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = if k.starts_with("ci_user_pw") {
+                        ferry_vm::cloud::hashed(&k, &v)?
+                    } else {
+                        v
+                    };
+                    Ok((k, v))
+                })
+                .collect::<Result<Vec<_>>>()?;
             settings::set(ctx, EnvKind::Vm, &a.jname, &changes)
         }
         Command::Bget(a) => settings::get(ctx, EnvKind::Vm, &a.jname, &a.keys),
