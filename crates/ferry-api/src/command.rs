@@ -196,7 +196,11 @@ commands! {
     /// own name or new_jname; every file is checked against the archive's
     /// checksums, and a failure leaves nothing.
     Jimport(JimportArgs) = "jimport" in Jails, listing = false,
-        policy(|_| Policy::ACTS) {
+        policy(|a: &JimportArgs| if a.jname.contains('/') {
+            Policy::ACTS.not_over_broker("a broker job may not read a file of this node's by path; put the archive in $workdir/import and name it")
+        } else {
+            Policy::ACTS
+        }) {
         /// The archive: a path, or a name in $workdir/import (NAME.img).
         jname: String = Required,
         /// The new jail's name (default: the exported one's).
@@ -578,7 +582,11 @@ commands! {
     /// Make a VM of an archive bexport wrote (CBSD's bimport), as jimport
     /// does; a VNC port used here is refused.
     Bimport(BimportArgs) = "bimport" in Vms, listing = false,
-        policy(|_| Policy::ACTS) {
+        policy(|a: &BimportArgs| if a.jname.contains('/') {
+            Policy::ACTS.not_over_broker("a broker job may not read a file of this node's by path; put the archive in $workdir/import and name it")
+        } else {
+            Policy::ACTS
+        }) {
         /// The archive: a path, or a name in $workdir/import (NAME.img).
         jname: String = Required,
         /// The new VM's name (default: the exported one's).
@@ -660,7 +668,12 @@ commands! {
     /// add one from a file or an http(s) URL (its SHA-256 checked), list,
     /// remove. Images are read-only; a VM's disk is an overlay on one.
     Image(ImageArgs) = "image" in Vms, listing = true,
-        policy(|a: &ImageArgs| Policy::reads_if(a.mode == ImageMode::List)) {
+        policy(|a: &ImageArgs| match (a.mode, &a.path) {
+            (ImageMode::Add, Some(_)) => Policy::ACTS.not_over_broker(
+                "a broker job may not read a file of this node's (path=); add the image from a url=",
+            ),
+            (mode, _) => Policy::reads_if(mode == ImageMode::List),
+        }) {
         /// add, list or remove.
         mode: ImageMode = Default("list"),
         /// The image's name (add, remove).

@@ -128,6 +128,55 @@ impl Drop for TestNet {
     }
 }
 
+/// `ssh -i key target cmd` from network namespace `ns`, host keys not
+/// checked (a test's guest is new each time): its stdout, trimmed, or
+/// `None` when it did not log in or the command failed.
+pub fn ssh_in(ns: &str, key: &std::path::Path, target: &str, cmd: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ssh", "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            "-o",
+            "LogLevel=ERROR",
+            target,
+            cmd,
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// [`ssh_in`], again every second for up to `limit`: right after a
+/// guest's first login, cloud-init still restarts services (sshd too).
+pub fn ssh_in_retry(
+    ns: &str,
+    key: &std::path::Path,
+    target: &str,
+    cmd: &str,
+    limit: std::time::Duration,
+) -> Option<String> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(out) = ssh_in(ns, key, target, cmd) {
+            return Some(out);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,8 +111,9 @@ fn key_ok(k: &str) -> bool {
         && !k.contains(['\n', '\r', '\0'])
 }
 
-/// The seed a VM with these settings gets, or `None` without cloud-init
-/// settings. Checks every `ci_*` value (a bad one is exit 2).
+/// The seed a VM with these settings gets (its instance id is set when it
+/// is written), or `None` without cloud-init settings. Checks every
+/// `ci_*` value (a bad one is exit 2).
 pub fn seed(j: &str, a: &BcreateArgs, mac: &str) -> Result<Option<Seed>> {
     if !is_cloud(a) {
         return Ok(None);
@@ -214,17 +215,13 @@ pub fn seed(j: &str, a: &BcreateArgs, mac: &str) -> Result<Option<Seed>> {
             search,
         }
     });
-    let mut s = Seed {
+    Ok(Some(Seed {
         instance_id: String::new(),
         hostname,
         users,
         root_password_hash: hashed(&a.ci_user_pw_root),
         network,
-    };
-    // A new id when what the seed says changes: cloud-init applies it again.
-    let text: String = s.files().into_iter().map(|(_, t)| t).collect();
-    s.instance_id = format!("{j}-{:016x}", fnv1a(text.as_bytes()));
-    Ok(Some(s))
+    }))
 }
 
 /// Where a VM's seed lives: `jails-system/<jname>/cloud-init/`.
@@ -239,7 +236,7 @@ fn image_path(wd: &Workdir, cfg: &VmConfig) -> PathBuf {
 /// Write the VM's seed (its files, readable by root only, and the image)
 /// when it has cloud-init settings; before each start.
 pub fn write(wd: &Workdir, cfg: &VmConfig) -> Result<()> {
-    let Some(s) = seed(
+    let Some(mut s) = seed(
         cfg.jname().as_str(),
         &cfg.args,
         &crate::qemu::mac(cfg.jname()),
@@ -247,6 +244,9 @@ pub fn write(wd: &Workdir, cfg: &VmConfig) -> Result<()> {
     else {
         return Ok(());
     };
+    // A new id when what the seed says changes: cloud-init applies it again.
+    let text: String = s.files().into_iter().map(|(_, t)| t).collect();
+    s.instance_id = format!("{}-{:016x}", cfg.jname(), fnv1a(text.as_bytes()));
     let d = dir(wd, cfg);
     fs::create_dir_all(&d).map_err(Error::io("cannot create", &d))?;
     fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_testkit::bench::{median, ms, setting};
+use ferry_testkit::net::ssh_in;
 use ferry_testkit::TestWorkdir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -39,28 +40,7 @@ fn in_ns(args: &[&str]) -> Command {
 /// Poll until SSH logs in with `key` (every 100 ms).
 fn wait_ssh(key: &Path) {
     let t0 = Instant::now();
-    loop {
-        let ok = in_ns(&["ssh", "-i"])
-            .arg(key)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=2",
-                "-o",
-                "LogLevel=ERROR",
-                &format!("debian@{GUEST}"),
-                "true",
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return;
-        }
+    while ssh_in(NS, key, &format!("debian@{GUEST}"), "true").is_none() {
         assert!(t0.elapsed() < Duration::from_secs(400), "no SSH on {GUEST}");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_testkit::net::{ssh_in, ssh_in_retry};
 use ferry_testkit::view::node_alive;
 use ferry_testkit::{assert_same, Daemon, Storage, TestCluster, TestWorkdir};
 
@@ -34,52 +35,31 @@ fn ip(ns: &str, args: &[&str]) {
     );
 }
 
-/// [`ssh_once`], again for up to 60 s: the first logins come while
-/// cloud-init still restarts services (sshd among them).
+/// SSH into the guest from node `t`'s namespace as `user`, again for up
+/// to 60 s.
 fn ssh(t: &TestWorkdir, key: &Path, user: &str, cmd: &str) -> Option<String> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(out) = ssh_once(t, key, user, cmd) {
-            return Some(out);
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// SSH into the guest from node `t`'s namespace as `user`.
-fn ssh_once(t: &TestWorkdir, key: &Path, user: &str, cmd: &str) -> Option<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", t.netns().expect("netns"), "ssh", "-i"])
-        .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "LogLevel=ERROR",
-            &format!("{user}@{GUEST}"),
-            cmd,
-        ])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    let target = format!("{user}@{GUEST}");
+    ssh_in_retry(
+        t.netns().expect("netns"),
+        key,
+        &target,
+        cmd,
+        Duration::from_secs(60),
+    )
 }
 
 /// Wait until SSH answers; how long it took.
 fn wait_ssh(t: &TestWorkdir, key: &Path, limit: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
-        if ssh_once(t, key, "centos", "true").is_some() {
+        if ssh_in(
+            t.netns().expect("netns"),
+            key,
+            &format!("centos@{GUEST}"),
+            "true",
+        )
+        .is_some()
+        {
             return t0.elapsed();
         }
         let console = std::fs::read_to_string(t.root().join("jails-system/cent1/console.log"))

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ferry_testkit::net::{ssh_in, ssh_in_retry};
 use ferry_vm::cloudinit::{Network, Seed, User};
 
 /// `openssl passwd -6 -salt ferrytest boo`: root's password in the seed.
@@ -129,45 +130,10 @@ impl Drop for GuestNet {
     }
 }
 
-/// [`ssh_once`], again for up to 60 s: the first logins come while
-/// cloud-init still restarts services (sshd among them).
+/// SSH as debian@`addr` from the guest's namespace, again for up to 60 s.
 fn ssh(net: &GuestNet, key: &Path, addr: &str, cmd: &str) -> Option<String> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(out) = ssh_once(net, key, addr, cmd) {
-            return Some(out);
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-fn ssh_once(net: &GuestNet, key: &Path, addr: &str, cmd: &str) -> Option<String> {
-    let out = net
-        .exec()
-        .args(["ssh", "-i"])
-        .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "LogLevel=ERROR",
-            &format!("debian@{addr}"),
-            cmd,
-        ])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let target = format!("debian@{addr}");
+    ssh_in_retry(&net.ns, key, &target, cmd, Duration::from_secs(60))
 }
 
 #[test]
@@ -228,7 +194,7 @@ fn a_debian_cloud_image_boots_from_its_disk_and_takes_ferry_s_seed() {
     // Under TCG the first boot (systemd, cloud-init, host keys) is slow.
     let limit = Duration::from_secs(300);
     let fqdn = loop {
-        if let Some(out) = ssh_once(&net, &key, addr, "hostname -f") {
+        if let Some(out) = ssh_in(&net.ns, &key, &format!("debian@{addr}"), "hostname -f") {
             break out;
         }
         assert!(

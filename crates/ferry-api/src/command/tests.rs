@@ -107,6 +107,22 @@ fn policies_are_declared_beside_the_commands() {
     assert!(policy(&["task", "mode=new", "jls"])
         .not_over_broker
         .is_none());
+    // A broker job reads no file of the node's by path.
+    assert!(policy(&["image", "mode=add", "name=i", "path=/etc/shadow"])
+        .not_over_broker
+        .is_some());
+    assert!(
+        policy(&["image", "mode=add", "name=i", "url=https://x/i.qcow2"])
+            .not_over_broker
+            .is_none()
+    );
+    assert!(policy(&["jimport", "jname=/etc/shadow"])
+        .not_over_broker
+        .is_some());
+    assert!(policy(&["bimport", "jname=/tmp/x.img"])
+        .not_over_broker
+        .is_some());
+    assert!(policy(&["jimport", "jname=web1"]).not_over_broker.is_none());
 }
 
 #[test]
