@@ -451,20 +451,35 @@ commands! {
         lease_time: u64 = Default("30"),
     }
 
-    /// The node daemon (cbsdd): beats this node's heartbeat, stops envs whose
-    /// lease another node took (self-fencing) or all of them when the
-    /// heartbeat cannot be written for lease_time, starts astart envs.
-    /// Runs until SIGTERM or SIGINT.
+    /// The node daemon (cbsdd): beats this node's heartbeat and feeds the
+    /// node's watchdog after each beat (the watchdog kills every env here when
+    /// no beat came for fence_time), stops envs whose lease another node took
+    /// (self-fencing), starts astart envs. Runs until SIGTERM or SIGINT.
     Daemon(DaemonArgs) = "daemon" in Cluster, listing = false,
         policy(|_| Policy::ACTS
             .not_queueable("it runs until stopped")
             .not_over_broker("it runs until stopped; start it as a service")) {
         /// Seconds between heartbeats and lease checks.
         heartbeat: u64 = Default("2"),
-        /// Seconds of failed heartbeats after which this node stops all its envs.
+        /// Seconds a node's heartbeat must stand still for other nodes to take
+        /// its envs over (the same on every node).
         lease_time: u64 = Default("30"),
+        /// Seconds without a heartbeat after which the watchdog kills every env
+        /// of this node; shorter than lease_time by at least 1 (0: two thirds
+        /// of lease_time).
+        fence_time: u64 = Default("0"),
         /// How many queued tasks this daemon runs at once (0: it runs none).
         tasks: u32 = Default("2"),
+    }
+
+    /// The node's fencing watchdog, started and fed by `ferry daemon` (internal):
+    /// kills every env of this node when the daemon's feed stops for fence_time.
+    Watchdog(WatchdogArgs) = "watchdog" in Cluster, listing = false,
+        policy(|_| Policy::ACTS
+            .not_queueable("it runs as long as its daemon")
+            .not_over_broker("the node daemon starts it")) {
+        /// Seconds without a feed after which every env here is killed.
+        fence_time: u64 = Required,
     }
 
     /// The local task queue (CBSD's task): queue, list, cancel or flush deferred commands.

@@ -71,6 +71,11 @@ impl Context {
         }
     }
 
+    /// The workdir alone (no registry opened).
+    pub(crate) fn workdir(&self) -> Result<Workdir> {
+        Workdir::open(&self.workdir)
+    }
+
     pub(crate) fn open(&self) -> Result<(Workdir, Registry)> {
         let wd = Workdir::open(&self.workdir)?;
         let reg = match &self.registries {

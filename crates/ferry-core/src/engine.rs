@@ -298,6 +298,7 @@ pub fn start<B: Backend>(
     model::check(j, st, Action::Start)?;
     let cfg = b.load(wd, j)?;
     let epoch = lease::held(wd, j)?;
+    crate::fence::check_not_fenced(wd)?;
     cfg.hooks().check()?;
     if let Some(rt) = rt {
         teardown(b, wd, j, Some(&cfg), &rt, HookPhase::Stop)?;

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod envdef;
 pub mod envfs;
 pub mod error;
+pub mod fence;
 pub mod heartbeat;
 pub mod hook;
 pub mod inventory;

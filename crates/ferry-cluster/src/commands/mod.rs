@@ -122,6 +122,11 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
             jail::snapshot(&wd, &reg, &a)
         }
         Command::Daemon(a) => daemon::run(ctx, a),
+        Command::Watchdog(a) => {
+            let wd = ctx.workdir()?;
+            ferry_core::fence::watch(&wd, std::time::Duration::from_secs(a.fence_time.max(1)))?;
+            Ok(Outcome::message("watchdog stopped"))
+        }
         Command::Task(a) => tasks::run(ctx, a, dispatch),
         Command::Taskls(a) => tasks::list(ctx, &view(&a.display, a.header)),
         Command::Node(a) => node::run(ctx, a),

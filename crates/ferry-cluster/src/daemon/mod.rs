@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_api::command::DaemonArgs;
@@ -17,7 +17,7 @@ use ferry_core::inventory::Inventory;
 use ferry_core::lease::{self, Lease};
 use ferry_core::lock::EnvLock;
 use ferry_core::registry::{EnvRow, Registry};
-use ferry_core::{heartbeat, EnvState, Error, Result, Workdir};
+use ferry_core::{fence, heartbeat, EnvState, Error, Result, Workdir};
 
 use crate::context::Context;
 use crate::engines::{self, ENGINES};
@@ -41,6 +41,11 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     }
     let interval = Duration::from_secs(a.heartbeat.max(1));
     let lease_time = Duration::from_secs(a.lease_time.max(1));
+    let fence_time = Duration::from_secs(fence::fence_time(
+        a.heartbeat.max(1),
+        a.lease_time.max(1),
+        a.fence_time,
+    )?);
     let mut queue = match a.tasks {
         0 => None,
         n => Some(Queue::open(&wd, n as usize)?),
@@ -48,9 +53,15 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     tracing::info!(
         node = wd.nodename(),
         ?interval,
+        ?lease_time,
+        ?fence_time,
         tasks = a.tasks,
         "daemon started"
     );
+    // The heartbeat and the watchdog's feed, on a thread of their own: no
+    // slow work of this loop (a start, a hook) can starve them, and a
+    // frozen or dead daemon stops both.
+    let beats = Beats::start(&wd, interval, fence_time, &stop)?;
     // Finish what a crash left of registers and unregisters here.
     for (j, e) in ferry_core::register::settle_all(&wd, &reg, &ENGINES) {
         tracing::warn!(jname = %j, error = %e, "cannot finish an interrupted operation");
@@ -72,20 +83,15 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
         .flatten()
         .collect();
     let recovery = migrate::Recovery::default();
-    let mut last_beat = Instant::now();
     let mut next_beat = Instant::now();
     let mut first = true;
     while !stop.load(Ordering::SeqCst) {
         if Instant::now() >= next_beat {
-            match heartbeat::beat(&wd) {
-                Ok(_) => last_beat = Instant::now(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot write the heartbeat");
-                    if last_beat.elapsed() >= lease_time {
-                        // Others may take our envs over now: stop them all first.
-                        fence_all(&wd, &reg);
-                    }
-                }
+            if beats.failing_for() >= fence_time / 2 {
+                // The storage takes no heartbeat: stop the envs politely
+                // while there is time; the watchdog kills what is left at
+                // fence_time.
+                fence_all(&wd, &reg);
             }
             recovery.tick(&wd, lease_time);
             fence_superseded(&wd, &reg);
@@ -108,6 +114,7 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     for t in servers {
         let _ = t.join();
     }
+    beats.stop();
     // Running tasks are left to finish: each runner records its own result.
     let left = queue.as_ref().map_or(0, Queue::running);
     tracing::info!(running_tasks = left, "daemon stopped");
@@ -115,6 +122,76 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
         "daemon of {} stopped",
         wd.nodename()
     )))
+}
+
+/// The heartbeat thread: a beat every `interval`, and after each beat
+/// written, a feed of the watchdog (restarted if it died).
+struct Beats {
+    /// When the last heartbeat was written, and whether the last try failed.
+    last: Arc<Mutex<(Instant, bool)>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Beats {
+    fn start(
+        wd: &Workdir,
+        interval: Duration,
+        fence_time: Duration,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Beats> {
+        let exe = std::env::current_exe()
+            .map_err(Error::io("cannot find the ferry binary", "/proc/self/exe"))?;
+        let mut feeder = fence::Feeder::spawn(wd, &exe, fence_time.as_secs())?;
+        let last = Arc::new(Mutex::new((Instant::now(), false)));
+        let (wd, stop, shared) = (wd.clone(), Arc::clone(stop), Arc::clone(&last));
+        let thread = std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match heartbeat::beat(&wd) {
+                    Ok(_) => {
+                        *shared.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), false);
+                        if let Err(e) = feeder.feed() {
+                            tracing::error!(error = %e, "the watchdog is gone: starting it again");
+                            match fence::Feeder::spawn(&wd, &exe, fence_time.as_secs()) {
+                                Ok(mut f) => {
+                                    let _ = f.feed();
+                                    feeder = f;
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot start the watchdog"),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write the heartbeat");
+                        shared.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+                    }
+                }
+                let next = Instant::now() + interval;
+                while Instant::now() < next && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(TICK);
+                }
+            }
+            feeder.disarm();
+        });
+        Ok(Beats { last, thread })
+    }
+
+    /// How long the heartbeat has been failing: the time since the last
+    /// one written when the latest try failed, else zero (a beat merely
+    /// due is not a failure).
+    fn failing_for(&self) -> Duration {
+        let (at, failed) = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if failed {
+            at.elapsed()
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Wait for the thread (the daemon's stop flag is set): it disarms the
+    /// watchdog.
+    fn stop(self) {
+        let _ = self.thread.join();
+    }
 }
 
 /// Serve this node's tube until `stop`: every request is routed to the
