@@ -14,7 +14,7 @@ use crate::args::{
 pub use crate::policy::Policy;
 pub use crate::values::{
     BaseFrom, BaseMode, CheckpointMode, DiskController, DiskMode, IfName, ImageMode, ImgType,
-    NicKind, NodeMode, SizeChange, SnapshotMode, TaskAutoflush, TaskMode,
+    NicKind, NodeList, NodeMode, SizeChange, SnapshotMode, TaskAutoflush, TaskMode,
 };
 use crate::values::{Ip4List, Size};
 use std::collections::BTreeMap;
@@ -90,6 +90,13 @@ commands! {
         exec_start: String = Default("/bin/sh /etc/rc"),
         /// Start the jail when the node daemon starts.
         astart: bool = Default("0"),
+        /// Protected by HA: when its node dies, another node takes it over and
+        /// starts it (docs/cluster.md).
+        ha: bool = Default("0"),
+        /// The nodes HA may move it to, comma-separated (0: any live node).
+        ha_nodes: NodeList = Default("0"),
+        /// How many failovers and restarts HA makes in an hour before it gives up.
+        ha_max_restart: u32 = Default("3"),
         /// Hook run before the jail's data is touched.
         mnt_start: HookPath = Default("0"),
         /// Hook run after the jail stopped.
@@ -229,6 +236,13 @@ commands! {
         exec_start: Option<String> = Optional,
         /// Start the jail when the node daemon starts.
         astart: Option<bool> = Optional,
+        /// Protected by HA: when its node dies, another node takes it over and
+        /// starts it.
+        ha: Option<bool> = Optional,
+        /// The nodes HA may move it to, comma-separated (0: any live node).
+        ha_nodes: Option<NodeList> = Optional,
+        /// How many failovers and restarts HA makes in an hour before it gives up.
+        ha_max_restart: Option<u32> = Optional,
         /// Hook run before the jail's data is touched.
         mnt_start: Option<HookPath> = Optional,
         /// Hook run after the jail stopped.
@@ -292,6 +306,13 @@ commands! {
         vm_machine: Word = Default("q35"),
         /// Start the VM when the node daemon starts.
         astart: bool = Default("0"),
+        /// Protected by HA: when its node dies, another node takes it over and
+        /// starts it (docs/cluster.md).
+        ha: bool = Default("0"),
+        /// The nodes HA may move it to, comma-separated (0: any live node).
+        ha_nodes: NodeList = Default("0"),
+        /// How many failovers and restarts HA makes in an hour before it gives up.
+        ha_max_restart: u32 = Default("3"),
         /// Hook run before the VM's data is touched.
         mnt_start: HookPath = Default("0"),
         /// Hook run after the VM stopped.
@@ -526,12 +547,16 @@ commands! {
     /// copied anywhere); mode=list shows every added or beating node: alive
     /// or dead from its heartbeat as watched by this node's daemon, its
     /// inventory, and how many envs it owns; mode=remove forgets a node,
-    /// refused while it owns envs unless force=1.
+    /// refused while it owns envs unless force=1. mode=evacuate (run on the
+    /// node to empty) holds this node in maintenance, so nothing lands here,
+    /// and moves every env away by HA's placement: running VMs live
+    /// (bmigrate), the others cold; mode=restore ends the maintenance and
+    /// brings them back.
     Node(NodeArgs) = "node" in Cluster, listing = true,
         policy(|a: &NodeArgs| Policy::reads_if(a.mode == NodeMode::List)) {
-        /// add, list or remove.
+        /// add, list, remove, evacuate or restore.
         mode: NodeMode = Default("list"),
-        /// The node (add, remove).
+        /// The node (add, remove; evacuate and restore: this node, the default).
         node: Option<Jname> = Optional,
         /// Remove a node that still owns envs (remove).
         force: bool = Default("0"),
@@ -540,6 +565,20 @@ commands! {
         /// Seconds to wait for the node's answer (add).
         timeout: u64 = Default("10"),
         /// Comma-separated columns to show (list).
+        display: Option<String> = Optional,
+        /// 0: no header line (CBSD's header=0).
+        header: bool = Default("1"),
+    }
+
+    /// The envs protected by HA (ha=1) in the pool: where each runs, whether
+    /// its node is alive as this node's daemon watched it, how many failovers
+    /// and restarts HA made in the last hour, and the last one: from where to
+    /// where, when, how long from the fault to running, and its result.
+    Ha(HaArgs) = "ha" in Cluster, listing = true,
+        policy(|_| Policy::READS) {
+        /// Seconds a heartbeat must stay still for its node to count as dead.
+        lease_time: u64 = Default("30"),
+        /// Comma-separated columns to show.
         display: Option<String> = Optional,
         /// 0: no header line (CBSD's header=0).
         header: bool = Default("1"),
@@ -626,6 +665,13 @@ commands! {
         vm_cmdline: Option<String> = Optional,
         /// Start the VM when the node daemon starts.
         astart: Option<bool> = Optional,
+        /// Protected by HA: when its node dies, another node takes it over and
+        /// starts it.
+        ha: Option<bool> = Optional,
+        /// The nodes HA may move it to, comma-separated (0: any live node).
+        ha_nodes: Option<NodeList> = Optional,
+        /// How many failovers and restarts HA makes in an hour before it gives up.
+        ha_max_restart: Option<u32> = Optional,
         /// Hook run before the VM's data is touched.
         mnt_start: Option<HookPath> = Optional,
         /// Hook run after the VM stopped.

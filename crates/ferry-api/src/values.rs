@@ -15,6 +15,47 @@ crate::keyword_enum! {
     pub enum BaseFrom { Busybox = "busybox", Dir = "dir" }
 }
 
+/// Node names, comma-separated (`ha_nodes=`); empty or `0` for any node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeList(pub Vec<ferry_core::Jname>);
+
+impl FromArg for NodeList {
+    const TYPE: &'static str = "0|NODE[,...]";
+    fn from_arg(key: &str, v: &str) -> Result<Self, ArgError> {
+        if v.is_empty() || v == "0" {
+            return Ok(NodeList(Vec::new()));
+        }
+        let mut nodes = v
+            .split(',')
+            .map(|n| ferry_core::Jname::new(n.trim()).map_err(|e| ArgError::invalid(key, v, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        nodes.sort();
+        nodes.dedup();
+        Ok(NodeList(nodes))
+    }
+    fn to_arg(&self) -> String {
+        if self.0.is_empty() {
+            return "0".into();
+        }
+        let names: Vec<&str> = self.0.iter().map(|n| n.as_str()).collect();
+        names.join(",")
+    }
+}
+
+/// The HA keys a create writes into a definition: none while they hold
+/// their defaults (`ha=0`, any node, 3 restarts), so definitions of
+/// unprotected envs stay as they were.
+pub fn ha_definition(ha: bool, nodes: &NodeList, max_restart: u32) -> Vec<(&'static str, String)> {
+    if !ha && nodes.0.is_empty() && max_restart == 3 {
+        return Vec::new();
+    }
+    vec![
+        ("ha", if ha { "1" } else { "0" }.to_owned()),
+        ("ha_nodes", nodes.to_arg()),
+        ("ha_max_restart", max_restart.to_string()),
+    ]
+}
+
 /// A host network interface name (a bridge), at most 15 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfName(pub String);
@@ -64,7 +105,9 @@ crate::keyword_enum! {
 
 crate::keyword_enum! {
     /// What `node` does.
-    pub enum NodeMode { Add = "add", List = "list", Remove = "remove" }
+    pub enum NodeMode {
+        Add = "add", List = "list", Remove = "remove", Evacuate = "evacuate", Restore = "restore"
+    }
 }
 
 crate::keyword_enum! {

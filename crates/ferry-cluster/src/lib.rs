@@ -8,6 +8,7 @@
 //! - [`tasks`]: the task queue, local and across nodes;
 //! - [`migrate`]: moving envs between nodes, cold (`jmigrate`) and live
 //!   (`bmigrate`), and finishing moves a crash interrupted;
+//! - [`ha`]: automatic failover and restart of `ha=1` envs;
 //! - [`daemon`]: the node daemon, which routes node messages;
 //! - [`commands`]: the command handlers and [`dispatch`].
 //!
@@ -17,6 +18,7 @@ pub mod commands;
 pub mod context;
 pub mod daemon;
 mod engines;
+pub mod ha;
 pub mod migrate;
 pub mod rpc;
 pub mod tasks;

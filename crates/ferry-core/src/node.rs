@@ -202,6 +202,14 @@ pub fn liveness(reg: &Registry, node: &str, lease_time: Duration) -> Result<Live
     Ok(judge(reg.watch(node, &boot)?, now, lease_time))
 }
 
+/// How long `node`'s counter has stood still as this node saw it (`None`:
+/// never watched here): the time since it last moved, or since watching
+/// began if it never did.
+pub fn still(reg: &Registry, node: &str) -> Result<Option<Duration>> {
+    let (boot, now) = boot_clock()?;
+    Ok(reg.watch(node, &boot)?.map(|w| now.saturating_sub(w.moved)))
+}
+
 fn judge(w: Option<Watch>, now: Duration, lease_time: Duration) -> Liveness {
     let Some(w) = w else {
         return Liveness::Unknown;

@@ -130,6 +130,11 @@ pub fn to_definition(a: &JcreateArgs, workdir: &Path) -> Result<Definition> {
     if let Some(gw) = a.defaultrouter {
         pairs.push(("defaultrouter", gw.to_string()));
     }
+    pairs.extend(ferry_api::values::ha_definition(
+        a.ha,
+        &a.ha_nodes,
+        a.ha_max_restart,
+    ));
     let mut def = Definition::new();
     for (k, v) in pairs {
         def.set(k, v)

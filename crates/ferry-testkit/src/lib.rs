@@ -4,6 +4,7 @@
 //! also when the test panicked.
 
 pub mod beanstalkd;
+pub mod failover;
 pub mod gluster;
 mod guest;
 pub mod net;

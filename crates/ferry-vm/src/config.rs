@@ -183,6 +183,11 @@ pub fn to_definition(a: &BcreateArgs, extra_disks: &[Disk], workdir: &Path) -> R
         ("stop_timeout", a.stop_timeout.to_string()),
     ];
     let mut pairs = pairs;
+    pairs.extend(ferry_api::values::ha_definition(
+        a.ha,
+        &a.ha_nodes,
+        a.ha_max_restart,
+    ));
     if !extra_disks.is_empty() {
         pairs.push((disk::DEFINITION_KEY, disk::render_list(extra_disks)));
     }

@@ -3,83 +3,18 @@
 //! before another node may take them over, so two copies of one env never
 //! run at once. Each fault at a random moment, several trials, counted.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_testkit::failover::{runs, Sampler};
 use ferry_testkit::trials::Rng;
 use ferry_testkit::view::{wait_for, wait_until};
-use ferry_testkit::{TestCluster, TestWorkdir};
+use ferry_testkit::TestCluster;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 const DAEMON: [&str; 3] = ["heartbeat=1", "lease_time=4", "fence_time=2"];
 const FENCE_TIME: Duration = Duration::from_secs(2);
-
-/// Whether `j`'s process runs on node `t` now.
-fn runs(t: &TestWorkdir, j: &str) -> bool {
-    TestWorkdirView(t.root().to_path_buf()).runs(j)
-}
-
-/// Samples every node every 100 ms and counts the samples in which more
-/// than one node ran `j`.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    overlaps: Arc<AtomicU32>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(roots: Vec<TestWorkdirView>, j: &str) -> Sampler {
-        let (stop, overlaps) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU32::new(0)),
-        );
-        let (s, o, j) = (Arc::clone(&stop), Arc::clone(&overlaps), j.to_owned());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let running = roots.iter().filter(|r| r.runs(&j)).count();
-                if running > 1 {
-                    o.fetch_add(1, Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Sampler {
-            stop,
-            overlaps,
-            thread: Some(thread),
-        }
-    }
-
-    fn overlaps(mut self) -> u32 {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.overlaps.load(Ordering::SeqCst)
-    }
-}
-
-/// A node's root, readable from the sampler's thread.
-#[derive(Clone)]
-struct TestWorkdirView(std::path::PathBuf);
-
-impl TestWorkdirView {
-    /// Whether `j`'s process runs here now (its runtime record names a
-    /// live process, checked against its start time).
-    fn runs(&self, j: &str) -> bool {
-        let rt: Option<serde_json::Value> =
-            std::fs::read(self.0.join(format!("jails/{j}/runtime.json")))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-        rt.is_some_and(|rt| match (rt["pid"].as_i64(), rt["starttime"].as_u64()) {
-            (Some(pid), Some(start)) => ferry_core::sys::is_alive(pid as i32, start),
-            _ => false,
-        })
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -96,11 +31,7 @@ fn trials(fault: Fault) {
     let mut d1 = Some(n1.daemon(&DAEMON));
     for trial in 0..5 {
         n1.ok(&["jstart", &format!("jname={j}")]);
-        let views = vec![
-            TestWorkdirView(n1.root().to_path_buf()),
-            TestWorkdirView(n2.root().to_path_buf()),
-        ];
-        let sampler = Sampler::start(views, j);
+        let sampler = Sampler::start(&c.nodes, j);
         std::thread::sleep(Duration::from_millis(1500) + rng.within(Duration::from_millis(1000)));
         let d = d1.take().expect("n1's daemon");
         let pid = Pid::from_raw(d.pid() as i32);
@@ -150,7 +81,7 @@ fn trials(fault: Fault) {
         wait_until("the fence is lifted", Duration::from_secs(5), || {
             !n1.root().join("var/run/fenced").exists()
         });
-        let overlaps = sampler.overlaps();
+        let (overlaps, _) = sampler.finish();
         eprintln!("{fault:?} trial {trial}: env dead {killed_after:?} after the fault, overlaps {overlaps}");
         assert_eq!(overlaps, 0, "trial {trial}: two copies ran at once");
 

@@ -5,6 +5,7 @@
 
 mod archive;
 mod base;
+mod ha;
 mod image;
 mod jail;
 mod node;
@@ -130,6 +131,7 @@ pub fn dispatch(ctx: &Context, cmd: Command) -> Result<Outcome> {
         Command::Task(a) => tasks::run(ctx, a, dispatch),
         Command::Taskls(a) => tasks::list(ctx, &view(&a.display, a.header)),
         Command::Node(a) => node::run(ctx, a),
+        Command::Ha(a) => ha::run(ctx, &a),
         Command::Jmigrate(a) => migrate::jmigrate(ctx, &a),
         Command::Bmigrate(a) => migrate::bmigrate(ctx, &a),
         Command::Junregister(a) => shared::unregister(ctx, &a.jname, EnvKind::Jail),

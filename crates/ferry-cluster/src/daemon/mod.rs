@@ -21,9 +21,9 @@ use ferry_core::{fence, heartbeat, EnvState, Error, Result, Workdir};
 
 use crate::context::Context;
 use crate::engines::{self, ENGINES};
-use crate::migrate;
 use crate::rpc::{self, transport, NodeReply, NodeRequest, Reply, TubeEvent, Undecodable};
 use crate::tasks::{self, queue::Queue};
+use crate::{ha, migrate};
 
 /// How often the task queue is looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -85,7 +85,16 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
     let recovery = migrate::Recovery::default();
     let mut next_beat = Instant::now();
     let mut first = true;
+    // Since when this loop has run without a gap longer than fence_time
+    // (a freeze): HA restarts this node's own envs only after lease_time of
+    // that, when no other node can be taking them over.
+    let (mut last_turn, mut steady_since) = (Instant::now(), Instant::now());
     while !stop.load(Ordering::SeqCst) {
+        if last_turn.elapsed() > fence_time {
+            tracing::warn!(gap = ?last_turn.elapsed(), "this daemon stood still (frozen?)");
+            steady_since = Instant::now();
+        }
+        last_turn = Instant::now();
         if Instant::now() >= next_beat {
             if beats.failing_for() >= fence_time / 2 {
                 // The storage takes no heartbeat: stop the envs politely
@@ -96,6 +105,7 @@ pub fn run(ctx: &Context, a: DaemonArgs) -> Result<Outcome> {
             recovery.tick(&wd, lease_time);
             fence_superseded(&wd, &reg);
             watch_nodes(&wd, &reg, lease_time);
+            ha::tick(&wd, &reg, lease_time, steady_since.elapsed() >= lease_time);
             if first {
                 autostart(&wd, &reg);
                 first = false;

@@ -21,7 +21,10 @@
 use std::time::{Duration, Instant};
 
 use ferry_api::args::Given;
-use ferry_api::command::{JmigrateArgs, JregisterArgs, JstartArgs, JunregisterArgs};
+use ferry_api::command::{
+    BregisterArgs, BstartArgs, BstopArgs, BunregisterArgs, JmigrateArgs, JregisterArgs, JstartArgs,
+    JstopArgs, JunregisterArgs,
+};
 use ferry_api::{Command, Outcome};
 use ferry_core::engine::StartOptions;
 use ferry_core::lock::EnvLock;
@@ -53,15 +56,43 @@ pub(crate) const MAX_VERIFY_MS: u64 = 60_000;
 const LEASE_TIME: Duration = Duration::from_secs(30);
 
 pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
+    cold_move(
+        ctx,
+        EnvKind::Jail,
+        &a.jname,
+        &a.node,
+        Duration::from_secs(a.timeout.max(1)),
+        Duration::from_secs(a.lease_time.max(1)),
+    )
+}
+
+/// Move env `j` of `kind` cold to `node` (`jmigrate`; a stopped VM moved
+/// by an evacuation): the steps at the head of this module.
+pub(crate) fn cold_move(
+    ctx: &Context,
+    kind: EnvKind,
+    j: &Jname,
+    node: &Jname,
+    timeout: Duration,
+    lease_time: Duration,
+) -> Result<Outcome> {
     let (wd, reg) = ctx.open()?;
-    let (j, node) = (&a.jname, &a.node);
-    let lease_time = Duration::from_secs(a.lease_time.max(1));
+    let verb = match kind {
+        EnvKind::Jail => "jmigrate",
+        EnvKind::Vm => "move",
+    };
     let mut problems = target_problems(&wd, &reg, node, lease_time)?;
     match reg.get(j)? {
         None => problems.push(format!("{j} is not registered here")),
-        Some(row) if row.kind != EnvKind::Jail => {
-            problems.push(format!("{j} is a VM: use bmigrate"));
-        }
+        Some(row) if row.kind != kind => problems.push(format!(
+            "{j} is a {}: use {}",
+            row.kind.as_str(),
+            if row.kind == EnvKind::Vm {
+                "bmigrate"
+            } else {
+                "jmigrate"
+            }
+        )),
         Some(_) => {
             if let Err(e) = lease::held(&wd, j) {
                 problems.push(error_chain(&e));
@@ -70,7 +101,7 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
     }
     if !problems.is_empty() {
         return Err(MoveError::Refused {
-            verb: "jmigrate",
+            verb,
             jname: j.clone(),
             node: node.clone(),
             problems,
@@ -79,46 +110,32 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
     }
 
     let t0 = Instant::now();
+    let here = |step: Here| step.run(&wd, &reg, kind, j);
     let was_running = ferry_core::engine::state(&wd, j)? != EnvState::Stopped;
     if was_running {
-        Here::Stop.run(&wd, &reg, j)?;
+        here(Here::Stop)?;
     }
-    if let Err(e) = Here::Unregister.run(&wd, &reg, j) {
+    if let Err(e) = here(Here::Unregister) {
         if was_running {
-            let _ = Here::Start.run(&wd, &reg, j);
+            let _ = here(Here::Start);
         }
         return Err(e);
     }
-    let deadline = Instant::now() + Duration::from_secs(a.timeout.max(1));
+    let deadline = Instant::now() + timeout;
     let mut store = TaskStore::open(&wd.db_dir())?;
-    let one = || NameSelector::One(j.clone());
-    let register_there = Command::Jregister(JregisterArgs {
-        jname: one(),
-        force: false,
-        lease_time: LEASE_TIME.as_secs(),
-        given: Given::default(),
-    });
-    let registered = remote(&wd, &mut store, node, &register_there)?;
-    let there = wait(&store, registered, deadline)?;
-    if there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
-        let why = outcome(there.as_ref(), node);
-        return take_back(&wd, &reg, j, node, was_running, &why);
+    let registered = remote(&wd, &mut store, node, &there(kind, Here::Register, j))?;
+    let outcome_there = wait(&store, registered, deadline)?;
+    if outcome_there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
+        let why = outcome(outcome_there.as_ref(), node);
+        return take_back(&wd, &reg, kind, j, node, was_running, &why);
     }
     if was_running {
-        let start_there = Command::Jstart(JstartArgs {
-            jname: one(),
-            given: Given::default(),
-        });
-        let started = remote(&wd, &mut store, node, &start_there)?;
-        let there = wait(&store, started, deadline)?;
-        if there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
-            let why = outcome(there.as_ref(), node);
+        let started = remote(&wd, &mut store, node, &there(kind, Here::Start, j))?;
+        let outcome_there = wait(&store, started, deadline)?;
+        if outcome_there.as_ref().map(|t| t.state) != Some(TaskState::Done) {
+            let why = outcome(outcome_there.as_ref(), node);
             // Registered there but not running: bring it back.
-            let unregister_there = Command::Junregister(JunregisterArgs {
-                jname: one(),
-                given: Given::default(),
-            });
-            let back = remote(&wd, &mut store, node, &unregister_there)?;
+            let back = remote(&wd, &mut store, node, &there(kind, Here::Unregister, j))?;
             let undone = wait(&store, back, Instant::now() + Duration::from_secs(30))?;
             if undone.map(|t| t.state) != Some(TaskState::Done) {
                 return Err(MoveError::StrandedThere {
@@ -128,7 +145,7 @@ pub fn jmigrate(ctx: &Context, a: &JmigrateArgs) -> Result<Outcome> {
                 }
                 .into());
             }
-            return take_back(&wd, &reg, j, node, true, &why);
+            return take_back(&wd, &reg, kind, j, node, true, &why);
         }
     }
     Ok(Outcome::message(format!(
@@ -158,6 +175,9 @@ fn target_problems(
             None => problems.push(format!(
                 "node {node} is unknown here (add it with `ferry node mode=add node={node}`)"
             )),
+            Some(_) if crate::ha::in_maintenance(wd, node.as_str()) => problems.push(format!(
+                "node {node} is in maintenance (`node mode=restore` on it ends that)"
+            )),
             Some(_) => match node::liveness(reg, node.as_str(), lease_time)? {
                 Liveness::Alive => {}
                 l => problems.push(format!(
@@ -173,7 +193,7 @@ fn target_problems(
     Ok(problems)
 }
 
-/// What a cold move does here, to the jail, under its lock.
+/// What a cold move does to the env, here or (as a command) there.
 #[derive(Debug, Clone, Copy)]
 enum Here {
     Stop,
@@ -183,13 +203,14 @@ enum Here {
 }
 
 impl Here {
-    fn run(self, wd: &Workdir, reg: &Registry, j: &Jname) -> Result<()> {
+    /// Do it here, under the env's lock.
+    fn run(self, wd: &Workdir, reg: &Registry, kind: EnvKind, j: &Jname) -> Result<()> {
         let _lock = EnvLock::acquire(wd, j)?;
         match self {
-            Here::Stop => engines::of(EnvKind::Jail).stop(wd, j),
-            Here::Start => engines::of(EnvKind::Jail).start(wd, reg, j, &StartOptions::default()),
+            Here::Stop => engines::of(kind).stop(wd, j),
+            Here::Start => engines::of(kind).start(wd, reg, j, &StartOptions::default()),
             Here::Unregister => {
-                register::unregister(wd, reg, j, EnvKind::Jail, &ENGINES)?;
+                register::unregister(wd, reg, j, kind, &ENGINES)?;
                 register::sync_shared(wd);
                 Ok(())
             }
@@ -198,7 +219,7 @@ impl Here {
                     force: false,
                     lease_time: LEASE_TIME,
                 };
-                register::register(wd, reg, j, EnvKind::Jail, takeover, &ENGINES)?;
+                register::register(wd, reg, j, kind, takeover, &ENGINES)?;
                 register::sync_shared(wd);
                 Ok(())
             }
@@ -206,8 +227,43 @@ impl Here {
     }
 }
 
+/// The command that does `step` to env `j` of `kind` on another node.
+fn there(kind: EnvKind, step: Here, j: &Jname) -> Command {
+    let jname = NameSelector::One(j.clone());
+    let given = Given::default();
+    match (kind, step) {
+        (EnvKind::Jail, Here::Register) => Command::Jregister(JregisterArgs {
+            jname,
+            force: false,
+            lease_time: LEASE_TIME.as_secs(),
+            given,
+        }),
+        (EnvKind::Vm, Here::Register) => Command::Bregister(BregisterArgs {
+            jname,
+            force: false,
+            lease_time: LEASE_TIME.as_secs(),
+            given,
+        }),
+        (EnvKind::Jail, Here::Start) => Command::Jstart(JstartArgs { jname, given }),
+        (EnvKind::Vm, Here::Start) => Command::Bstart(BstartArgs {
+            jname,
+            checkpoint: None,
+            given,
+        }),
+        (EnvKind::Jail, Here::Unregister) => Command::Junregister(JunregisterArgs { jname, given }),
+        (EnvKind::Vm, Here::Unregister) => Command::Bunregister(BunregisterArgs { jname, given }),
+        (EnvKind::Jail, Here::Stop) => Command::Jstop(JstopArgs { jname, given }),
+        (EnvKind::Vm, Here::Stop) => Command::Bstop(BstopArgs { jname, given }),
+    }
+}
+
 /// Queue `cmd` as a task for `node` and send it now.
-fn remote(wd: &Workdir, store: &mut TaskStore, node: &Jname, cmd: &Command) -> Result<u64> {
+pub(crate) fn remote(
+    wd: &Workdir,
+    store: &mut TaskStore,
+    node: &Jname,
+    cmd: &Command,
+) -> Result<u64> {
     let id = store.submit(&NewTask {
         node: Some(node.to_string()),
         after: None,
@@ -223,7 +279,7 @@ fn remote(wd: &Workdir, store: &mut TaskStore, node: &Jname, cmd: &Command) -> R
 
 /// Wait until task `id` ended or `deadline` passed; the task as it is then
 /// (`None` if its record is gone).
-fn wait(store: &TaskStore, id: u64, deadline: Instant) -> Result<Option<TaskRow>> {
+pub(crate) fn wait(store: &TaskStore, id: u64, deadline: Instant) -> Result<Option<TaskRow>> {
     loop {
         let row = store.get(id)?;
         if row.as_ref().is_none_or(|r| r.state.is_final()) || Instant::now() >= deadline {
@@ -233,7 +289,7 @@ fn wait(store: &TaskStore, id: u64, deadline: Instant) -> Result<Option<TaskRow>
     }
 }
 
-fn outcome(t: Option<&TaskRow>, node: &Jname) -> String {
+pub(crate) fn outcome(t: Option<&TaskRow>, node: &Jname) -> String {
     match t {
         None => "its task record is gone".into(),
         Some(t) if !t.state.is_final() => format!(
@@ -256,13 +312,14 @@ fn outcome(t: Option<&TaskRow>, node: &Jname) -> String {
 fn take_back(
     wd: &Workdir,
     reg: &Registry,
+    kind: EnvKind,
     j: &Jname,
     node: &Jname,
     start: bool,
     why: &str,
 ) -> Result<Outcome> {
     Here::Register
-        .run(wd, reg, j)
+        .run(wd, reg, kind, j)
         .map_err(|e| MoveError::NotBack {
             jname: j.clone(),
             node: node.clone(),
@@ -271,7 +328,7 @@ fn take_back(
         })?;
     if start {
         Here::Start
-            .run(wd, reg, j)
+            .run(wd, reg, kind, j)
             .map_err(|e| MoveError::BackStopped {
                 jname: j.clone(),
                 why: why.to_owned(),
