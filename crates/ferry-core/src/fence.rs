@@ -39,6 +39,9 @@ pub const FEED: u8 = b'F';
 pub const DISARM: u8 = b'V';
 /// How often the watchdog looks at the clock and, once fired, kills.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How long env processes may outlive SIGKILL before the watchdog takes
+/// them for stuck on lost storage and cuts the node's storage connections.
+const STUCK_GRACE: Duration = Duration::from_millis(500);
 /// After its daemon died and it fired, how long the watchdog goes on
 /// killing envs that were being started at that moment before it exits.
 const AFTERMATH: Duration = Duration::from_secs(5);
@@ -227,6 +230,7 @@ fn watch_feed(
     let mut last_feed = Instant::now();
     let mut fired: Option<Instant> = None;
     let mut closed = false;
+    let mut storage_cut = false;
     loop {
         let input = read_input(pipe, fd);
         if input.disarmed {
@@ -235,6 +239,7 @@ fn watch_feed(
         }
         if input.fed && !closed {
             last_feed = Instant::now();
+            storage_cut = false;
             if fired.take().is_some() || marker(wd).exists() {
                 tracing::warn!("the daemon beats again: fence lifted");
                 let _ = fs::remove_file(marker(wd));
@@ -260,8 +265,24 @@ fn watch_feed(
                 }
                 Instant::now()
             });
-            for (j, pid) in kill_all(wd) {
+            let alive = kill_all(wd);
+            for (j, pid) in &alive {
                 tracing::warn!(jname = %j, pid, "killed (fenced)");
+            }
+            // Still alive after SIGKILL and a grace: stuck in a call on
+            // storage that is gone (a FUSE request waits for a server it
+            // cannot reach). Cut this node's connections to the shared
+            // dirs, so every pending call fails and they finish dying.
+            if !alive.is_empty() && at.elapsed() >= STUCK_GRACE && !storage_cut {
+                storage_cut = true;
+                match cut_shared_storage(wd) {
+                    Ok(cut) => tracing::error!(
+                        connections = ?cut,
+                        "env processes outlived SIGKILL: this node's FUSE connections to the \
+                         shared dirs are aborted (remount them to bring the node back)"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "cannot cut the shared storage"),
+                }
             }
             // Its daemon is gone: a while more for envs that were being
             // started, unless a new daemon's watchdog lifted the fence.
@@ -273,6 +294,87 @@ fn watch_feed(
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// The FUSE connections (`/sys/fs/fuse/connections/<id>`) that back this
+/// workdir's shared dirs, from `/proc/self/mountinfo` (no call on the
+/// storage itself, which may hang).
+pub fn shared_fuse_connections(wd: &Workdir) -> Vec<u32> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let dirs: Vec<PathBuf> = crate::workdir::SHARED_DIRS
+        .iter()
+        .map(|d| wd.root().join(d))
+        .collect();
+    let mut ids: Vec<u32> = info
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(sep + 1)?;
+            let mount_point = unescape(fields.get(4)?);
+            let shared = dirs.iter().any(|d| Path::new(&mount_point).starts_with(d));
+            if !fstype.starts_with("fuse") || !shared {
+                return None;
+            }
+            fields.get(2)?.split_once(':')?.1.parse().ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space) undone.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Abort this node's FUSE connections to the shared dirs (through the
+/// fuse control file system, mounted if it is not): every call pending on
+/// them fails at once, and so does every later one until they are
+/// mounted again. Returns the connections aborted.
+pub fn cut_shared_storage(wd: &Workdir) -> Result<Vec<u32>> {
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    let ids = shared_fuse_connections(wd);
+    if ids.is_empty() {
+        return Err(Error::Failed(
+            "no FUSE mount backs the shared dirs (only FUSE storage can be cut here)".into(),
+        ));
+    }
+    if !ids.iter().any(|id| ctl.join(id.to_string()).exists()) {
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            ctl,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    for id in &ids {
+        let abort = ctl.join(id.to_string()).join("abort");
+        fs::write(&abort, b"1").map_err(Error::io("cannot abort the FUSE connection", &abort))?;
+    }
+    Ok(ids)
 }
 
 /// SIGKILL every env process this node's runtime records name (a VM's
@@ -322,6 +424,13 @@ mod tests {
         assert!(read_input(&mut rr, r.as_fd()).disarmed);
         drop(w);
         assert!(read_input(&mut rr, r.as_fd()).closed);
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/x\\9"), "/x\\9");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct TestCluster {
     /// Then the nodes' network namespaces.
     net: Option<net::TestNet>,
     shared: tempfile::TempDir,
+    /// Whether the nodes' FUSE clients run in their namespaces.
+    over_net: bool,
 }
 
 /// What a [`TestCluster`]'s shared dirs are.
@@ -53,6 +55,10 @@ pub enum Storage {
     Plain,
     /// One GlusterFS volume, FUSE-mounted once per node.
     GlusterFS,
+    /// One GlusterFS volume served on the host's bridge address, each
+    /// node's FUSE client in the node's network namespace: cutting a node's
+    /// link cuts its storage too (needs `netns`).
+    GlusterFSOverNet,
 }
 
 impl TestCluster {
@@ -72,24 +78,36 @@ impl TestCluster {
     /// the storage mounts stay in the host's namespace).
     pub fn new(bin: &str, n: usize, storage: Storage, netns: bool) -> TestCluster {
         let net = netns.then(|| net::TestNet::new(n));
-        let volume = (storage == Storage::GlusterFS)
-            .then(|| gluster::GlusterVolume::create().expect("GlusterFS volume"));
+        let volume = match (storage, &net) {
+            (Storage::Plain, _) => None,
+            (Storage::GlusterFS, _) => {
+                Some(gluster::GlusterVolume::create().expect("GlusterFS volume"))
+            }
+            (Storage::GlusterFSOverNet, Some(net)) => {
+                Some(gluster::GlusterVolume::create_at(net.host_addr()).expect("GlusterFS volume"))
+            }
+            (Storage::GlusterFSOverNet, None) => panic!("GlusterFSOverNet needs netns"),
+        };
         let shared = tempfile::Builder::new()
             .prefix("ferry-s")
             .tempdir_in("/tmp")
             .expect("shared dir");
         let nodes = (1..=n)
             .map(|i| {
+                let ns = net.as_ref().map(|t| t.node(i - 1).ns.clone());
                 let dir = match &volume {
                     Some(v) => {
                         let mnt = shared.path().join(format!("n{i}"));
                         fs::create_dir_all(&mnt).expect("mount point");
-                        v.mount(&mnt).expect("mount the volume");
+                        match (storage, &ns) {
+                            (Storage::GlusterFSOverNet, Some(ns)) => v.mount_in_netns(ns, &mnt),
+                            _ => v.mount(&mnt),
+                        }
+                        .expect("mount the volume");
                         mnt
                     }
                     None => shared.path().to_path_buf(),
                 };
-                let ns = net.as_ref().map(|t| t.node(i - 1).ns.clone());
                 TestWorkdir::node_in(bin, &format!("n{i}"), &dir, ns)
             })
             .collect();
@@ -98,6 +116,7 @@ impl TestCluster {
             gluster: volume,
             net,
             shared,
+            over_net: storage == Storage::GlusterFSOverNet,
         }
     }
 
@@ -136,6 +155,64 @@ impl TestCluster {
     /// The volume of a GlusterFS cluster.
     pub fn volume(&self) -> Option<&gluster::GlusterVolume> {
         self.gluster.as_ref()
+    }
+
+    /// Cut node `i` (0-based) off its storage: `kill -9` of the FUSE client
+    /// of its mount of the volume, so that every call there fails
+    /// (ENOTCONN) until [`TestCluster::restore_storage`].
+    pub fn cut_storage(&self, i: usize) {
+        let mnt = self.shared.path().join(format!("n{}", i + 1));
+        let needle = mnt.as_os_str().as_encoded_bytes().to_vec();
+        let clients: Vec<i32> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cmdline.starts_with(b"/usr/sbin/glusterfs")
+                    && cmdline.split(|b| *b == 0).any(|w| w == needle.as_slice())
+            })
+            .collect();
+        assert!(
+            !clients.is_empty(),
+            "no FUSE client serves {}",
+            mnt.display()
+        );
+        for pid in clients {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Mount node `i`'s storage again after [`TestCluster::cut_storage`]:
+    /// its shared dirs and the dead mount unmounted, the volume mounted
+    /// anew (in the node's namespace if it had it there), the dirs bound.
+    pub fn restore_storage(&self, i: usize) {
+        let v = self.gluster.as_ref().expect("a GlusterFS cluster");
+        let mnt = self.shared.path().join(format!("n{}", i + 1));
+        let node = &self.nodes[i];
+        for d in ferry_core::workdir::SHARED_DIRS {
+            let _ = nix::mount::umount2(&node.root().join(d), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+        match node.netns() {
+            Some(ns) if self.over_net => v.mount_in_netns(ns, &mnt),
+            _ => v.mount(&mnt),
+        }
+        .expect("mount the volume again");
+        for d in ferry_core::workdir::SHARED_DIRS {
+            nix::mount::mount(
+                Some(&mnt.join(d)),
+                &node.root().join(d),
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .expect("bind mount");
+        }
     }
 
     /// Where the shared dirs are: the plain shared directory, or the first
@@ -325,10 +402,18 @@ impl TestWorkdir {
     pub fn daemon(&self, args: &[&str]) -> Daemon {
         let mut all = vec!["daemon"];
         all.extend_from_slice(args);
+        // Its log (and its watchdog's) goes to var/log/daemon.log, kept
+        // with the workdir for as long as the test runs.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root().join("var/log/daemon.log"))
+            .map(std::process::Stdio::from)
+            .unwrap_or_else(|_| std::process::Stdio::null());
         let child = self
             .command(&all)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start the daemon");
         Daemon(child)
