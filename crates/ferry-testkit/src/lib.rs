@@ -16,6 +16,7 @@ pub use guest::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -410,10 +411,15 @@ impl TestWorkdir {
             .open(self.root().join("var/log/daemon.log"))
             .map(std::process::Stdio::from)
             .unwrap_or_else(|_| std::process::Stdio::null());
+        // A process group of its own, with its parent in another: a test
+        // that stops it (SIGSTOP) must not be undone by the kernel's
+        // SIGCONT to stopped members of an orphaned group (a benchmark run
+        // in the background is one).
         let child = self
             .command(&all)
             .stdout(std::process::Stdio::null())
             .stderr(log)
+            .process_group(0)
             .spawn()
             .expect("start the daemon");
         Daemon(child)
