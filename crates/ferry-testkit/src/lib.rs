@@ -7,6 +7,7 @@ pub mod beanstalkd;
 pub mod failover;
 pub mod gluster;
 mod guest;
+pub mod nats;
 pub mod net;
 pub mod trials;
 pub mod view;

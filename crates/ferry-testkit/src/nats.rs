@@ -1,0 +1,272 @@
+//! A three-server NATS JetStream cluster on loopback for ferry's broker
+//! tests (issue 18): each server with its own client, cluster and
+//! monitoring port (free ports probed), its own store dir and log, routes
+//! to the other two. Servers can be killed and started again (with their
+//! store, as a crashed host comes back). Dropping the cluster kills every
+//! server and removes their dirs, also when the test panicked.
+//!
+//! ```no_run
+//! # use ferry_testkit::nats::NatsCluster;
+//! let c = NatsCluster::start(3).expect("nats");
+//! let uri = c.uri(); // nats://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3
+//! ```
+//!
+//! Needs Debian's `nats-server` (2.9 has JetStream).
+
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a cluster may take to elect its JetStream meta leader.
+const READY: Duration = Duration::from_secs(60);
+
+/// One server of the cluster.
+#[derive(Debug)]
+struct Server {
+    name: String,
+    client_port: u16,
+    cluster_port: u16,
+    http_port: u16,
+    child: Option<Child>,
+}
+
+/// A running cluster of `nats-server`s with JetStream.
+#[derive(Debug)]
+pub struct NatsCluster {
+    dir: tempfile::TempDir,
+    cluster_name: String,
+    servers: Vec<Server>,
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+impl NatsCluster {
+    /// Start `n` servers and wait until JetStream has a meta leader that
+    /// every server knows.
+    pub fn start(n: usize) -> io::Result<NatsCluster> {
+        let dir = tempfile::Builder::new().prefix("ferry-nats").tempdir()?;
+        let tag = format!("{:08x}", fastrand::u32(..));
+        let mut servers = Vec::new();
+        for i in 1..=n {
+            servers.push(Server {
+                name: format!("ferrytk-{tag}-s{i}"),
+                client_port: free_port()?,
+                cluster_port: free_port()?,
+                http_port: free_port()?,
+                child: None,
+            });
+        }
+        let mut c = NatsCluster {
+            dir,
+            cluster_name: format!("ferrytk{tag}"),
+            servers,
+        };
+        for i in 0..n {
+            c.write_config(i)?;
+            c.spawn(i)?;
+        }
+        c.wait_ready()?;
+        Ok(c)
+    }
+
+    /// The URI ferry is given: every server's client address.
+    pub fn uri(&self) -> String {
+        let addrs: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.client_port))
+            .collect();
+        format!("nats://{}", addrs.join(","))
+    }
+
+    /// Server `i`'s name (`server_name`, as JetStream reports leaders).
+    pub fn name(&self, i: usize) -> &str {
+        &self.servers[i].name
+    }
+
+    /// The server index whose name is `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.servers.iter().position(|s| s.name == name)
+    }
+
+    fn store(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("s{}", i + 1))
+    }
+
+    fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("s{}.conf", i + 1))
+    }
+
+    /// The server's log file.
+    pub fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("s{}.log", i + 1))
+    }
+
+    fn write_config(&self, i: usize) -> io::Result<()> {
+        let s = &self.servers[i];
+        let routes: Vec<String> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, o)| format!("nats-route://127.0.0.1:{}", o.cluster_port))
+            .collect();
+        let store = self.store(i);
+        fs::create_dir_all(&store)?;
+        let conf = format!(
+            "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n\
+             log_file: {log:?}\njetstream {{\n  store_dir: {store:?}\n}}\n\
+             cluster {{\n  name: {cluster}\n  listen: 127.0.0.1:{cport}\n  routes: [\n    {routes}\n  ]\n}}\n",
+            name = s.name,
+            client = s.client_port,
+            http = s.http_port,
+            log = self.log(i),
+            store = store,
+            cluster = self.cluster_name,
+            cport = s.cluster_port,
+            routes = routes.join("\n    "),
+        );
+        fs::write(self.config_path(i), conf)
+    }
+
+    fn spawn(&mut self, i: usize) -> io::Result<()> {
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(self.config_path(i))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start nats-server (apt-get install nats-server): {e}"),
+                )
+            })?;
+        self.servers[i].child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` server `i` (its store stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start server `i` again on its ports and store, and wait until the
+    /// cluster has a meta leader that it knows too.
+    pub fn restart(&mut self, i: usize) -> io::Result<()> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_ready()
+    }
+
+    /// Whether server `i` runs.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.servers[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Server `i`'s JetStream report (`/jsz`), if it answers.
+    pub fn jsz(&self, i: usize) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}/jsz", self.servers[i].http_port);
+        let body = ureq::get(&url)
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// The JetStream meta leader as running server `i` sees it.
+    pub fn meta_leader(&self, i: usize) -> Option<String> {
+        let v = self.jsz(i)?;
+        v["meta_cluster"]["leader"]
+            .as_str()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// Wait until every running server names the same meta leader, one
+    /// of them.
+    pub fn wait_ready(&mut self) -> io::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let running: Vec<usize> = (0..self.servers.len())
+                .filter(|i| self.is_running(*i))
+                .collect();
+            let leaders: Vec<Option<String>> =
+                running.iter().map(|i| self.meta_leader(*i)).collect();
+            // One leader, named by every running server, and running itself.
+            let agreed =
+                !running.is_empty() && leaders.iter().all(|l| l.is_some() && *l == leaders[0]);
+            let alive = leaders
+                .first()
+                .and_then(Option::as_deref)
+                .and_then(|l| self.index_of(l))
+                .is_some_and(|l| running.contains(&l));
+            if agreed && alive {
+                return Ok(());
+            }
+            if t0.elapsed() > READY {
+                return Err(io::Error::other(format!(
+                    "the NATS cluster elected no JetStream leader within {READY:?} (logs in {})",
+                    self.dir.path().display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The directory of the servers' stores, configs and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `$FERRY_NATS_SERVER`, else `nats-server` on the `PATH`.
+pub fn nats_server_bin() -> PathBuf {
+    std::env::var_os("FERRY_NATS_SERVER")
+        .map_or_else(|| PathBuf::from("nats-server"), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_servers_elect_a_leader_and_a_new_one_when_it_dies() {
+        let mut c = NatsCluster::start(3).expect("cluster");
+        assert!(c.uri().starts_with("nats://127.0.0.1:"), "{}", c.uri());
+        assert_eq!(c.uri().matches(',').count(), 2);
+        let leader = c.meta_leader(0).expect("a leader");
+        let l = c.index_of(&leader).expect("one of ours");
+        c.kill(l);
+        c.wait_ready().expect("a new leader");
+        let other = (0..3).find(|i| *i != l).expect("another server");
+        let new = c.meta_leader(other).expect("a new leader");
+        assert_ne!(new, leader);
+        c.restart(l).expect("back");
+        assert_eq!(c.meta_leader(l), c.meta_leader(other));
+    }
+}
