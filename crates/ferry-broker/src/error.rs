@@ -110,6 +110,20 @@ pub enum Error {
     #[error("broker protocol violation: {0}")]
     Protocol(crate::proto::Violation),
 
+    /// A NATS JetStream request failed (the client reconnects by itself;
+    /// a later call may succeed).
+    #[error("JetStream: {what}: {detail}")]
+    JetStream {
+        /// What was being done.
+        what: &'static str,
+        /// What the client said.
+        detail: String,
+    },
+
+    /// The operation has no counterpart on this broker.
+    #[error("not supported on NATS JetStream: {0}")]
+    Unsupported(&'static str),
+
     /// [`Reconnecting`](crate::Reconnecting) could not reconnect within its
     /// policy's `give_up_after`.
     #[error("gave up reconnecting to the broker after {after:?}")]
@@ -133,6 +147,7 @@ impl Error {
                 | Error::TimedOut(_)
                 | Error::AmbiguousPut(_)
                 | Error::Protocol(_)
+                | Error::JetStream { .. }
                 | Error::GaveUp { .. }
         )
     }

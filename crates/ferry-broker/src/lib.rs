@@ -5,7 +5,8 @@
 //! client`). [`Connection`] implements it over one beanstalkd connection with
 //! our own strict client of the text protocol; [`Reconnecting`] wraps it,
 //! reconnects with exponential backoff after the broker was lost, and restores
-//! the `use` tube and the watched set.
+//! the `use` tube and the watched set. [`JetStream`] implements it over a
+//! NATS JetStream cluster (issue 18; not yet selectable by URI).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -29,6 +30,7 @@
 
 mod conn;
 mod error;
+pub mod jetstream;
 mod proto;
 mod reconnect;
 mod uri;
@@ -38,6 +40,7 @@ use std::time::Duration;
 
 pub use conn::{ConnectOptions, Connection};
 pub use error::{Error, ServerError};
+pub use jetstream::{JetStream, JetStreamOptions};
 pub use proto::check_tube;
 pub use reconnect::{ReconnectPolicy, Reconnecting};
 pub use uri::BrokerUri;

@@ -1,0 +1,448 @@
+//! [`Broker`] over a NATS JetStream cluster (issue 18), beside beanstalkd.
+//!
+//! How beanstalkd's words map:
+//!
+//! - a **tube** is a work-queue stream of its own (`FERRY_<tube>`, subject
+//!   `ferry.tube.<tube>`, file storage, replicated on up to three servers)
+//!   with one durable pull consumer, `ferry`: each job goes to one worker;
+//! - **put** publishes with a message id (`Nats-Msg-Id`) and waits for the
+//!   stream's acknowledgement; a put whose acknowledgement is lost (a
+//!   server died meanwhile) is published again with the same id, which
+//!   the stream's duplicate window drops, so a job is stored once. The job
+//!   id is its sequence in the stream;
+//! - **reserve** fetches one message from the consumers of the watched
+//!   tubes; **delete** acknowledges it (waiting for the server's
+//!   confirmation), **release** asks for redelivery after the delay,
+//!   **touch** is an in-progress acknowledgement (the consumer's
+//!   `ack_wait`, the TTR of every job, starts again), **bury** moves the
+//!   job's body to `ferry.buried.<tube>` (stream `FERRY_BURIED`) and
+//!   terminates its delivery;
+//! - what has no JetStream counterpart is refused with
+//!   [`Error::Unsupported`]: a delayed put, a per-job TTR other than the
+//!   consumer's, priorities (taken, ignored: a stream is first in, first
+//!   out), and the peek/kick/stats words, which ferry itself does not use.
+//!
+//! The client is async (`async-nats`); its runtime lives inside this type,
+//! which blocks on each call, so the transport stays the synchronous trait
+//! every caller uses. The client reconnects by itself after a server is
+//! lost, to any server of the list.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use futures_util::StreamExt;
+
+use crate::{Broker, Error, Job, JobId, JobStats, Peek, Result, TubeStats};
+
+/// The durable consumer of every tube's stream.
+const CONSUMER: &str = "ferry";
+/// The stream that holds buried jobs.
+const BURIED: &str = "FERRY_BURIED";
+
+/// How a [`JetStream`] connects and what it creates.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// For the first connection to any server of the list.
+    pub connect_timeout: Duration,
+    /// For each request (a publish's acknowledgement, a stream's creation).
+    pub io_timeout: Duration,
+    /// How long a reserved job stays with its worker without a touch
+    /// before it is delivered again (beanstalkd's TTR, one for all jobs).
+    pub ack_wait: Duration,
+    /// Copies of each stream (at most the cluster's size; 3 for a
+    /// three-server cluster).
+    pub replicas: usize,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        JetStreamOptions {
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(10),
+            ack_wait: Duration::from_secs(60),
+            replicas: 3,
+        }
+    }
+}
+
+/// A job handed out and not finished yet.
+struct Held {
+    tube: String,
+    message: jetstream::Message,
+}
+
+/// One connection to a JetStream cluster, with beanstalkd's semantics.
+pub struct JetStream {
+    rt: tokio::runtime::Runtime,
+    js: jetstream::Context,
+    opts: JetStreamOptions,
+    used: String,
+    watched: BTreeSet<String>,
+    streams: HashMap<String, stream::Stream>,
+    consumers: HashMap<String, consumer::PullConsumer>,
+    held: HashMap<JobId, Held>,
+}
+
+impl std::fmt::Debug for JetStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStream")
+            .field("used", &self.used)
+            .field("watched", &self.watched)
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
+fn nats_err(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Error {
+    move |e| Error::JetStream {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// A tube name as a stream name and subject token: letters, digits, `-`
+/// kept, every other byte `_` and two hex digits (so `.`, `/` and `_`
+/// stay apart and nothing breaks a subject).
+pub fn token(tube: &str) -> String {
+    let mut out = String::with_capacity(tube.len());
+    for b in tube.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02X}"));
+        }
+    }
+    out
+}
+
+fn stream_name(tube: &str) -> String {
+    format!("FERRY_{}", token(tube))
+}
+
+fn subject(tube: &str) -> String {
+    format!("ferry.tube.{}", token(tube))
+}
+
+impl JetStream {
+    /// Connect to the cluster at `servers` (`host:port` each; the client
+    /// tries them in turn and reconnects to any).
+    pub fn connect(servers: &[String], opts: JetStreamOptions) -> Result<JetStream> {
+        // One worker thread of its own: the client's connection task keeps
+        // running (pings, flushes, reconnects) between calls.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ferry-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Connect {
+                addr: servers.join(","),
+                source: e,
+            })?;
+        let addrs: Vec<async_nats::ServerAddr> = servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e: std::io::Error| Error::Connect {
+                addr: servers.join(","),
+                source: e,
+            })?;
+        let connect = async_nats::ConnectOptions::new()
+            .connection_timeout(opts.connect_timeout)
+            .request_timeout(Some(opts.io_timeout))
+            .connect(addrs);
+        let client = rt
+            .block_on(async { tokio::time::timeout(opts.connect_timeout * 2, connect).await })
+            .map_err(|_| Error::Connect {
+                addr: servers.join(","),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no server answered"),
+            })?
+            .map_err(|e| Error::Connect {
+                addr: servers.join(","),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let mut js = {
+            let _in_runtime = rt.enter();
+            jetstream::new(client)
+        };
+        js.set_timeout(opts.io_timeout);
+        Ok(JetStream {
+            rt,
+            js,
+            opts,
+            used: "default".into(),
+            watched: BTreeSet::from(["default".to_owned()]),
+            streams: HashMap::new(),
+            consumers: HashMap::new(),
+            held: HashMap::new(),
+        })
+    }
+
+    fn stream(&mut self, tube: &str) -> Result<stream::Stream> {
+        if let Some(s) = self.streams.get(tube) {
+            return Ok(s.clone());
+        }
+        let config = stream::Config {
+            name: stream_name(tube),
+            subjects: vec![subject(tube)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: self.opts.replicas.max(1),
+            ..Default::default()
+        };
+        let js = self.js.clone();
+        let s = self
+            .rt
+            .block_on(js.get_or_create_stream(config))
+            .map_err(|e| nats_err("cannot create the tube's stream")(&e))?;
+        self.streams.insert(tube.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn consumer(&mut self, tube: &str) -> Result<consumer::PullConsumer> {
+        if let Some(c) = self.consumers.get(tube) {
+            return Ok(c.clone());
+        }
+        let s = self.stream(tube)?;
+        let config = consumer::pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.opts.ack_wait,
+            ..Default::default()
+        };
+        let c = self
+            .rt
+            .block_on(s.get_or_create_consumer(CONSUMER, config))
+            .map_err(|e| nats_err("cannot create the tube's consumer")(&e))?;
+        self.consumers.insert(tube.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    fn buried_stream(&mut self) -> Result<()> {
+        if self.streams.contains_key(BURIED) {
+            return Ok(());
+        }
+        let config = stream::Config {
+            name: BURIED.into(),
+            subjects: vec!["ferry.buried.>".into()],
+            storage: stream::StorageType::File,
+            num_replicas: self.opts.replicas.max(1),
+            ..Default::default()
+        };
+        let js = self.js.clone();
+        let s = self
+            .rt
+            .block_on(js.get_or_create_stream(config))
+            .map_err(|e| nats_err("cannot create the stream of buried jobs")(&e))?;
+        self.streams.insert(BURIED.into(), s);
+        Ok(())
+    }
+
+    /// Fetch one message of `tube`, waiting up to `wait` (zero: only one
+    /// already there).
+    fn fetch_one(&mut self, tube: &str, wait: Duration) -> Result<Option<jetstream::Message>> {
+        let c = self.consumer(tube)?;
+        let io = self.opts.io_timeout;
+        self.rt.block_on(async {
+            let batch = if wait.is_zero() {
+                c.fetch().max_messages(1).messages().await
+            } else {
+                c.batch()
+                    .max_messages(1)
+                    .expires(wait.max(Duration::from_millis(10)))
+                    .messages()
+                    .await
+            };
+            let mut batch = batch.map_err(|e| nats_err("cannot fetch a job")(&e))?;
+            match tokio::time::timeout(wait + io, batch.next()).await {
+                Ok(Some(Ok(m))) => Ok(Some(m)),
+                Ok(Some(Err(e))) => Err(nats_err("cannot fetch a job")(&e)),
+                Ok(None) | Err(_) => Ok(None),
+            }
+        })
+    }
+
+    fn take_held(&mut self, id: JobId) -> Result<Held> {
+        self.held.remove(&id).ok_or(Error::NotFound(id))
+    }
+}
+
+impl Broker for JetStream {
+    fn use_tube(&mut self, tube: &str) -> Result<()> {
+        crate::check_tube(tube)?;
+        self.used = tube.to_owned();
+        Ok(())
+    }
+
+    fn watch(&mut self, tube: &str) -> Result<u32> {
+        crate::check_tube(tube)?;
+        self.watched.insert(tube.to_owned());
+        Ok(self.watched.len() as u32)
+    }
+
+    fn ignore(&mut self, tube: &str) -> Result<u32> {
+        if self.watched.len() == 1 && self.watched.contains(tube) {
+            return Err(Error::NotIgnored);
+        }
+        self.watched.remove(tube);
+        Ok(self.watched.len() as u32)
+    }
+
+    fn put(
+        &mut self,
+        body: &[u8],
+        _priority: u32,
+        delay: Duration,
+        ttr: Duration,
+    ) -> Result<JobId> {
+        if !delay.is_zero() {
+            return Err(Error::Unsupported(
+                "a delayed put (JetStream 2.9 has no delayed message)",
+            ));
+        }
+        let _ = ttr; // one TTR for all: the consumer's ack_wait
+        let tube = self.used.clone();
+        self.stream(&tube)?;
+        let subject = subject(&tube);
+        let id = uuid::Uuid::new_v4().to_string();
+        let js = self.js.clone();
+        let payload = bytes::Bytes::copy_from_slice(body);
+        let deadline = std::time::Instant::now() + self.opts.io_timeout * 3;
+        // Again with the same message id until acknowledged: the stream's
+        // duplicate window keeps one copy.
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let r = self.rt.block_on(async {
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await?;
+                ack.await.map_err(async_nats::Error::from)
+            });
+            match r {
+                Ok(ack) => return Ok(JobId(ack.sequence)),
+                Err(e) => {
+                    last = Some(e.to_string());
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        Err(Error::AmbiguousPut(Box::new(Error::JetStream {
+            what: "no acknowledgement of the put",
+            detail: last.unwrap_or_default(),
+        })))
+    }
+
+    fn reserve(&mut self, timeout: Duration) -> Result<Option<Job>> {
+        let tubes: Vec<String> = self.watched.iter().cloned().collect();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            // One tube waits the whole time; several take turns.
+            let slice = if tubes.len() == 1 {
+                deadline.saturating_duration_since(std::time::Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            for tube in &tubes {
+                if let Some(m) = self.fetch_one(tube, slice)? {
+                    let info = m
+                        .info()
+                        .map_err(|e| nats_err("a job without its metadata")(&e))?;
+                    let id = JobId(info.stream_sequence);
+                    let body = m.payload.to_vec();
+                    self.held.insert(
+                        id,
+                        Held {
+                            tube: tube.clone(),
+                            message: m,
+                        },
+                    );
+                    return Ok(Some(Job { id, body }));
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            if tubes.len() > 1 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn delete(&mut self, id: JobId) -> Result<()> {
+        let h = self.take_held(id)?;
+        self.rt
+            .block_on(h.message.double_ack())
+            .map_err(|e| nats_err("the broker did not confirm the delete")(&e))
+    }
+
+    fn release(&mut self, id: JobId, _priority: u32, delay: Duration) -> Result<()> {
+        let h = self.take_held(id)?;
+        let delay = (!delay.is_zero()).then_some(delay);
+        self.rt
+            .block_on(h.message.ack_with(AckKind::Nak(delay)))
+            .map_err(|e| nats_err("cannot release the job")(&e))
+    }
+
+    fn bury(&mut self, id: JobId, _priority: u32) -> Result<()> {
+        let h = self.take_held(id)?;
+        self.buried_stream()?;
+        let js = self.js.clone();
+        let subject = format!("ferry.buried.{}", token(&h.tube));
+        let payload = h.message.payload.clone();
+        let r = self.rt.block_on(async {
+            js.publish(subject, payload).await?.await?;
+            h.message.double_ack_with(AckKind::Term).await
+        });
+        r.map_err(|e| nats_err("cannot bury the job")(&e))
+    }
+
+    fn touch(&mut self, id: JobId) -> Result<()> {
+        let h = self.held.get(&id).ok_or(Error::NotFound(id))?;
+        self.rt
+            .block_on(h.message.ack_with(AckKind::Progress))
+            .map_err(|e| nats_err("cannot touch the job")(&e))
+    }
+
+    fn peek(&mut self, _which: Peek) -> Result<Option<Job>> {
+        Err(Error::Unsupported(
+            "peek (read the stream with the nats tool)",
+        ))
+    }
+
+    fn kick(&mut self, _bound: u32) -> Result<u32> {
+        Err(Error::Unsupported(
+            "kick (buried jobs are in stream FERRY_BURIED)",
+        ))
+    }
+
+    fn kick_job(&mut self, _id: JobId) -> Result<()> {
+        Err(Error::Unsupported(
+            "kick-job (buried jobs are in stream FERRY_BURIED)",
+        ))
+    }
+
+    fn stats_job(&mut self, _id: JobId) -> Result<JobStats> {
+        Err(Error::Unsupported("stats-job (see the consumer's info)"))
+    }
+
+    fn stats_tube(&mut self, _tube: &str) -> Result<TubeStats> {
+        Err(Error::Unsupported("stats-tube (see the stream's info)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tube_names_become_tokens_nothing_can_confuse() {
+        assert_eq!(token("cbsd_pool1"), "cbsd_5Fpool1");
+        assert_eq!(token("ferry.node.n1"), "ferry_2Enode_2En1");
+        assert_eq!(token("a/b"), "a_2Fb");
+        assert_ne!(token("a.b"), token("a_b"));
+        assert_eq!(stream_name("x-1"), "FERRY_x-1");
+        assert_eq!(subject("x.y"), "ferry.tube.x_2Ey");
+    }
+}

@@ -1,0 +1,206 @@
+//! The JetStream transport against a real three-server NATS cluster
+//! (issue 18): beanstalkd's words as ferry uses them, and jobs that
+//! survive a server killed in the middle.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ferry_broker::{Broker, Error, JetStream, JetStreamOptions};
+use ferry_testkit::nats::NatsCluster;
+
+fn servers(c: &NatsCluster) -> Vec<String> {
+    c.uri()
+        .trim_start_matches("nats://")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn connect(c: &NatsCluster, ack_wait: Duration) -> JetStream {
+    let opts = JetStreamOptions {
+        ack_wait,
+        ..JetStreamOptions::default()
+    };
+    JetStream::connect(&servers(c), opts).expect("connect to the cluster")
+}
+
+fn on_tube(c: &NatsCluster, tube: &str, ack_wait: Duration) -> JetStream {
+    let mut b = connect(c, ack_wait);
+    b.use_tube(tube).expect("use");
+    b.watch(tube).expect("watch");
+    b.ignore("default").expect("ignore default");
+    b
+}
+
+const TTR: Duration = Duration::from_secs(60);
+
+#[test]
+fn put_reserve_delete_release_bury_and_refusals() {
+    let c = NatsCluster::start(3).expect("nats");
+    let mut b = on_tube(&c, "cbsd_pool1", Duration::from_secs(30));
+    let bodies: Vec<Vec<u8>> = vec![
+        b"{\"Command\": \"jls\"}".to_vec(),
+        vec![],
+        vec![0xff, 0x00, 0xc3, 0x28],
+        b"a\r\nb".to_vec(),
+    ];
+    for body in &bodies {
+        let id = b.put(body, 100, Duration::ZERO, TTR).expect("put");
+        let job = b
+            .reserve(Duration::from_secs(2))
+            .expect("reserve")
+            .expect("a job");
+        assert_eq!((job.id, &job.body), (id, body));
+        b.delete(id).expect("delete");
+        assert!(matches!(b.delete(id), Err(Error::NotFound(_))));
+    }
+    // Nothing left: a zero wait answers at once, a short one in time.
+    let t = Instant::now();
+    assert!(b.reserve(Duration::ZERO).expect("reserve").is_none());
+    assert!(b
+        .reserve(Duration::from_secs(1))
+        .expect("reserve")
+        .is_none());
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+
+    // Released: delivered again.
+    let id = b.put(b"again", 100, Duration::ZERO, TTR).expect("put");
+    let job = b
+        .reserve(Duration::from_secs(2))
+        .expect("reserve")
+        .expect("job");
+    b.release(job.id, 100, Duration::ZERO).expect("release");
+    let again = b
+        .reserve(Duration::from_secs(2))
+        .expect("reserve")
+        .expect("again");
+    assert_eq!((again.id, again.body.as_slice()), (id, &b"again"[..]));
+
+    // Buried: never delivered again.
+    b.bury(again.id, 1000).expect("bury");
+    assert!(b
+        .reserve(Duration::from_secs(1))
+        .expect("reserve")
+        .is_none());
+
+    // Two tubes watched: jobs of either come.
+    b.watch("other").expect("watch");
+    b.use_tube("other").expect("use");
+    let other = b.put(b"o", 100, Duration::ZERO, TTR).expect("put");
+    let job = b
+        .reserve(Duration::from_secs(2))
+        .expect("reserve")
+        .expect("job");
+    assert_eq!(job.id, other);
+    b.delete(job.id).expect("delete");
+
+    // What JetStream cannot do is refused by name.
+    assert!(matches!(
+        b.put(b"later", 100, Duration::from_secs(5), TTR),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(matches!(b.kick(1), Err(Error::Unsupported(_))));
+    assert!(matches!(b.use_tube("-bad"), Err(Error::InvalidTube(_))));
+    assert!(matches!(
+        b.ignore("other").and_then(|_| b.ignore("cbsd_pool1")),
+        Err(Error::NotIgnored)
+    ));
+}
+
+#[test]
+fn an_untouched_job_goes_to_another_worker_after_its_ack_wait_and_a_touched_one_stays() {
+    let c = NatsCluster::start(3).expect("nats");
+    let ack_wait = Duration::from_secs(2);
+    let mut producer = on_tube(&c, "ttr", ack_wait);
+    let (mut w1, mut w2) = (on_tube(&c, "ttr", ack_wait), on_tube(&c, "ttr", ack_wait));
+    let left = producer.put(b"left", 0, Duration::ZERO, TTR).expect("put");
+    let job = w1
+        .reserve(Duration::from_secs(2))
+        .expect("reserve")
+        .expect("job");
+    assert_eq!(job.id, left);
+    // w1 says nothing: after ack_wait the job is w2's.
+    let t = Instant::now();
+    let again = w2
+        .reserve(Duration::from_secs(6))
+        .expect("reserve")
+        .expect("delivered again");
+    assert_eq!(again.id, left);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    w2.delete(left).expect("delete");
+
+    let touched = producer
+        .put(b"touched", 0, Duration::ZERO, TTR)
+        .expect("put");
+    let job = w1
+        .reserve(Duration::from_secs(2))
+        .expect("reserve")
+        .expect("job");
+    assert_eq!(job.id, touched);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(4500) {
+        w1.touch(touched).expect("touch");
+        assert!(
+            w2.reserve(Duration::from_millis(500))
+                .expect("reserve")
+                .is_none(),
+            "a touched job went to another worker"
+        );
+    }
+    w1.delete(touched).expect("delete");
+}
+
+#[test]
+fn no_job_is_lost_when_a_server_dies_and_comes_back_mid_stream() {
+    let mut c = NatsCluster::start(3).expect("nats");
+    let tube = "cbsd_pool2";
+    let mut producer = on_tube(&c, tube, Duration::from_secs(5));
+    let mut worker = on_tube(&c, tube, Duration::from_secs(5));
+    let n = 500;
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    let victim = c
+        .meta_leader(0)
+        .and_then(|l| c.index_of(&l))
+        .expect("a leader");
+    for i in 0..n {
+        if i == n / 3 {
+            c.kill(victim);
+        }
+        if i == 2 * n / 3 {
+            c.restart(victim).expect("the server back");
+        }
+        producer
+            .put(format!("job-{i}").as_bytes(), 100, Duration::ZERO, TTR)
+            .expect("put");
+        // The worker takes what is there as it goes.
+        while let Some(job) = worker.reserve(Duration::ZERO).unwrap_or(None) {
+            *seen
+                .entry(String::from_utf8_lossy(&job.body).into_owned())
+                .or_default() += 1;
+            let _ = worker.delete(job.id);
+        }
+    }
+    let t = Instant::now();
+    while seen.len() < n && t.elapsed() < Duration::from_secs(60) {
+        if let Ok(Some(job)) = worker.reserve(Duration::from_secs(1)) {
+            *seen
+                .entry(String::from_utf8_lossy(&job.body).into_owned())
+                .or_default() += 1;
+            let _ = worker.delete(job.id);
+        }
+    }
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !seen.contains_key(&format!("job-{i}")))
+        .collect();
+    let twice = seen.values().filter(|v| **v > 1).count();
+    eprintln!(
+        "{} of {n} jobs received, {twice} more than once",
+        seen.len()
+    );
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    assert_eq!(twice, 0, "jobs delivered twice");
+}
