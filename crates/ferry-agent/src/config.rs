@@ -66,7 +66,8 @@ pub struct Config {
     /// Where the agent logs (`logfile`); stderr when absent or
     /// `/dev/stdout`/`/dev/stderr`.
     pub logfile: Option<PathBuf>,
-    /// The broker (`beanstalkd.uri`, `host:port` or `beanstalk://`).
+    /// The broker (`beanstalkd.uri`: `host:port` or `beanstalk://`, or
+    /// `nats://host:port,...` with `"broker": "nats"`).
     pub uri: BrokerUri,
     /// The tube jobs arrive on (`beanstalkd.tube`).
     pub tube: String,
@@ -132,10 +133,14 @@ impl Config {
             key,
             reason,
         };
-        if let Some(b) = raw.broker.as_deref().filter(|b| *b != "beanstalkd") {
+        if let Some(b) = raw
+            .broker
+            .as_deref()
+            .filter(|b| !matches!(*b, "beanstalkd" | "nats"))
+        {
             return Err(bad(
                 "broker",
-                format!("{b:?} is not supported (beanstalkd)"),
+                format!("{b:?} is not supported (beanstalkd, or nats with a nats:// uri)"),
             ));
         }
         if !raw.cbsdenv.is_absolute() {
@@ -146,6 +151,13 @@ impl Config {
             .uri
             .parse()
             .map_err(|e: ferry_broker::Error| bad("beanstalkd.uri", e.to_string()))?;
+        let nats = raw.broker.as_deref() == Some("nats");
+        if nats != (uri.scheme == ferry_broker::Scheme::Nats) {
+            return Err(bad(
+                "beanstalkd.uri",
+                "\"broker\": \"nats\" goes with a nats:// uri, and a nats:// uri with it".into(),
+            ));
+        }
         check_tube(&b.tube).map_err(|e| bad("beanstalkd.tube", e.to_string()))?;
         // The longest reply tube: the prefix and the largest job id.
         check_tube(&format!("{}{}", b.reply_tube_prefix, u64::MAX))

@@ -9,7 +9,8 @@ use crate::JobId;
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The broker URI is not `host:port` or `beanstalk://host:port`.
+    /// The broker URI is not `host:port`, `beanstalk://host:port` or
+    /// `nats://host:port,...`.
     #[error("invalid broker URI {uri:?}: {reason}")]
     InvalidUri {
         /// The URI as given.

@@ -2,9 +2,13 @@
 //!
 //! How beanstalkd's words map:
 //!
-//! - a **tube** is a work-queue stream of its own (`FERRY_<tube>`, subject
-//!   `ferry.tube.<tube>`, file storage, replicated on up to three servers)
-//!   with one durable pull consumer, `ferry`: each job goes to one worker;
+//! - a **tube** is a subject, `ferry.tube.<tube>`, of one work-queue
+//!   stream, `FERRY` (file storage, replicated on up to three servers),
+//!   read by one durable pull consumer of its own (named after the tube,
+//!   filtered on its subject): each job goes to one worker. One stream and
+//!   not one per tube, because ferry's replies go to a tube per job: a
+//!   stream each would pile up Raft groups; a tube's consumer is removed
+//!   by the server after an hour unused;
 //! - **put** publishes with a message id (`Nats-Msg-Id`) and waits for the
 //!   stream's acknowledgement; a put whose acknowledgement is lost (a
 //!   server died meanwhile) is published again with the same id, which
@@ -35,10 +39,12 @@ use futures_util::StreamExt;
 
 use crate::{Broker, Error, Job, JobId, JobStats, Peek, Result, TubeStats};
 
-/// The durable consumer of every tube's stream.
-const CONSUMER: &str = "ferry";
+/// The stream of every tube's jobs.
+const STREAM: &str = "FERRY";
 /// The stream that holds buried jobs.
 const BURIED: &str = "FERRY_BURIED";
+/// A tube's consumer unused for this long is removed by the server.
+const INACTIVE: Duration = Duration::from_secs(3600);
 
 /// How a [`JetStream`] connects and what it creates.
 #[derive(Debug, Clone)]
@@ -79,7 +85,7 @@ pub struct JetStream {
     opts: JetStreamOptions,
     used: String,
     watched: BTreeSet<String>,
-    streams: HashMap<String, stream::Stream>,
+    streams: HashMap<&'static str, stream::Stream>,
     consumers: HashMap<String, consumer::PullConsumer>,
     held: HashMap<JobId, Held>,
 }
@@ -114,10 +120,6 @@ pub fn token(tube: &str) -> String {
         }
     }
     out
-}
-
-fn stream_name(tube: &str) -> String {
-    format!("FERRY_{}", token(tube))
 }
 
 fn subject(tube: &str) -> String {
@@ -178,24 +180,35 @@ impl JetStream {
         })
     }
 
-    fn stream(&mut self, tube: &str) -> Result<stream::Stream> {
-        if let Some(s) = self.streams.get(tube) {
+    /// The stream `name` (`STREAM` or `BURIED`), created if missing.
+    fn stream(&mut self, name: &'static str) -> Result<stream::Stream> {
+        if let Some(s) = self.streams.get(name) {
             return Ok(s.clone());
         }
-        let config = stream::Config {
-            name: stream_name(tube),
-            subjects: vec![subject(tube)],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: self.opts.replicas.max(1),
-            ..Default::default()
+        let config = if name == STREAM {
+            stream::Config {
+                name: STREAM.into(),
+                subjects: vec!["ferry.tube.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: self.opts.replicas.max(1),
+                ..Default::default()
+            }
+        } else {
+            stream::Config {
+                name: BURIED.into(),
+                subjects: vec!["ferry.buried.>".into()],
+                storage: stream::StorageType::File,
+                num_replicas: self.opts.replicas.max(1),
+                ..Default::default()
+            }
         };
         let js = self.js.clone();
         let s = self
             .rt
             .block_on(js.get_or_create_stream(config))
-            .map_err(|e| nats_err("cannot create the tube's stream")(&e))?;
-        self.streams.insert(tube.to_owned(), s.clone());
+            .map_err(|e| nats_err("cannot create the stream")(&e))?;
+        self.streams.insert(name, s.clone());
         Ok(s)
     }
 
@@ -203,39 +216,22 @@ impl JetStream {
         if let Some(c) = self.consumers.get(tube) {
             return Ok(c.clone());
         }
-        let s = self.stream(tube)?;
+        let s = self.stream(STREAM)?;
+        let name = token(tube);
         let config = consumer::pull::Config {
-            durable_name: Some(CONSUMER.into()),
+            durable_name: Some(name.clone()),
+            filter_subject: subject(tube),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.opts.ack_wait,
+            inactive_threshold: INACTIVE,
             ..Default::default()
         };
         let c = self
             .rt
-            .block_on(s.get_or_create_consumer(CONSUMER, config))
+            .block_on(s.get_or_create_consumer(&name, config))
             .map_err(|e| nats_err("cannot create the tube's consumer")(&e))?;
         self.consumers.insert(tube.to_owned(), c.clone());
         Ok(c)
-    }
-
-    fn buried_stream(&mut self) -> Result<()> {
-        if self.streams.contains_key(BURIED) {
-            return Ok(());
-        }
-        let config = stream::Config {
-            name: BURIED.into(),
-            subjects: vec!["ferry.buried.>".into()],
-            storage: stream::StorageType::File,
-            num_replicas: self.opts.replicas.max(1),
-            ..Default::default()
-        };
-        let js = self.js.clone();
-        let s = self
-            .rt
-            .block_on(js.get_or_create_stream(config))
-            .map_err(|e| nats_err("cannot create the stream of buried jobs")(&e))?;
-        self.streams.insert(BURIED.into(), s);
-        Ok(())
     }
 
     /// Fetch one message of `tube`, waiting up to `wait` (zero: only one
@@ -302,7 +298,7 @@ impl Broker for JetStream {
         }
         let _ = ttr; // one TTR for all: the consumer's ack_wait
         let tube = self.used.clone();
-        self.stream(&tube)?;
+        self.stream(STREAM)?;
         let subject = subject(&tube);
         let id = uuid::Uuid::new_v4().to_string();
         let js = self.js.clone();
@@ -387,7 +383,7 @@ impl Broker for JetStream {
 
     fn bury(&mut self, id: JobId, _priority: u32) -> Result<()> {
         let h = self.take_held(id)?;
-        self.buried_stream()?;
+        self.stream(BURIED)?;
         let js = self.js.clone();
         let subject = format!("ferry.buried.{}", token(&h.tube));
         let payload = h.message.payload.clone();
@@ -442,7 +438,6 @@ mod tests {
         assert_eq!(token("ferry.node.n1"), "ferry_2Enode_2En1");
         assert_eq!(token("a/b"), "a_2Fb");
         assert_ne!(token("a.b"), token("a_b"));
-        assert_eq!(stream_name("x-1"), "FERRY_x-1");
         assert_eq!(subject("x.y"), "ferry.tube.x_2Ey");
     }
 }

@@ -43,7 +43,7 @@ pub use error::{Error, ServerError};
 pub use jetstream::{JetStream, JetStreamOptions};
 pub use proto::check_tube;
 pub use reconnect::{ReconnectPolicy, Reconnecting};
-pub use uri::BrokerUri;
+pub use uri::{BrokerUri, Scheme};
 
 /// The result of a broker operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -24,6 +24,10 @@
 //!   `give_up_after` has passed; the next operation starts over.
 //! - A **protocol violation** is not retried: a server that spoke garbage
 //!   once is not trusted to do better.
+//!
+//! A `nats://` URI makes it a [`JetStream`] connection instead, made on
+//! first use: the NATS client reconnects by itself, to any server of the
+//! cluster, so every operation goes straight to it.
 
 use std::collections::{BTreeSet, HashSet};
 use std::thread::sleep;
@@ -31,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use crate::proto::check_tube;
 use crate::{
-    Broker, BrokerUri, ConnectOptions, Connection, Error, Job, JobId, JobStats, Peek, Result,
-    TubeStats,
+    Broker, BrokerUri, ConnectOptions, Connection, Error, JetStream, JetStreamOptions, Job, JobId,
+    JobStats, Peek, Result, Scheme, TubeStats,
 };
 
 /// How many stale job ids are remembered.
@@ -75,6 +79,8 @@ pub struct Reconnecting {
     stale: BTreeSet<JobId>,
     reconnects: u64,
     connected_once: bool,
+    /// The connection of a `nats://` URI.
+    nats: Option<JetStream>,
 }
 
 impl Reconnecting {
@@ -102,7 +108,25 @@ impl Reconnecting {
             stale: BTreeSet::new(),
             reconnects: 0,
             connected_once: false,
+            nats: None,
         }
+    }
+
+    /// The JetStream connection of a `nats://` URI (made on first use),
+    /// `None` for beanstalkd.
+    fn nats(&mut self) -> Result<Option<&mut JetStream>> {
+        if self.uri.scheme != Scheme::Nats {
+            return Ok(None);
+        }
+        if self.nats.is_none() {
+            let opts = JetStreamOptions {
+                connect_timeout: self.opts.connect_timeout,
+                io_timeout: self.opts.io_timeout,
+                ..JetStreamOptions::default()
+            };
+            self.nats = Some(JetStream::connect(&self.uri.servers(), opts)?);
+        }
+        Ok(self.nats.as_mut())
     }
 
     /// The broker's address.
@@ -135,6 +159,9 @@ impl Reconnecting {
     }
 
     fn reconnect(&mut self) -> Result<()> {
+        if self.nats()?.is_some() {
+            return Ok(());
+        }
         let first = !self.connected_once;
         self.lose();
         let start = Instant::now();
@@ -286,6 +313,11 @@ fn retryable(e: &Error) -> bool {
 
 impl Broker for Reconnecting {
     fn use_tube(&mut self, tube: &str) -> Result<()> {
+        if let Some(js) = self.nats()? {
+            js.use_tube(tube)?;
+            tube.clone_into(&mut self.using);
+            return Ok(());
+        }
         check_tube(tube)?;
         self.retried(|c| c.use_tube(tube))?;
         tube.clone_into(&mut self.using);
@@ -293,6 +325,13 @@ impl Broker for Reconnecting {
     }
 
     fn watch(&mut self, tube: &str) -> Result<u32> {
+        if let Some(js) = self.nats()? {
+            let n = js.watch(tube)?;
+            if !self.watched.iter().any(|t| t == tube) {
+                self.watched.push(tube.to_owned());
+            }
+            return Ok(n);
+        }
         check_tube(tube)?;
         let n = self.retried(|c| c.watch(tube))?;
         if !self.watched.iter().any(|t| t == tube) {
@@ -302,6 +341,11 @@ impl Broker for Reconnecting {
     }
 
     fn ignore(&mut self, tube: &str) -> Result<u32> {
+        if let Some(js) = self.nats()? {
+            let n = js.ignore(tube)?;
+            self.watched.retain(|t| t != tube);
+            return Ok(n);
+        }
         check_tube(tube)?;
         let n = self.retried(|c| c.ignore(tube))?;
         self.watched.retain(|t| t != tube);
@@ -309,10 +353,16 @@ impl Broker for Reconnecting {
     }
 
     fn put(&mut self, body: &[u8], priority: u32, delay: Duration, ttr: Duration) -> Result<JobId> {
+        if let Some(js) = self.nats()? {
+            return js.put(body, priority, delay, ttr);
+        }
         self.retried(|c| c.put(body, priority, delay, ttr))
     }
 
     fn reserve(&mut self, timeout: Duration) -> Result<Option<Job>> {
+        if let Some(js) = self.nats()? {
+            return js.reserve(timeout);
+        }
         let r = self.retried(|c| c.reserve(timeout));
         match &r {
             Ok(Some(job)) => self.track_reserved(job.id),
@@ -323,38 +373,65 @@ impl Broker for Reconnecting {
     }
 
     fn delete(&mut self, id: JobId) -> Result<()> {
+        if let Some(js) = self.nats()? {
+            return js.delete(id);
+        }
         self.job_op(id, true, |c| c.delete(id))
     }
 
     fn release(&mut self, id: JobId, priority: u32, delay: Duration) -> Result<()> {
+        if let Some(js) = self.nats()? {
+            return js.release(id, priority, delay);
+        }
         self.job_op(id, true, |c| c.release(id, priority, delay))
     }
 
     fn bury(&mut self, id: JobId, priority: u32) -> Result<()> {
+        if let Some(js) = self.nats()? {
+            return js.bury(id, priority);
+        }
         self.job_op(id, true, |c| c.bury(id, priority))
     }
 
     fn touch(&mut self, id: JobId) -> Result<()> {
+        if let Some(js) = self.nats()? {
+            return js.touch(id);
+        }
         self.job_op(id, false, |c| c.touch(id))
     }
 
     fn peek(&mut self, which: Peek) -> Result<Option<Job>> {
+        if let Some(js) = self.nats()? {
+            return js.peek(which);
+        }
         self.retried(|c| c.peek(which))
     }
 
     fn kick(&mut self, bound: u32) -> Result<u32> {
+        if let Some(js) = self.nats()? {
+            return js.kick(bound);
+        }
         self.once(|c| c.kick(bound))
     }
 
     fn kick_job(&mut self, id: JobId) -> Result<()> {
+        if let Some(js) = self.nats()? {
+            return js.kick_job(id);
+        }
         self.once(|c| c.kick_job(id))
     }
 
     fn stats_job(&mut self, id: JobId) -> Result<JobStats> {
+        if let Some(js) = self.nats()? {
+            return js.stats_job(id);
+        }
         self.retried(|c| c.stats_job(id))
     }
 
     fn stats_tube(&mut self, tube: &str) -> Result<TubeStats> {
+        if let Some(js) = self.nats()? {
+            return js.stats_tube(tube);
+        }
         self.retried(|c| c.stats_tube(tube))
     }
 }

@@ -149,6 +149,24 @@ impl TestCluster {
         (c, b)
     }
 
+    /// `n` nodes on `storage`, each in its own network namespace, and a
+    /// three-server NATS JetStream cluster on the host's bridge address that
+    /// every node uses (`initenv broker=nats://...`).
+    pub fn with_nats(bin: &str, n: usize, storage: Storage) -> (TestCluster, nats::NatsCluster) {
+        let c = TestCluster::new(bin, n, storage, true);
+        let host = c
+            .net()
+            .expect("namespaces")
+            .host_addr()
+            .parse()
+            .expect("host address");
+        let js = nats::NatsCluster::start_at(host, 3).expect("NATS cluster");
+        for node in &c.nodes {
+            node.ok(&["initenv", &format!("broker={}", js.uri())]);
+        }
+        (c, js)
+    }
+
     /// The nodes' network namespaces, if they have their own.
     pub fn net(&self) -> Option<&net::TestNet> {
         self.net.as_ref()

@@ -37,34 +37,42 @@ struct Server {
 #[derive(Debug)]
 pub struct NatsCluster {
     dir: tempfile::TempDir,
+    /// The address every server listens on.
+    ip: Ipv4Addr,
     cluster_name: String,
     servers: Vec<Server>,
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+fn free_port(ip: Ipv4Addr) -> io::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 impl NatsCluster {
-    /// Start `n` servers and wait until JetStream has a meta leader that
-    /// every server knows.
+    /// Start `n` servers on loopback and wait until JetStream has a meta
+    /// leader that every server knows.
     pub fn start(n: usize) -> io::Result<NatsCluster> {
+        NatsCluster::start_at(Ipv4Addr::LOCALHOST, n)
+    }
+
+    /// [`NatsCluster::start`] with every server listening on `ip` (the
+    /// host's address on a test bridge, which nodes in network namespaces
+    /// reach).
+    pub fn start_at(ip: Ipv4Addr, n: usize) -> io::Result<NatsCluster> {
         let dir = tempfile::Builder::new().prefix("ferry-nats").tempdir()?;
         let tag = format!("{:08x}", fastrand::u32(..));
         let mut servers = Vec::new();
         for i in 1..=n {
             servers.push(Server {
                 name: format!("ferrytk-{tag}-s{i}"),
-                client_port: free_port()?,
-                cluster_port: free_port()?,
-                http_port: free_port()?,
+                client_port: free_port(ip)?,
+                cluster_port: free_port(ip)?,
+                http_port: free_port(ip)?,
                 child: None,
             });
         }
         let mut c = NatsCluster {
             dir,
+            ip,
             cluster_name: format!("ferrytk{tag}"),
             servers,
         };
@@ -81,7 +89,7 @@ impl NatsCluster {
         let addrs: Vec<String> = self
             .servers
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.client_port))
+            .map(|s| format!("{}:{}", self.ip, s.client_port))
             .collect();
         format!("nats://{}", addrs.join(","))
     }
@@ -116,14 +124,15 @@ impl NatsCluster {
             .iter()
             .enumerate()
             .filter(|(k, _)| *k != i)
-            .map(|(_, o)| format!("nats-route://127.0.0.1:{}", o.cluster_port))
+            .map(|(_, o)| format!("nats-route://{}:{}", self.ip, o.cluster_port))
             .collect();
         let store = self.store(i);
         fs::create_dir_all(&store)?;
         let conf = format!(
-            "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n\
+            "server_name: {name}\nlisten: {ip}:{client}\nhttp: {ip}:{http}\n\
              log_file: {log:?}\njetstream {{\n  store_dir: {store:?}\n}}\n\
-             cluster {{\n  name: {cluster}\n  listen: 127.0.0.1:{cport}\n  routes: [\n    {routes}\n  ]\n}}\n",
+             cluster {{\n  name: {cluster}\n  listen: {ip}:{cport}\n  routes: [\n    {routes}\n  ]\n}}\n",
+            ip = self.ip,
             name = s.name,
             client = s.client_port,
             http = s.http_port,
@@ -180,7 +189,7 @@ impl NatsCluster {
 
     /// Server `i`'s JetStream report (`/jsz`), if it answers.
     pub fn jsz(&self, i: usize) -> Option<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}/jsz", self.servers[i].http_port);
+        let url = format!("http://{}:{}/jsz", self.ip, self.servers[i].http_port);
         let body = ureq::get(&url)
             .timeout(Duration::from_secs(2))
             .call()

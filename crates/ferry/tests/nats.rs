@@ -1,0 +1,90 @@
+//! ferry's cluster over a NATS JetStream cluster instead of beanstalkd
+//! (issue 18): node requests, remote tasks and a jail's cold move between
+//! two nodes in network namespaces, with no change but the broker URI;
+//! and a server of the three killed meanwhile.
+
+use std::time::{Duration, Instant};
+
+use ferry_testkit::view::node_alive;
+use ferry_testkit::{Storage, TestCluster, TestWorkdir};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn submit(t: &TestWorkdir, args: &[&str]) -> u64 {
+    let mut all = vec!["task", "mode=new"];
+    all.extend_from_slice(args);
+    t.ok(&all)
+        .trim()
+        .parse()
+        .expect("task mode=new prints the id")
+}
+
+fn task_state(t: &TestWorkdir, id: u64) -> String {
+    let v: Value = serde_json::from_str(&t.ok(&["task", "mode=list", "--json"])).expect("JSON");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["id"] == id)
+        .and_then(|r| r["state"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[track_caller]
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn nodes_tasks_and_a_cold_move_work_over_nats_and_survive_a_server_killed() {
+    let (c, mut nats) = TestCluster::with_nats(BIN, 2, Storage::Plain);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let conf = std::fs::read_to_string(n1.root().join("etc/broker.conf")).expect("broker.conf");
+    assert!(conf.contains(&nats.uri()), "{conf}");
+    let _d1 = n1.daemon(&["heartbeat=1"]);
+    let _d2 = n2.daemon(&["heartbeat=1"]);
+    // Inventory requests and their replies.
+    n1.ok(&["node", "mode=add", "node=n2"]);
+    n2.ok(&["node", "mode=add", "node=n1"]);
+    wait_for("both alive", Duration::from_secs(15), || {
+        node_alive(n1, "n2") && node_alive(n2, "n1")
+    });
+
+    // A task run on n2 for n1, its result back on n1.
+    let made = submit(n1, &["node=n2", "jcreate", "jname=made"]);
+    wait_for("the task done", Duration::from_secs(30), || {
+        task_state(n1, made) == "done"
+    });
+    assert!(n2.jls().contains_key("made"));
+
+    // A running jail moved cold to n2 and back (tasks both ways).
+    n1.ok(&["jcreate", "jname=mover", "runasap=1"]);
+    let out = n1.ok(&["jmigrate", "jname=mover", "node=n2"]);
+    assert!(out.contains("moved to n2 and started there"), "{out}");
+    assert_eq!(n2.status("mover"), "running");
+    n2.ok(&["jmigrate", "jname=mover", "node=n1"]);
+    assert_eq!(n1.status("mover"), "running");
+
+    // The meta leader killed: tasks still go through the other two.
+    let leader = nats.meta_leader(0).expect("a leader");
+    let l = nats.index_of(&leader).expect("ours");
+    nats.kill(l);
+    let t0 = Instant::now();
+    let more = submit(n1, &["node=n2", "jcreate", "jname=after"]);
+    wait_for(
+        "the task done with a server down",
+        Duration::from_secs(60),
+        || task_state(n1, more) == "done",
+    );
+    eprintln!(
+        "a task through a cluster missing its leader: {:?}",
+        t0.elapsed()
+    );
+    assert!(n2.jls().contains_key("after"));
+    nats.restart(l).expect("the server back");
+    n1.ok(&["jstop", "jname=mover"]);
+}
