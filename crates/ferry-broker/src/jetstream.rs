@@ -43,6 +43,14 @@ use crate::{Broker, Error, Job, JobId, JobStats, Peek, Result, TubeStats};
 const STREAM: &str = "FERRY";
 /// The stream that holds buried jobs.
 const BURIED: &str = "FERRY_BURIED";
+/// How long each try to create a stream waits for its answer.
+const ATTEMPTS: [Duration; 3] = [
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
+/// The least time a JetStream request is given.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A tube's consumer unused for this long is removed by the server.
 const INACTIVE: Duration = Duration::from_secs(3600);
 
@@ -151,7 +159,7 @@ impl JetStream {
             })?;
         let connect = async_nats::ConnectOptions::new()
             .connection_timeout(opts.connect_timeout)
-            .request_timeout(Some(opts.io_timeout))
+            .request_timeout(Some(opts.io_timeout.max(ADMIN_TIMEOUT)))
             .connect(addrs);
         let client = rt
             .block_on(async { tokio::time::timeout(opts.connect_timeout * 2, connect).await })
@@ -167,7 +175,9 @@ impl JetStream {
             let _in_runtime = rt.enter();
             jetstream::new(client)
         };
-        js.set_timeout(opts.io_timeout);
+        // Creating a replicated stream or consumer can take seconds while
+        // the cluster forms its Raft group: never less than ADMIN_TIMEOUT.
+        js.set_timeout(opts.io_timeout.max(ADMIN_TIMEOUT));
         Ok(JetStream {
             rt,
             js,
@@ -203,13 +213,26 @@ impl JetStream {
                 ..Default::default()
             }
         };
-        let js = self.js.clone();
-        let s = self
-            .rt
-            .block_on(js.get_or_create_stream(config))
-            .map_err(|e| nats_err("cannot create the stream")(&e))?;
-        self.streams.insert(name, s.clone());
-        Ok(s)
+        // Two clients creating one replicated stream at once can leave one
+        // of them without an answer (nats-server 2.9): look again, waiting
+        // longer each time.
+        let mut last = String::new();
+        for wait in ATTEMPTS {
+            let mut js = self.js.clone();
+            js.set_timeout(wait);
+            match self.rt.block_on(js.get_or_create_stream(config.clone())) {
+                Ok(s) => {
+                    self.streams.insert(name, s.clone());
+                    return Ok(s);
+                }
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(Error::JetStream {
+            what: "cannot create the stream",
+            detail: last,
+        })
     }
 
     fn consumer(&mut self, tube: &str) -> Result<consumer::PullConsumer> {
@@ -226,12 +249,24 @@ impl JetStream {
             inactive_threshold: INACTIVE,
             ..Default::default()
         };
-        let c = self
-            .rt
-            .block_on(s.get_or_create_consumer(&name, config))
-            .map_err(|e| nats_err("cannot create the tube's consumer")(&e))?;
-        self.consumers.insert(tube.to_owned(), c.clone());
-        Ok(c)
+        let mut last = String::new();
+        for _ in ATTEMPTS {
+            match self
+                .rt
+                .block_on(s.get_or_create_consumer(&name, config.clone()))
+            {
+                Ok(c) => {
+                    self.consumers.insert(tube.to_owned(), c.clone());
+                    return Ok(c);
+                }
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(Error::JetStream {
+            what: "cannot create the tube's consumer",
+            detail: last,
+        })
     }
 
     /// Fetch one message of `tube`, waiting up to `wait` (zero: only one

@@ -1,7 +1,8 @@
 //! ferry's cluster over a NATS JetStream cluster instead of beanstalkd
 //! (issue 18): node requests, remote tasks and a jail's cold move between
-//! two nodes in network namespaces, with no change but the broker URI;
-//! and a server of the three killed meanwhile.
+//! two nodes in network namespaces, with no change but the broker URI,
+//! and a server of the three killed meanwhile; bs_router jobs through
+//! `ferry agent` and `ferry client`.
 
 use std::time::{Duration, Instant};
 
@@ -87,4 +88,57 @@ fn nodes_tasks_and_a_cold_move_work_over_nats_and_survive_a_server_killed() {
     assert!(n2.jls().contains_key("after"));
     nats.restart(l).expect("the server back");
     n1.ok(&["jstop", "jname=mover"]);
+}
+
+/// `ferry client -config CONFIG -json -body BODY`: exit code and the last
+/// reply's JSON (else what it said on stderr).
+fn client(config: &std::path::Path, body: &str) -> (i32, Value) {
+    let out = std::process::Command::new(BIN)
+        .args(["client", "-config"])
+        .arg(config)
+        .args(["-json", "-timeout", "60", "-body", body])
+        .output()
+        .expect("client");
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&out.stderr).into_owned()));
+    (out.status.code().unwrap_or(-1), last)
+}
+
+#[test]
+fn bs_router_jobs_go_through_a_nats_cluster() {
+    let nats = ferry_testkit::nats::NatsCluster::start(3).expect("nats");
+    let t = TestWorkdir::with_base(BIN);
+    let config = t.root().join("agent.json");
+    std::fs::write(&config, nats.agent_config(t.root(), "cbsd_pool1", "")).expect("config");
+    let mut agent = std::process::Command::new(BIN)
+        .args(["agent", "-config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    let (code, reply) = client(
+        &config,
+        r#"{"Command":"jcreate","CommandArgs":{"jname":"jail1","host_hostname":"jail1.my.domain","astart":"1","runasap":"1"}}"#,
+    );
+    let log = std::fs::read_to_string(t.root().join("var/log/agent.log")).unwrap_or_default();
+    assert_eq!(code, 0, "{reply}\nagent.log:\n{log}");
+    assert_eq!(t.status("jail1"), "running");
+    let (code, reply) = client(
+        &config,
+        r#"{"Command":"jls","CommandArgs":{"header":"0","display":"jname,status"}}"#,
+    );
+    let log = std::fs::read_to_string(t.root().join("var/log/agent.log")).unwrap_or_default();
+    assert_eq!(code, 0, "{reply}\nagent.log:\n{log}");
+    assert!(reply.to_string().contains("jail1"), "{reply}");
+    let (code, reply) = client(
+        &config,
+        r#"{"Command":"jstop","CommandArgs":{"jname":"jail1"}}"#,
+    );
+    assert_eq!(code, 0, "{reply}");
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
