@@ -49,6 +49,8 @@ const ATTEMPTS: [Duration; 3] = [
     Duration::from_secs(5),
     Duration::from_secs(10),
 ];
+/// The longest one pull request waits for a job.
+const PULL_SLICE: Duration = Duration::from_secs(1);
 /// The least time a JetStream request is given.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A tube's consumer unused for this long is removed by the server.
@@ -285,7 +287,7 @@ impl JetStream {
                     .await
             };
             let mut batch = batch.map_err(|e| nats_err("cannot fetch a job")(&e))?;
-            match tokio::time::timeout(wait + io, batch.next()).await {
+            match tokio::time::timeout(wait + io.min(Duration::from_secs(2)), batch.next()).await {
                 Ok(Some(Ok(m))) => Ok(Some(m)),
                 Ok(Some(Err(e))) => Err(nats_err("cannot fetch a job")(&e)),
                 Ok(None) | Err(_) => Ok(None),
@@ -369,9 +371,13 @@ impl Broker for JetStream {
         let tubes: Vec<String> = self.watched.iter().cloned().collect();
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            // One tube waits the whole time; several take turns.
+            // One tube waits (a second at a time: a pull request lost with
+            // a server that died must not hold the wait); several take
+            // turns.
             let slice = if tubes.len() == 1 {
-                deadline.saturating_duration_since(std::time::Instant::now())
+                deadline
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(PULL_SLICE)
             } else {
                 Duration::ZERO
             };

@@ -224,10 +224,10 @@ pub fn shared_envs(wd: &Workdir) -> Vec<Jname> {
 /// Take `j` over if its owner is dead, it is protected, and this node is
 /// where it goes.
 fn failover(wd: &Workdir, reg: &Registry, j: &Jname, view: &View, lease_time: Duration) {
-    let Ok(Some(Lease {
-        node: Some(owner), ..
-    })) = lease::read(wd, j)
-    else {
+    let Ok(Some(judged)) = lease::read(wd, j) else {
+        return;
+    };
+    let Some(owner) = judged.node.clone() else {
         return;
     };
     let Some((_, still)) = view.dead.iter().find(|(n, _)| *n == owner) else {
@@ -271,8 +271,10 @@ fn failover(wd: &Workdir, reg: &Registry, j: &Jname, view: &View, lease_time: Du
     let took = EnvLock::acquire(wd, j).and_then(|_lock| {
         let takeover = Takeover {
             force: true,
-            // Judged dead already by this daemon's own watch.
+            // Judged dead already by this daemon's own watch: that lease,
+            // and no other (a survivor may have taken it a moment ago).
             lease_time: Duration::ZERO,
+            only_from: Some(judged.clone()),
         };
         register::register(wd, reg, j, kind, takeover, &ENGINES)?;
         engines::of(kind).start(wd, reg, j, &StartOptions::default())

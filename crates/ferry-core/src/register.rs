@@ -45,11 +45,16 @@ use crate::runtime;
 use crate::workdir::Workdir;
 
 /// How `register` treats a lease held by another node.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Takeover {
     /// Take over from an owner whose heartbeat stays still for `lease_time`.
     pub force: bool,
     pub lease_time: Duration,
+    /// Take over only from this very lease (HA: the one it judged dead,
+    /// having watched that owner itself; `lease_time` is then zero). Any
+    /// other lease found is refused: it may be a survivor's that took the
+    /// env a moment before.
+    pub only_from: Option<Lease>,
 }
 
 fn remove(p: &Path) -> Result<()> {
@@ -282,7 +287,7 @@ pub fn register(
         });
     }
     let epoch = match forced {
-        Some(from) => take_from_dead(wd, j, &from, takeover.lease_time)?,
+        Some(from) => take_from_dead(wd, j, &from, &takeover)?,
         None => match lease::acquire(wd, j) {
             // Held by another node whose copy is in jails-rcconf: an
             // unregister of theirs was interrupted before the release.
@@ -291,7 +296,7 @@ pub fn register(
                     node: Some(node),
                     epoch,
                 };
-                take_from_dead(wd, j, &from, takeover.lease_time)?
+                take_from_dead(wd, j, &from, &takeover)?
             }
             r => r?,
         },
@@ -302,8 +307,17 @@ pub fn register(
 }
 
 /// Take the lease from its owner, once that owner's heartbeat has been
-/// still for `lease_time`.
-fn take_from_dead(wd: &Workdir, j: &Jname, from: &Lease, lease_time: Duration) -> Result<u64> {
+/// still for `lease_time`; with `only_from`, only if it is that lease.
+fn take_from_dead(wd: &Workdir, j: &Jname, from: &Lease, takeover: &Takeover) -> Result<u64> {
+    if let Some(expected) = &takeover.only_from {
+        if expected != from {
+            return Err(Error::Refused(format!(
+                "the lease of {j} is no longer the one judged dead ({} now)",
+                from.node.as_deref().unwrap_or("released")
+            )));
+        }
+    }
+    let lease_time = takeover.lease_time;
     let node = from.node.clone().unwrap_or_default();
     if !heartbeat::still_for(wd, &node, lease_time)? {
         return Err(Error::NotOwner {

@@ -108,18 +108,20 @@ fn client(config: &std::path::Path, body: &str) -> (i32, Value) {
 }
 
 #[test]
-fn bs_router_jobs_go_through_a_nats_cluster() {
-    let nats = ferry_testkit::nats::NatsCluster::start(3).expect("nats");
+fn bs_router_jobs_go_through_a_nats_cluster_also_with_its_leader_down() {
+    let mut nats = ferry_testkit::nats::NatsCluster::start(3).expect("nats");
     let t = TestWorkdir::with_base(BIN);
     let config = t.root().join("agent.json");
     std::fs::write(&config, nats.agent_config(t.root(), "cbsd_pool1", "")).expect("config");
-    let mut agent = std::process::Command::new(BIN)
-        .args(["agent", "-config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("agent");
+    let _agent = Agent(
+        std::process::Command::new(BIN)
+            .args(["agent", "-config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("agent"),
+    );
     let (code, reply) = client(
         &config,
         r#"{"Command":"jcreate","CommandArgs":{"jname":"jail1","host_hostname":"jail1.my.domain","astart":"1","runasap":"1"}}"#,
@@ -127,6 +129,9 @@ fn bs_router_jobs_go_through_a_nats_cluster() {
     let log = std::fs::read_to_string(t.root().join("var/log/agent.log")).unwrap_or_default();
     assert_eq!(code, 0, "{reply}\nagent.log:\n{log}");
     assert_eq!(t.status("jail1"), "running");
+    // The cluster's leader dies: the next job still gets its reply.
+    let leader = nats.meta_leader(0).expect("a leader");
+    nats.kill(nats.index_of(&leader).expect("ours"));
     let (code, reply) = client(
         &config,
         r#"{"Command":"jls","CommandArgs":{"header":"0","display":"jname,status"}}"#,
@@ -139,6 +144,14 @@ fn bs_router_jobs_go_through_a_nats_cluster() {
         r#"{"Command":"jstop","CommandArgs":{"jname":"jail1"}}"#,
     );
     assert_eq!(code, 0, "{reply}");
-    let _ = agent.kill();
-    let _ = agent.wait();
+}
+
+/// The agent, killed when the test ends, passed or not.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

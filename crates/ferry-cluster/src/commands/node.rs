@@ -247,6 +247,7 @@ fn restore(ctx: &Context, node: Option<&Jname>) -> Result<Outcome> {
                 let takeover = ferry_core::register::Takeover {
                     force: false,
                     lease_time: Duration::from_secs(30),
+                    only_from: None,
                 };
                 let _lock = ferry_core::lock::EnvLock::acquire(&wd, &j)?;
                 ferry_core::register::register(

@@ -46,10 +46,11 @@ pub fn register(
     let takeover = Takeover {
         force,
         lease_time: Duration::from_secs(lease_time),
+        only_from: None,
     };
     drop(reg);
     let results = per_env_parallel(&wd, names, "registered", |wd, reg, j| {
-        match register::register(wd, reg, j, kind, takeover, &ENGINES) {
+        match register::register(wd, reg, j, kind, takeover.clone(), &ENGINES) {
             // A glob of jails passes over the VMs, and the other way round.
             Err(Error::WrongKind { .. }) if glob => Ok(false),
             r => r.map(|_| true),

@@ -218,6 +218,7 @@ impl Here {
                 let takeover = Takeover {
                     force: false,
                     lease_time: LEASE_TIME,
+                    only_from: None,
                 };
                 register::register(wd, reg, j, kind, takeover, &ENGINES)?;
                 register::sync_shared(wd);
