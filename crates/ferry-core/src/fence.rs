@@ -231,6 +231,7 @@ fn watch_feed(
     let mut fired: Option<Instant> = None;
     let mut closed = false;
     let mut storage_cut = false;
+    let mut signalled = std::collections::BTreeSet::new();
     loop {
         let input = read_input(pipe, fd);
         if input.disarmed {
@@ -240,6 +241,7 @@ fn watch_feed(
         if input.fed && !closed {
             last_feed = Instant::now();
             storage_cut = false;
+            signalled.clear();
             if fired.take().is_some() || marker(wd).exists() {
                 tracing::warn!("the daemon beats again: fence lifted");
                 let _ = fs::remove_file(marker(wd));
@@ -267,7 +269,10 @@ fn watch_feed(
             });
             let alive = kill_all(wd);
             for (j, pid) in &alive {
-                tracing::warn!(jname = %j, pid, "killed (fenced)");
+                // Once per process, not at every look.
+                if signalled.insert(*pid) {
+                    tracing::warn!(jname = %j, pid, "killed (fenced)");
+                }
             }
             // Still alive after SIGKILL and a grace: stuck in a call on
             // storage that is gone (a FUSE request waits for a server it
