@@ -164,16 +164,7 @@ impl Beanstalkd {
     /// workdir's `var/log/agent.log`); `extra` are more top-level keys,
     /// each followed by a comma (`"job_ttr": 2,`).
     pub fn agent_config(&self, cbsdenv: &Path, tube: &str, extra: &str) -> String {
-        format!(
-            r#"{{"cbsdenv": "{}", "cbsdcolor": false, "broker": "beanstalkd",
-            "logfile": "{}", {extra}
-            "beanstalkd": {{"uri": "{}", "tube": "{tube}",
-              "reply_tube_prefix": "{tube}_result_id", "reconnect_timeout": 10,
-              "reserve_timeout": 1, "publish_timeout": 5, "logdir": "/tmp"}}}}"#,
-            cbsdenv.display(),
-            cbsdenv.join("var/log/agent.log").display(),
-            self.addr(),
-        )
+        crate::agent_config("beanstalkd", &self.addr().to_string(), cbsdenv, tube, extra)
     }
 
     /// The binlog dir, if it keeps one.

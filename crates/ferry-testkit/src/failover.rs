@@ -153,6 +153,28 @@ pub struct Trial {
     pub failure: Option<String>,
 }
 
+impl std::fmt::Display for Trial {
+    /// `FAULT: nA -> nB, failover 9.87 s, N samples, M with two copies`,
+    /// and why it failed, if it did.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: n{} -> {}, failover {}, {} samples, {} with two copies",
+            self.fault.as_str(),
+            self.from + 1,
+            self.to.map_or("none".into(), |i| format!("n{}", i + 1)),
+            self.failover
+                .map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+            self.samples,
+            self.overlaps,
+        )?;
+        match &self.failure {
+            Some(why) => write!(f, ": FAILED {why}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Three nodes in network namespaces on a GlusterFS volume each reaches
 /// through its own namespace, a broker, every daemon, and one `ha=1` jail.
 #[allow(missing_debug_implementations)]

@@ -132,13 +132,7 @@ impl TestCluster {
         binlog: bool,
     ) -> (TestCluster, beanstalkd::Beanstalkd) {
         let c = TestCluster::new(bin, n, storage, true);
-        let host = c
-            .net()
-            .expect("namespaces")
-            .host_addr()
-            .parse()
-            .expect("host address");
-        let mut b = beanstalkd::Beanstalkd::builder().bind(host);
+        let mut b = beanstalkd::Beanstalkd::builder().bind(c.host_ip().into());
         if binlog {
             b = b.binlog();
         }
@@ -154,17 +148,20 @@ impl TestCluster {
     /// every node uses (`initenv broker=nats://...`).
     pub fn with_nats(bin: &str, n: usize, storage: Storage) -> (TestCluster, nats::NatsCluster) {
         let c = TestCluster::new(bin, n, storage, true);
-        let host = c
-            .net()
-            .expect("namespaces")
-            .host_addr()
-            .parse()
-            .expect("host address");
-        let js = nats::NatsCluster::start_at(host, 3).expect("NATS cluster");
+        let js = nats::NatsCluster::start_at(c.host_ip(), 3).expect("NATS cluster");
         for node in &c.nodes {
             node.ok(&["initenv", &format!("broker={}", js.uri())]);
         }
         (c, js)
+    }
+
+    /// The host's address on the nodes' bridge (a cluster in namespaces).
+    fn host_ip(&self) -> std::net::Ipv4Addr {
+        self.net()
+            .expect("namespaces")
+            .host_addr()
+            .parse()
+            .expect("host address")
     }
 
     /// The nodes' network namespaces, if they have their own.
@@ -489,6 +486,17 @@ impl TestWorkdir {
         self.ok(&refs);
     }
 
+    /// Queue a task (`task mode=new ARGS...`); its id.
+    #[track_caller]
+    pub fn submit_task(&self, args: &[&str]) -> u64 {
+        let mut all = vec!["task", "mode=new"];
+        all.extend_from_slice(args);
+        self.ok(&all)
+            .trim()
+            .parse()
+            .expect("task mode=new prints the id")
+    }
+
     /// `jls --json`, keyed by name.
     pub fn jls(&self) -> BTreeMap<String, Value> {
         let out = self.ok(&["jls", "--json"]);
@@ -593,6 +601,22 @@ impl Drop for TestWorkdir {
             let _ = Command::new("ip").args(["link", "del", &b]).output();
         }
     }
+}
+
+/// A bs_router `config.json` for an agent serving `cbsdenv` on `tube` of
+/// the broker `uri` (`broker`: `beanstalkd` or `nats`; replies on
+/// `<tube>_result_id<id>`, log in the workdir's `var/log/agent.log`);
+/// `extra` are more top-level keys, each followed by a comma.
+pub fn agent_config(broker: &str, uri: &str, cbsdenv: &Path, tube: &str, extra: &str) -> String {
+    format!(
+        r#"{{"cbsdenv": "{}", "cbsdcolor": false, "broker": "{broker}",
+        "logfile": "{}", {extra}
+        "beanstalkd": {{"uri": "{uri}", "tube": "{tube}",
+          "reply_tube_prefix": "{tube}_result_id", "reconnect_timeout": 10,
+          "reserve_timeout": 1, "publish_timeout": 5, "logdir": "/tmp"}}}}"#,
+        cbsdenv.display(),
+        cbsdenv.join("var/log/agent.log").display(),
+    )
 }
 
 /// Assert two snapshots are equal, printing only what differs.

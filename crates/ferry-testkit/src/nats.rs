@@ -98,16 +98,7 @@ impl NatsCluster {
     /// `tube` of this cluster, its workdir `cbsdenv`; `extra` are more
     /// top-level keys (`"job_ttr": 2, ...`).
     pub fn agent_config(&self, cbsdenv: &Path, tube: &str, extra: &str) -> String {
-        format!(
-            r#"{{"cbsdenv": "{}", "cbsdcolor": false, "broker": "nats",
-            "logfile": "{}", {extra}
-            "beanstalkd": {{"uri": "{}", "tube": "{tube}",
-              "reply_tube_prefix": "{tube}_result_id", "reconnect_timeout": 10,
-              "reserve_timeout": 1, "publish_timeout": 5, "logdir": "/tmp"}}}}"#,
-            cbsdenv.display(),
-            cbsdenv.join("var/log/agent.log").display(),
-            self.uri(),
-        )
+        crate::agent_config("nats", &self.uri(), cbsdenv, tube, extra)
     }
 
     /// Server `i`'s name (`server_name`, as JetStream reports leaders).

@@ -25,20 +25,7 @@ fn main() {
         let mut rig = Rig::new(BIN, lease_time);
         for n in 0..per_kind {
             let t = rig.trial(fault, &mut rng);
-            println!(
-                "{} #{n}: n{} -> {}, failover {}, {} samples, {} with two copies{}",
-                fault.as_str(),
-                t.from + 1,
-                t.to.map_or("none".into(), |i| format!("n{}", i + 1)),
-                t.failover
-                    .map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
-                t.samples,
-                t.overlaps,
-                t.failure
-                    .as_deref()
-                    .map(|f| format!(": FAILED {f}"))
-                    .unwrap_or_default()
-            );
+            println!("#{n} {t}");
             all.push(t);
         }
     }

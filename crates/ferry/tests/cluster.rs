@@ -155,15 +155,6 @@ fn bad_requests_and_a_lost_broker_leave_the_daemons_serving() {
 
 /// Queue a task on `t`; returns its id.
 #[track_caller]
-fn submit(t: &TestWorkdir, args: &[&str]) -> u64 {
-    let mut all = vec!["task", "mode=new"];
-    all.extend_from_slice(args);
-    t.ok(&all)
-        .trim()
-        .parse()
-        .expect("task mode=new prints the id")
-}
-
 /// `task mode=list --json` of `t`.
 fn tasks(t: &TestWorkdir) -> Vec<Value> {
     let v: Value = serde_json::from_str(&t.ok(&["task", "mode=list", "--json"])).expect("JSON");
@@ -190,7 +181,7 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
     n1.ok(&["node", "mode=add", "node=n2"]);
 
     // Runs on n2, in n2's workdir; the result and its output come back.
-    let made = submit(n1, &["node=n2", "jcreate", "jname=made"]);
+    let made = n1.submit_task(&["node=n2", "jcreate", "jname=made"]);
     wait_for("the task done on n1", Duration::from_secs(20), || {
         task(n1, made)["state"] == "done"
     });
@@ -219,8 +210,8 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
         assert!(st.success(), "kill {sig}");
     };
     signal("-STOP");
-    let fails = submit(n1, &["node=n2", "jstart", "jname=absent"]);
-    let after = submit(n1, &["node=n2", &format!("after={fails}"), "jls"]);
+    let fails = n1.submit_task(&["node=n2", "jstart", "jname=absent"]);
+    let after = n1.submit_task(&["node=n2", &format!("after={fails}"), "jls"]);
     signal("-CONT");
     wait_for("the failure on n1", Duration::from_secs(20), || {
         task(n1, fails)["state"] == "failed"
@@ -228,8 +219,8 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
     assert_eq!(task(n1, fails)["exit_code"], 3, "{:#?}", task(n1, fails));
     assert_eq!(task(n1, after)["state"], "cancelled");
     // A local task after a remote one waits for it.
-    let first = submit(n1, &["node=n2", "jls"]);
-    let then = submit(n1, &[&format!("after={first}"), "jls"]);
+    let first = n1.submit_task(&["node=n2", "jls"]);
+    let then = n1.submit_task(&[&format!("after={first}"), "jls"]);
     wait_for("both done", Duration::from_secs(20), || {
         task(n1, then)["state"] == "done"
     });
@@ -299,7 +290,7 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
     });
     // made, fails and first; `after` never left n1.
     assert_eq!(tasks(n2).len(), 3, "the refused request was stored");
-    let again = submit(n1, &["node=n2", "jls"]);
+    let again = n1.submit_task(&["node=n2", "jls"]);
     wait_for("still served", Duration::from_secs(20), || {
         task(n1, again)["state"] == "done"
     });
@@ -326,7 +317,7 @@ fn a_task_sent_to_another_node_is_cancelled_there() {
         &format!("mnt_start={}", hook.display()),
         "mnt_timeout=0",
     ]);
-    let long = submit(n1, &["node=n2", "jstart", "jname=slow"]);
+    let long = n1.submit_task(&["node=n2", "jstart", "jname=slow"]);
     wait_for("the hook runs on n2", Duration::from_secs(20), || {
         hooks.join("slow.pid").exists()
     });
@@ -362,7 +353,7 @@ fn a_broker_restarted_from_its_binlog_mid_stream_loses_no_task() {
         if i == N / 2 {
             b.restart().expect("restart beanstalkd");
         }
-        ids.push(submit(n1, &["node=n2", "jls"]));
+        ids.push(n1.submit_task(&["node=n2", "jls"]));
     }
     wait_for("every task done on n1", Duration::from_secs(60), || {
         let l = tasks(n1);
@@ -390,7 +381,7 @@ fn a_task_whose_node_dies_is_interrupted_and_a_late_result_changes_nothing() {
     let d2 = n2.daemon(&["heartbeat=1", "tasks=0"]);
     n1.ok(&["node", "mode=add", "node=n2"]);
     // n2 takes the request but runs nothing (tasks=0), then dies.
-    let id = submit(n1, &["node=n2", "jcreate", "jname=late"]);
+    let id = n1.submit_task(&["node=n2", "jcreate", "jname=late"]);
     wait_for("stored on n2", Duration::from_secs(10), || {
         tasks(n2).len() == 1
     });
@@ -496,7 +487,7 @@ fn a_result_that_arrives_while_the_asking_daemon_is_down_is_recorded_when_it_res
     n1.ok(&["node", "mode=add", "node=n2"]);
     d1.kill();
     // Sent by the command itself; run on n2; the result waits in the tube.
-    let id = submit(n1, &["node=n2", "jcreate", "jname=waiting"]);
+    let id = n1.submit_task(&["node=n2", "jcreate", "jname=waiting"]);
     wait_for("done on n2", Duration::from_secs(20), || {
         tasks(n2).first().is_some_and(|t| t["state"] == "done")
     });

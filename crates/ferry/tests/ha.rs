@@ -82,19 +82,7 @@ fn fault_trials(fault: Fault) {
     let mut trials = Vec::new();
     for n in 0..5 {
         let t = rig.trial(fault, &mut rng);
-        eprintln!(
-            "{} trial {n}: n{} -> {:?} in {:?}, {} samples, {} with two copies{}",
-            fault.as_str(),
-            t.from + 1,
-            t.to.map(|i| i + 1),
-            t.failover,
-            t.samples,
-            t.overlaps,
-            t.failure
-                .as_deref()
-                .map(|f| format!(": FAILED {f}"))
-                .unwrap_or_default()
-        );
+        eprintln!("trial {n}: {t}");
         assert!(t.failure.is_none(), "{fault:?} trial {n}: {:?}", t.failure);
         if fault.moves() {
             let took = t.failover.expect("failover time");

@@ -12,15 +12,6 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
-fn submit(t: &TestWorkdir, args: &[&str]) -> u64 {
-    let mut all = vec!["task", "mode=new"];
-    all.extend_from_slice(args);
-    t.ok(&all)
-        .trim()
-        .parse()
-        .expect("task mode=new prints the id")
-}
-
 fn task_state(t: &TestWorkdir, id: u64) -> String {
     let v: Value = serde_json::from_str(&t.ok(&["task", "mode=list", "--json"])).expect("JSON");
     v.as_array()
@@ -56,7 +47,7 @@ fn nodes_tasks_and_a_cold_move_work_over_nats_and_survive_a_server_killed() {
     });
 
     // A task run on n2 for n1, its result back on n1.
-    let made = submit(n1, &["node=n2", "jcreate", "jname=made"]);
+    let made = n1.submit_task(&["node=n2", "jcreate", "jname=made"]);
     wait_for("the task done", Duration::from_secs(30), || {
         task_state(n1, made) == "done"
     });
@@ -75,7 +66,7 @@ fn nodes_tasks_and_a_cold_move_work_over_nats_and_survive_a_server_killed() {
     let l = nats.index_of(&leader).expect("ours");
     nats.kill(l);
     let t0 = Instant::now();
-    let more = submit(n1, &["node=n2", "jcreate", "jname=after"]);
+    let more = n1.submit_task(&["node=n2", "jcreate", "jname=after"]);
     wait_for(
         "the task done with a server down",
         Duration::from_secs(60),

@@ -57,15 +57,6 @@ fn daemon(t: &TestWorkdir, tasks: u32) -> Daemon {
     t.daemon(&["heartbeat=1", &format!("tasks={tasks}")])
 }
 
-/// Queue a task; returns its id.
-#[track_caller]
-fn submit(t: &TestWorkdir, args: &[&str]) -> u64 {
-    let mut all = vec!["task", "mode=new"];
-    all.extend_from_slice(args);
-    let out = t.ok(&all);
-    out.trim().parse().expect("task mode=new prints the id")
-}
-
 /// `task mode=list --json`, keyed by id.
 fn tasks(t: &TestWorkdir) -> BTreeMap<u64, Value> {
     let v: Value = serde_json::from_str(&t.ok(&["task", "mode=list", "--json"])).expect("JSON");
@@ -136,8 +127,8 @@ fn calls(t: &TestWorkdir) -> Vec<String> {
 #[test]
 fn a_task_runs_a_real_command_and_its_dependent_runs_after_it() {
     let t = queue();
-    let create = submit(&t, &["jcreate", "jname=tj", EXEC]);
-    let start = submit(&t, &[&format!("after={create}"), "jstart", "jname=tj"]);
+    let create = t.submit_task(&["jcreate", "jname=tj", EXEC]);
+    let start = t.submit_task(&[&format!("after={create}"), "jstart", "jname=tj"]);
     let d = daemon(&t, 2);
     wait_for(&t, "both tasks done", 30, |l| {
         is(l, create, "done") && is(l, start, "done")
@@ -168,9 +159,9 @@ fn a_task_runs_a_real_command_and_its_dependent_runs_after_it() {
 #[test]
 fn a_failing_task_fails_with_its_exit_code_and_cancels_its_dependents() {
     let t = queue();
-    let bad = submit(&t, &["jstart", "jname=nosuch"]);
-    let dep = submit(&t, &[&format!("after={bad}"), "jcreate", "jname=never"]);
-    let dep2 = submit(&t, &[&format!("after={dep}"), "jstart", "jname=never"]);
+    let bad = t.submit_task(&["jstart", "jname=nosuch"]);
+    let dep = t.submit_task(&[&format!("after={bad}"), "jcreate", "jname=never"]);
+    let dep2 = t.submit_task(&[&format!("after={dep}"), "jstart", "jname=never"]);
     let d = daemon(&t, 2);
     wait_for(&t, "the failure settles", 30, |l| {
         is(l, bad, "failed") && is(l, dep, "cancelled") && is(l, dep2, "cancelled")
@@ -194,8 +185,8 @@ fn cancel_stops_a_running_task_and_cancels_a_pending_one() {
     let t = queue();
     let hook = slow_hook(&t, 60);
     t.ok(&["jcreate", "jname=slow", &hook, "mnt_timeout=0", EXEC]);
-    let long = submit(&t, &["jstart", "jname=slow"]);
-    let waiting = submit(&t, &["jls"]);
+    let long = t.submit_task(&["jstart", "jname=slow"]);
+    let waiting = t.submit_task(&["jls"]);
     let d = daemon(&t, 1);
     wait_for(&t, "the long task runs its hook", 30, |_| {
         t.root().join("hooks/slow.pid").exists() && calls(&t).iter().any(|c| c == "start slow")
@@ -226,7 +217,7 @@ fn cancel_stops_a_running_task_and_cancels_a_pending_one() {
     t.fails(4, &["task", "mode=cancel", &format!("id={long}")]);
     t.fails(3, &["task", "mode=cancel", "id=999"]);
     // The daemon is not confused by it and keeps running tasks.
-    let next = submit(&t, &["jls"]);
+    let next = t.submit_task(&["jls"]);
     wait_for(&t, "the next task runs", 30, |l| is(l, next, "done"));
     d.terminate();
 }
@@ -236,7 +227,7 @@ fn a_killed_daemon_leaves_its_runner_to_finish_and_nothing_runs_twice() {
     let t = queue();
     let hook = slow_hook(&t, 3);
     t.ok(&["jcreate", "jname=k1", &hook, EXEC]);
-    let id = submit(&t, &["jstart", "jname=k1"]);
+    let id = t.submit_task(&["jstart", "jname=k1"]);
     let d = daemon(&t, 2);
     wait_for(&t, "the task runs", 30, |l| l[&id]["pid"].is_i64());
     d.kill();
@@ -257,7 +248,7 @@ fn a_killed_daemon_leaves_its_runner_to_finish_and_nothing_runs_twice() {
 
     // SIGTERM: the daemon stops at once and leaves the running task be.
     t.ok(&["jstop", "jname=k1"]);
-    let id2 = submit(&t, &["jstart", "jname=k1"]);
+    let id2 = t.submit_task(&["jstart", "jname=k1"]);
     wait_for(&t, "the second task runs", 30, |l| l[&id2]["pid"].is_i64());
     d.terminate();
     assert_eq!(state(&t, id2), "running");
@@ -271,8 +262,8 @@ fn a_killed_runner_is_interrupted_and_a_retryable_task_runs_again_once() {
     let hook = slow_hook(&t, 3);
     t.ok(&["jcreate", "jname=once", &hook, EXEC]);
     t.ok(&["jcreate", "jname=again", &hook, EXEC]);
-    let once = submit(&t, &["jstart", "jname=once"]);
-    let again = submit(&t, &["retry=1", "jstart", "jname=again"]);
+    let once = t.submit_task(&["jstart", "jname=once"]);
+    let again = t.submit_task(&["retry=1", "jstart", "jname=again"]);
     let d = daemon(&t, 2);
     wait_for(&t, "both run", 30, |l| {
         l[&once]["pid"].is_i64() && l[&again]["pid"].is_i64()
@@ -310,7 +301,7 @@ fn two_daemons_on_one_workdir_run_every_task_exactly_once() {
     let t = queue();
     let hook = slow_hook(&t, 0);
     let ids: Vec<u64> = (0..50)
-        .map(|i| submit(&t, &["jcreate", &format!("jname=m{i}"), &hook]))
+        .map(|i| t.submit_task(&["jcreate", &format!("jname=m{i}"), &hook]))
         .collect();
     let a = daemon(&t, 2);
     let b = daemon(&t, 2);
@@ -339,7 +330,7 @@ fn two_daemons_on_one_workdir_run_every_task_exactly_once() {
 #[test]
 fn bad_input_is_refused_and_the_queue_is_unchanged() {
     let t = queue();
-    submit(&t, &["jls"]);
+    t.submit_task(&["jls"]);
     let before = t.ok(&["task", "mode=list", "--json"]);
     for (code, args, needle) in [
         (2, &["task", "mode=new", "jstrat", "jname=a"][..], "jstrat"),
@@ -367,7 +358,7 @@ fn bad_input_is_refused_and_the_queue_is_unchanged() {
     }
     assert_eq!(t.ok(&["task", "mode=list", "--json"]), before);
     // This node's own name is accepted.
-    submit(&t, &["node=t1", "jls"]);
+    t.submit_task(&["node=t1", "jls"]);
     let h = t.ok(&["task", "--help"]);
     assert!(h.contains("autoflush=") && h.contains("internal"), "{h}");
     assert!(t.ok(&["--help"]).contains("taskls"));
@@ -381,9 +372,9 @@ fn the_concurrency_limit_is_respected_and_flush_removes_finished_records() {
         t.ok(&["jcreate", &format!("jname=c{i}"), &hook, EXEC]);
     }
     let ids: Vec<u64> = (0..5)
-        .map(|i| submit(&t, &["autoflush=1", "jstart", &format!("jname=c{i}")]))
+        .map(|i| t.submit_task(&["autoflush=1", "jstart", &format!("jname=c{i}")]))
         .collect();
-    let kept = submit(&t, &["jstart", "jname=nosuch"]);
+    let kept = t.submit_task(&["jstart", "jname=nosuch"]);
     let d = daemon(&t, 2);
     let mut most = 0;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -215,35 +215,25 @@ fn restore(ctx: &Context, node: Option<&Jname>) -> Result<Outcome> {
             };
             let holder = Jname::new(&holder)
                 .map_err(|e| Error::bad_value("node", &holder, e.to_string()))?;
-            let verb = if m.kind == "vm" && m.running {
-                "bmigrate"
-            } else {
-                "jmigrate"
-            };
-            let cmd_words = if verb == "jmigrate" && m.kind == "vm" {
-                // A stopped VM comes back as it went: unregistered there,
-                // registered here.
-                words(&["bunregister", &format!("jname={j}")])
-            } else {
-                words(&[
-                    verb,
-                    &format!("jname={j}"),
-                    &format!("node={}", wd.nodename()),
-                ])
+            let kind = EnvKind::parse(&m.kind)
+                .ok_or_else(|| Error::bad_value("kind", &m.kind, "not jail or vm"))?;
+            let here = format!("node={}", wd.nodename());
+            let name = format!("jname={j}");
+            // A running VM comes back live, a jail by jmigrate, a stopped
+            // VM as it went: unregistered there, registered here below.
+            let (cmd_words, timeout) = match (kind, m.running) {
+                (EnvKind::Vm, true) => (words(&["bmigrate", &name, &here]), LIVE_MOVE_TIMEOUT),
+                (EnvKind::Jail, _) => (words(&["jmigrate", &name, &here]), COLD_MOVE_TIMEOUT),
+                (EnvKind::Vm, false) => (words(&["bunregister", &name]), COLD_MOVE_TIMEOUT),
             };
             let cmd = ferry_api::Command::parse_words(&cmd_words)
                 .map_err(|e| Error::Failed(format!("cannot build {cmd_words:?}: {e}")))?;
             let id = migrate::remote(&wd, &mut store, &holder, &cmd)?;
-            let timeout = if verb == "bmigrate" {
-                LIVE_MOVE_TIMEOUT
-            } else {
-                COLD_MOVE_TIMEOUT
-            };
             let done = migrate::wait(&store, id, std::time::Instant::now() + timeout)?;
             if done.as_ref().map(|t| t.state) != Some(ferry_core::task::TaskState::Done) {
                 return Err(Error::Failed(migrate::outcome(done.as_ref(), &holder)));
             }
-            if m.kind == "vm" && !m.running {
+            if kind == EnvKind::Vm && !m.running {
                 let takeover = ferry_core::register::Takeover {
                     force: false,
                     lease_time: Duration::from_secs(30),
