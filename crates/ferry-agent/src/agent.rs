@@ -125,6 +125,8 @@ pub(crate) fn connect_options(cfg: &Config) -> (ConnectOptions, ReconnectPolicy)
     (
         ConnectOptions {
             max_job_size: cfg.max_job_size,
+            // A job's time with its worker: the TTR its client gives it.
+            ack_wait: cfg.job_ttr,
             ..ConnectOptions::default()
         },
         ReconnectPolicy {

@@ -39,6 +39,11 @@ pub struct ConnectOptions {
     /// with [`Error::BodyTooLarge`]. Default 65,535, beanstalkd's default
     /// `-z`.
     pub max_job_size: usize,
+    /// Over JetStream: how long a reserved job stays with its worker
+    /// without a touch before it is handed out again, one time for every
+    /// job of a tube, set when the tube's consumer is created (beanstalkd
+    /// takes each job's TTR from its put instead). Default 60 s.
+    pub ack_wait: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -47,6 +52,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(10),
             max_job_size: 65_535,
+            ack_wait: Duration::from_secs(60),
         }
     }
 }

@@ -43,18 +43,24 @@ use crate::{Broker, Error, Job, JobId, JobStats, Peek, Result, TubeStats};
 const STREAM: &str = "FERRY";
 /// The stream that holds buried jobs.
 const BURIED: &str = "FERRY_BURIED";
-/// How long each try to create a stream waits for its answer.
-const ATTEMPTS: [Duration; 3] = [
+/// How long each try to create a stream or consumer waits for its answer
+/// (the meta leader's election after its server died took up to 12 s in
+/// the tests here).
+const ATTEMPTS: [Duration; 5] = [
     Duration::from_secs(2),
     Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(10),
     Duration::from_secs(10),
 ];
 /// The longest one pull request waits for a job.
 const PULL_SLICE: Duration = Duration::from_secs(1);
 /// The least time a JetStream request is given.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// A tube's consumer unused for this long is removed by the server.
-const INACTIVE: Duration = Duration::from_secs(3600);
+/// A tube's consumer that nobody pulled from for this long is removed by
+/// the server (a reply tube, once read, is never pulled again); its jobs
+/// stay in the stream, and the next reserve creates the consumer again.
+const INACTIVE: Duration = Duration::from_secs(300);
 
 /// How a [`JetStream`] connects and what it creates.
 #[derive(Debug, Clone)]
@@ -69,6 +75,10 @@ pub struct JetStreamOptions {
     /// Copies of each stream (at most the cluster's size; 3 for a
     /// three-server cluster).
     pub replicas: usize,
+    /// A job delivered more often than this (each worker that took it
+    /// died or let its time run out) is a poison message: it is buried
+    /// instead of handed out again.
+    pub max_deliveries: i64,
 }
 
 impl Default for JetStreamOptions {
@@ -78,6 +88,7 @@ impl Default for JetStreamOptions {
             io_timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(60),
             replicas: 3,
+            max_deliveries: 10,
         }
     }
 }
@@ -134,6 +145,11 @@ pub fn token(tube: &str) -> String {
 
 fn subject(tube: &str) -> String {
     format!("ferry.tube.{}", token(tube))
+}
+
+/// Where a tube's buried jobs are kept, in stream `FERRY_BURIED`.
+fn buried_subject(tube: &str) -> String {
+    format!("ferry.buried.{}", token(tube))
 }
 
 impl JetStream {
@@ -215,26 +231,12 @@ impl JetStream {
                 ..Default::default()
             }
         };
-        // Two clients creating one replicated stream at once can leave one
-        // of them without an answer (nats-server 2.9): look again, waiting
-        // longer each time.
-        let mut last = String::new();
-        for wait in ATTEMPTS {
-            let mut js = self.js.clone();
-            js.set_timeout(wait);
-            match self.rt.block_on(js.get_or_create_stream(config.clone())) {
-                Ok(s) => {
-                    self.streams.insert(name, s.clone());
-                    return Ok(s);
-                }
-                Err(e) => last = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        Err(Error::JetStream {
-            what: "cannot create the stream",
-            detail: last,
-        })
+        let js = self.js.clone();
+        let s = self.admin("cannot create the stream", || {
+            js.get_or_create_stream(config.clone())
+        })?;
+        self.streams.insert(name, s.clone());
+        Ok(s)
     }
 
     fn consumer(&mut self, tube: &str) -> Result<consumer::PullConsumer> {
@@ -251,24 +253,59 @@ impl JetStream {
             inactive_threshold: INACTIVE,
             ..Default::default()
         };
+        let c = self.admin("cannot create the tube's consumer", || {
+            s.get_or_create_consumer(&name, config.clone())
+        })?;
+        self.consumers.insert(tube.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// How many messages stream `name` holds on `subject`.
+    fn count(&mut self, name: &'static str, subject: &str) -> Result<u64> {
+        let s = self.stream(name)?;
+        self.rt.block_on(async {
+            let mut subjects = s
+                .info_with_subjects(subject)
+                .await
+                .map_err(|e| nats_err("cannot read the stream's info")(&e))?;
+            let mut n = 0;
+            while let Some(r) = subjects.next().await {
+                let (s, count) = r.map_err(|e| nats_err("cannot read the stream's info")(&e))?;
+                if s == subject {
+                    n += count as u64;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    /// Run a request of JetStream's API again until it is answered, each
+    /// try given longer ([`ATTEMPTS`]). Two clients creating one
+    /// replicated stream at once can leave one without an answer
+    /// (nats-server 2.9), and while the cluster elects a new meta leader
+    /// (seconds after the old one died) no creation is answered at all.
+    /// The bound is put on each try from outside, so that the handle it
+    /// returns keeps the context's full timeout for its own later use (a
+    /// message's acknowledgement takes its timeout from its consumer).
+    fn admin<T, E, F>(&self, what: &'static str, op: impl Fn() -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, E>>,
+        E: std::fmt::Display,
+    {
         let mut last = String::new();
-        for _ in ATTEMPTS {
+        for wait in ATTEMPTS {
             match self
                 .rt
-                .block_on(s.get_or_create_consumer(&name, config.clone()))
+                .block_on(async { tokio::time::timeout(wait, op()).await })
             {
-                Ok(c) => {
-                    self.consumers.insert(tube.to_owned(), c.clone());
-                    return Ok(c);
-                }
-                Err(e) => last = e.to_string(),
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("no answer in {wait:?}"),
             }
+            tracing::debug!(what, error = %last, "JetStream request not answered; trying again");
             std::thread::sleep(Duration::from_millis(500));
         }
-        Err(Error::JetStream {
-            what: "cannot create the tube's consumer",
-            detail: last,
-        })
+        Err(Error::JetStream { what, detail: last })
     }
 
     /// Fetch one message of `tube`, waiting up to `wait` (zero: only one
@@ -276,7 +313,7 @@ impl JetStream {
     fn fetch_one(&mut self, tube: &str, wait: Duration) -> Result<Option<jetstream::Message>> {
         let c = self.consumer(tube)?;
         let io = self.opts.io_timeout;
-        self.rt.block_on(async {
+        let r = self.rt.block_on(async {
             let batch = if wait.is_zero() {
                 c.fetch().max_messages(1).messages().await
             } else {
@@ -292,7 +329,13 @@ impl JetStream {
                 Ok(Some(Err(e))) => Err(nats_err("cannot fetch a job")(&e)),
                 Ok(None) | Err(_) => Ok(None),
             }
-        })
+        });
+        if r.is_err() {
+            // The consumer may be gone (removed while unused): made again
+            // on the next try.
+            self.consumers.remove(tube);
+        }
+        r
     }
 
     fn take_held(&mut self, id: JobId) -> Result<Held> {
@@ -387,6 +430,7 @@ impl Broker for JetStream {
                         .info()
                         .map_err(|e| nats_err("a job without its metadata")(&e))?;
                     let id = JobId(info.stream_sequence);
+                    let delivered = info.delivered;
                     let body = m.payload.to_vec();
                     self.held.insert(
                         id,
@@ -395,6 +439,11 @@ impl Broker for JetStream {
                             message: m,
                         },
                     );
+                    if delivered > self.opts.max_deliveries {
+                        tracing::warn!(job = %id, tube, delivered, "a job delivered too often is buried");
+                        self.bury(id, 0)?;
+                        continue;
+                    }
                     return Ok(Some(Job { id, body }));
                 }
             }
@@ -426,7 +475,7 @@ impl Broker for JetStream {
         let h = self.take_held(id)?;
         self.stream(BURIED)?;
         let js = self.js.clone();
-        let subject = format!("ferry.buried.{}", token(&h.tube));
+        let subject = buried_subject(&h.tube);
         let payload = h.message.payload.clone();
         let r = self.rt.block_on(async {
             js.publish(subject, payload).await?.await?;
@@ -464,8 +513,33 @@ impl Broker for JetStream {
         Err(Error::Unsupported("stats-job (see the consumer's info)"))
     }
 
-    fn stats_tube(&mut self, _tube: &str) -> Result<TubeStats> {
-        Err(Error::Unsupported("stats-tube (see the stream's info)"))
+    /// What the streams know: jobs waiting or held (the tube's messages
+    /// in `FERRY`), held ones (its consumer's unacknowledged deliveries)
+    /// and buried ones (its messages in `FERRY_BURIED`). JetStream keeps no
+    /// priorities, delays, totals or per-connection counts: those are 0.
+    fn stats_tube(&mut self, tube: &str) -> Result<TubeStats> {
+        crate::check_tube(tube)?;
+        let queued = self.count(STREAM, &subject(tube))?;
+        let buried = self.count(BURIED, &buried_subject(tube))?;
+        let s = self.stream(STREAM)?;
+        let name = token(tube);
+        let info = self.rt.block_on(s.consumer_info(&name));
+        let reserved = match info {
+            Ok(i) => i.num_ack_pending as u64,
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+            {
+                0
+            }
+            Err(e) => return Err(nats_err("cannot read the tube's consumer")(&e)),
+        };
+        Ok(TubeStats {
+            name: tube.to_owned(),
+            ready: queued.saturating_sub(reserved),
+            reserved,
+            buried,
+            ..TubeStats::default()
+        })
     }
 }
 

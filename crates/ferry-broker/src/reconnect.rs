@@ -122,6 +122,7 @@ impl Reconnecting {
             let opts = JetStreamOptions {
                 connect_timeout: self.opts.connect_timeout,
                 io_timeout: self.opts.io_timeout,
+                ack_wait: self.opts.ack_wait,
                 ..JetStreamOptions::default()
             };
             self.nats = Some(JetStream::connect(&self.uri.servers(), opts)?);

@@ -56,6 +56,7 @@ fn opts() -> ConnectOptions {
         connect_timeout: Duration::from_secs(1),
         io_timeout: Duration::from_millis(500),
         max_job_size: 1024,
+        ..ConnectOptions::default()
     }
 }
 

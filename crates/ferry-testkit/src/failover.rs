@@ -180,7 +180,7 @@ impl std::fmt::Display for Trial {
 #[allow(missing_debug_implementations)]
 pub struct Rig {
     pub c: crate::TestCluster,
-    broker: crate::beanstalkd::Beanstalkd,
+    broker: crate::broker::TestBroker,
     daemons: Vec<Option<crate::Daemon>>,
     args: Vec<String>,
     pub lease_time: Duration,
@@ -191,8 +191,13 @@ impl Rig {
     /// Set up with daemons at `heartbeat=1 lease_time=<lease_time>` (the
     /// watchdog's `fence_time` at its default, two thirds of it).
     pub fn new(bin: &str, lease_time: u64) -> Rig {
-        let (c, broker) =
-            crate::TestCluster::with_broker(bin, 3, crate::Storage::GlusterFSOverNet, false);
+        let (c, broker) = crate::TestCluster::with_broker(
+            bin,
+            3,
+            crate::Storage::GlusterFSOverNet,
+            crate::broker::Transport::Beanstalkd,
+            false,
+        );
         let args = vec!["heartbeat=1".to_owned(), format!("lease_time={lease_time}")];
         let mut rig = Rig {
             daemons: Vec::new(),
@@ -263,7 +268,7 @@ impl Rig {
             }
             Fault::KillDaemon => self.daemons[i] = Some(self.daemon(i)),
             Fault::CutStorage => self.c.restore_storage(i),
-            Fault::KillBroker => self.broker.restart().expect("restart the broker"),
+            Fault::KillBroker => self.broker.start_again().expect("restart the broker"),
             Fault::CutNetwork => {
                 self.c.net().expect("namespaces").link(i, true);
                 // The watchdog may have aborted the node's storage client

@@ -4,6 +4,7 @@
 //! also when the test panicked.
 
 pub mod beanstalkd;
+pub mod broker;
 pub mod failover;
 pub mod gluster;
 mod guest;
@@ -123,36 +124,21 @@ impl TestCluster {
     }
 
     /// `n` nodes on `storage`, each in its own network namespace, and a
-    /// beanstalkd on the host's bridge address that every node uses
-    /// (`initenv broker=`). The binlog, if `binlog`, is kept in a temp dir.
+    /// broker of `transport` on the host's bridge address that every node
+    /// uses (`initenv broker=`). `durable`: see [`broker::TestBroker::start_at`].
     pub fn with_broker(
         bin: &str,
         n: usize,
         storage: Storage,
-        binlog: bool,
-    ) -> (TestCluster, beanstalkd::Beanstalkd) {
+        transport: broker::Transport,
+        durable: bool,
+    ) -> (TestCluster, broker::TestBroker) {
         let c = TestCluster::new(bin, n, storage, true);
-        let mut b = beanstalkd::Beanstalkd::builder().bind(c.host_ip().into());
-        if binlog {
-            b = b.binlog();
-        }
-        let b = b.start().expect("beanstalkd");
+        let b = broker::TestBroker::start_at(transport, c.host_ip(), durable).expect("broker");
         for node in &c.nodes {
             node.ok(&["initenv", &format!("broker={}", b.uri())]);
         }
         (c, b)
-    }
-
-    /// `n` nodes on `storage`, each in its own network namespace, and a
-    /// three-server NATS JetStream cluster on the host's bridge address that
-    /// every node uses (`initenv broker=nats://...`).
-    pub fn with_nats(bin: &str, n: usize, storage: Storage) -> (TestCluster, nats::NatsCluster) {
-        let c = TestCluster::new(bin, n, storage, true);
-        let js = nats::NatsCluster::start_at(c.host_ip(), 3).expect("NATS cluster");
-        for node in &c.nodes {
-            node.ok(&["initenv", &format!("broker={}", js.uri())]);
-        }
-        (c, js)
     }
 
     /// The host's address on the nodes' bridge (a cluster in namespaces).

@@ -186,6 +186,29 @@ impl NatsCluster {
         self.wait_ready()
     }
 
+    /// Start every server that is down again on its ports and store, and
+    /// wait until they agree on a meta leader (all three killed and back:
+    /// the streams come back from their stores).
+    pub fn restart_all(&mut self) -> io::Result<()> {
+        for i in 0..self.servers.len() {
+            if !self.is_running(i) {
+                self.kill(i);
+                self.spawn(i)?;
+            }
+        }
+        self.wait_ready()
+    }
+
+    /// How many servers the cluster has.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether the cluster has no server (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
     /// Whether server `i` runs.
     pub fn is_running(&mut self, i: usize) -> bool {
         self.servers[i]

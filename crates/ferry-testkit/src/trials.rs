@@ -18,7 +18,7 @@ use std::fmt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::beanstalkd::Beanstalkd;
+use crate::broker::{TestBroker, Transport};
 use crate::view::{
     bls_row, incoming_pid, lease_owner, node_alive, qemu_pids_of, runtime_of, wait_for, wait_until,
 };
@@ -132,7 +132,7 @@ impl Rng {
 #[allow(missing_debug_implementations)]
 pub struct Rig {
     pub c: TestCluster,
-    _broker: Beanstalkd,
+    _broker: TestBroker,
     daemons: Vec<Option<Daemon>>,
     pub vm: String,
     /// Where the VM runs now (node index).
@@ -149,7 +149,7 @@ impl Rig {
     /// Set up, start the guest on n1, and time one clean move there and
     /// back (the random moments are drawn within that time).
     pub fn new(bin: &str, vm: &str) -> Rig {
-        let (c, b) = TestCluster::with_broker(bin, 2, Storage::Plain, false);
+        let (c, b) = TestCluster::with_broker(bin, 2, Storage::Plain, Transport::Beanstalkd, false);
         let daemons = c
             .nodes
             .iter()

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::Jname;
 use ferry_testkit::bench::{median, ms, setting};
+use ferry_testkit::broker::Transport;
 use ferry_testkit::{
     assert_memory_clean, memcheck_cmdline, memcheck_gen, wait_counter, Storage, TestCluster,
 };
@@ -40,7 +41,7 @@ const DOWNTIME_MS: u64 = 300;
 
 fn main() {
     let rounds = setting("FERRY_BENCH_ROUNDS", 6);
-    let (c, _b) = TestCluster::with_broker(BIN, 2, Storage::Plain, false);
+    let (c, _b) = TestCluster::with_broker(BIN, 2, Storage::Plain, Transport::Beanstalkd, false);
     let _daemons: Vec<_> = c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect();
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     n1.ok(&["node", "mode=add", "node=n2"]);

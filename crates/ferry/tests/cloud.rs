@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_testkit::broker::Transport;
 use ferry_testkit::net::{ssh_in, ssh_in_retry};
 use ferry_testkit::view::node_alive;
 use ferry_testkit::{assert_same, Daemon, Storage, TestCluster, TestWorkdir};
@@ -108,7 +109,7 @@ fn client(config: &Path, body: &str) -> (i32, String) {
 #[test]
 fn bs_router_client_s_bhyve_jobs_make_a_cloud_vm_that_answers_and_moves() {
     let image: PathBuf = ferry_testkit::test_cloud_image();
-    let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, false);
+    let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, Transport::Beanstalkd, false);
     let daemons: Vec<Daemon> = c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect();
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     n1.ok(&["node", "mode=add", "node=n2"]);

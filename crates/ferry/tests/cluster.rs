@@ -1,12 +1,12 @@
-//! The cluster over a real beanstalkd: three nodes, each in its own network
+//! The cluster over a real broker, beanstalkd and a NATS JetStream cluster: three nodes, each in its own network
 //! namespace, their daemons serving their node tubes; `node mode=add`
 //! fetching inventories over the broker, liveness from heartbeats, refusals,
 //! a malformed request, a broker that goes away and comes back.
 
 use std::time::{Duration, Instant};
 
-use ferry_broker::{Broker, ConnectOptions, Connection};
-use ferry_testkit::beanstalkd::Beanstalkd;
+use ferry_broker::Broker;
+use ferry_testkit::broker::{TestBroker, Transport};
 use ferry_testkit::{Storage, TestCluster, TestWorkdir};
 use serde_json::Value;
 
@@ -14,9 +14,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 /// Three nodes in namespaces, a broker on the host's bridge address that
 /// they all use.
-fn cluster() -> (TestCluster, Beanstalkd) {
-    TestCluster::with_broker(BIN, 3, Storage::Plain, false)
+fn cluster(t: Transport) -> (TestCluster, TestBroker) {
+    TestCluster::with_broker(BIN, 3, Storage::Plain, t, false)
 }
+
+ferry_testkit::over_both_brokers!(
+    nodes_are_added_over_the_broker_and_a_dead_one_shows_dead_within_the_lease_time,
+    bad_requests_and_a_lost_broker_leave_the_daemons_serving,
+    a_task_sent_to_another_node_runs_there_and_its_result_comes_back,
+    a_task_sent_to_another_node_is_cancelled_there,
+    a_broker_crashed_and_restarted_mid_stream_loses_no_task,
+    a_task_whose_node_dies_is_interrupted_and_a_late_result_changes_nothing,
+    jmigrate_moves_a_running_jail_and_back_and_a_failure_there_brings_it_back,
+    a_result_that_arrives_while_the_asking_daemon_is_down_is_recorded_when_it_restarts,
+);
 
 fn nodes(t: &TestWorkdir) -> Vec<Value> {
     let out = t.ok(&["node", "mode=list", "lease_time=3", "--json"]);
@@ -41,9 +52,8 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
     t0.elapsed()
 }
 
-#[test]
-fn nodes_are_added_over_the_broker_and_a_dead_one_shows_dead_within_the_lease_time() {
-    let (c, _b) = cluster();
+fn nodes_are_added_over_the_broker_and_a_dead_one_shows_dead_within_the_lease_time(t: Transport) {
+    let (c, _b) = cluster(t);
     let (n1, n2, n3) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
     let args = ["heartbeat=1", "lease_time=3"];
     let _d1 = n1.daemon(&args);
@@ -97,9 +107,8 @@ fn nodes_are_added_over_the_broker_and_a_dead_one_shows_dead_within_the_lease_ti
     );
 }
 
-#[test]
-fn bad_requests_and_a_lost_broker_leave_the_daemons_serving() {
-    let (c, mut b) = cluster();
+fn bad_requests_and_a_lost_broker_leave_the_daemons_serving(t: Transport) {
+    let (c, mut b) = cluster(t);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let _d2 = n2.daemon(&["heartbeat=1"]);
 
@@ -116,8 +125,7 @@ fn bad_requests_and_a_lost_broker_leave_the_daemons_serving() {
     assert_eq!(n1.ok(&["node", "--json"]), before);
 
     // Garbage on n2's tube is buried; n2 keeps answering.
-    let uri = b.uri().parse().expect("uri");
-    let mut raw = Connection::connect(&uri, ConnectOptions::default()).expect("connect");
+    let mut raw = b.client();
     raw.use_tube("ferry.node.n2").expect("use");
     for body in [
         &b"not json"[..],
@@ -142,10 +150,10 @@ fn bad_requests_and_a_lost_broker_leave_the_daemons_serving() {
 
     // The broker goes away: a clear error; it comes back: the daemon
     // reconnected by itself and answers again.
-    b.stop().expect("stop beanstalkd");
+    b.kill().expect("kill the broker");
     let err = n1.fails(1, &["node", "mode=add", "node=n2", "timeout=2"]);
     assert!(err.contains("broker"), "{err}");
-    b.restart().expect("restart beanstalkd");
+    b.start_again().expect("restart the broker");
     wait_for(
         "n2 answers after the broker came back",
         Duration::from_secs(20),
@@ -172,9 +180,8 @@ fn task_log(t: &TestWorkdir, id: u64) -> String {
     std::fs::read_to_string(t.root().join(format!("var/log/tasks/{id}.log"))).unwrap_or_default()
 }
 
-#[test]
-fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
-    let (c, b) = cluster();
+fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back(t: Transport) {
+    let (c, b) = cluster(t);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let _d1 = n1.daemon(&["heartbeat=1"]);
     let _d2 = n2.daemon(&["heartbeat=1"]);
@@ -235,8 +242,7 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
 
     // Hostile messages: a request n2 must not run gets a refusal; garbage
     // on n1's task tube is buried. Both daemons go on.
-    let uri = b.uri().parse().expect("uri");
-    let mut raw = Connection::connect(&uri, ConnectOptions::default()).expect("connect");
+    let mut raw = b.client();
     raw.watch("probe.reply").expect("watch");
     raw.use_tube("ferry.node.n2").expect("use");
     let mut refusal = |req: Value| {
@@ -296,9 +302,8 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back() {
     });
 }
 
-#[test]
-fn a_task_sent_to_another_node_is_cancelled_there() {
-    let (c, _b) = cluster();
+fn a_task_sent_to_another_node_is_cancelled_there(t: Transport) {
+    let (c, _b) = cluster(t);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let _d1 = n1.daemon(&["heartbeat=1"]);
     let _d2 = n2.daemon(&["heartbeat=1"]);
@@ -335,9 +340,8 @@ fn a_task_sent_to_another_node_is_cancelled_there() {
     );
 }
 
-#[test]
-fn a_broker_restarted_from_its_binlog_mid_stream_loses_no_task() {
-    let (c, mut b) = TestCluster::with_broker(BIN, 2, Storage::Plain, true);
+fn a_broker_crashed_and_restarted_mid_stream_loses_no_task(t: Transport) {
+    let (c, mut b) = TestCluster::with_broker(BIN, 2, Storage::Plain, t, true);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let _d1 = n1.daemon(&["heartbeat=1"]);
     let _d2 = n2.daemon(&["heartbeat=1"]);
@@ -347,11 +351,12 @@ fn a_broker_restarted_from_its_binlog_mid_stream_loses_no_task() {
     let mut ids = Vec::new();
     for i in 0..N {
         if i == N / 3 {
-            // A crash: whatever was put and not yet taken is in the binlog.
-            b.kill().expect("kill beanstalkd");
+            // A crash (every server): what was put and not yet taken is in
+            // the binlog, or in JetStream's stores.
+            b.kill().expect("kill the broker");
         }
         if i == N / 2 {
-            b.restart().expect("restart beanstalkd");
+            b.start_again().expect("restart the broker");
         }
         ids.push(n1.submit_task(&["node=n2", "jls"]));
     }
@@ -373,9 +378,8 @@ fn a_broker_restarted_from_its_binlog_mid_stream_loses_no_task() {
     assert!(there.iter().all(|r| r["runs"] == 1 && r["state"] == "done"));
 }
 
-#[test]
-fn a_task_whose_node_dies_is_interrupted_and_a_late_result_changes_nothing() {
-    let (c, _b) = cluster();
+fn a_task_whose_node_dies_is_interrupted_and_a_late_result_changes_nothing(t: Transport) {
+    let (c, _b) = cluster(t);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let _d1 = n1.daemon(&["heartbeat=1", "lease_time=3"]);
     let d2 = n2.daemon(&["heartbeat=1", "tasks=0"]);
@@ -408,10 +412,9 @@ fn a_task_whose_node_dies_is_interrupted_and_a_late_result_changes_nothing() {
     assert_eq!(task(n1, id)["state"], "interrupted");
 }
 
-#[test]
-fn jmigrate_moves_a_running_jail_and_back_and_a_failure_there_brings_it_back() {
+fn jmigrate_moves_a_running_jail_and_back_and_a_failure_there_brings_it_back(t: Transport) {
     use std::os::unix::fs::MetadataExt;
-    let (c, _b) = cluster();
+    let (c, _b) = cluster(t);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let _d1 = n1.daemon(&["heartbeat=1"]);
     let _d2 = n2.daemon(&["heartbeat=1"]);
@@ -478,9 +481,10 @@ fn jmigrate_moves_a_running_jail_and_back_and_a_failure_there_brings_it_back() {
     n1.ok(&["jstop", "jname=mover"]);
 }
 
-#[test]
-fn a_result_that_arrives_while_the_asking_daemon_is_down_is_recorded_when_it_restarts() {
-    let (c, _b) = cluster();
+fn a_result_that_arrives_while_the_asking_daemon_is_down_is_recorded_when_it_restarts(
+    t: Transport,
+) {
+    let (c, _b) = cluster(t);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let d1 = n1.daemon(&["heartbeat=1"]);
     let _d2 = n2.daemon(&["heartbeat=1"]);

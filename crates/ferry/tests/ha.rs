@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use ferry_testkit::broker::Transport;
 use ferry_testkit::failover::{running_on, runs, table, Fault, Rig};
 use ferry_testkit::trials::Rng;
 use ferry_testkit::view::{bls_row, node_alive, wait_until};
@@ -212,7 +213,7 @@ fn a_dead_ha_jail_is_started_again_on_its_own_node() {
 
 #[test]
 fn a_node_evacuated_for_maintenance_is_emptied_refuses_arrivals_and_gets_its_envs_back() {
-    let (c, _b) = TestCluster::with_broker(BIN, 3, Storage::Plain, false);
+    let (c, _b) = TestCluster::with_broker(BIN, 3, Storage::Plain, Transport::Beanstalkd, false);
     let ds: Vec<Daemon> = c.nodes.iter().map(|n| n.daemon(&DAEMON)).collect();
     for (i, n) in c.nodes.iter().enumerate() {
         for k in (0..3).filter(|k| *k != i) {

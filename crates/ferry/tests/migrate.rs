@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_testkit::beanstalkd::Beanstalkd;
+use ferry_testkit::broker::{TestBroker, Transport};
 use ferry_testkit::view::{
     bls_row, incoming_pid, lease_owner, node_alive, qemu_pids_of, wait_until,
 };
@@ -23,19 +23,19 @@ fn secs(n: u64) -> Duration {
 
 struct Pair {
     c: TestCluster,
-    _b: Beanstalkd,
+    b: TestBroker,
     daemons: Vec<Daemon>,
 }
 
 /// Two nodes in namespaces that know each other, daemons running, and a
 /// running counting guest `vm` on n1.
-fn pair(storage: Storage, vm: &str) -> Pair {
-    pair_with(storage, vm, &[])
+fn pair(t: Transport, storage: Storage, vm: &str) -> Pair {
+    pair_with(t, storage, vm, &[])
 }
 
 /// [`pair`], the guest created with `extra` keys.
-fn pair_with(storage: Storage, vm: &str, extra: &[&str]) -> Pair {
-    let (c, b) = TestCluster::with_broker(BIN, 2, storage, false);
+fn pair_with(t: Transport, storage: Storage, vm: &str, extra: &[&str]) -> Pair {
+    let (c, b) = TestCluster::with_broker(BIN, 2, storage, t, false);
     let daemons = c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect();
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     n1.ok(&["node", "mode=add", "node=n2"]);
@@ -48,7 +48,7 @@ fn pair_with(storage: Storage, vm: &str, extra: &[&str]) -> Pair {
     checking_guest(n1, vm, extra);
     n1.ok(&["bstart", &format!("jname={vm}")]);
     wait_counter(n1, vm, "the guest never counted", |c| c.len() >= 2);
-    Pair { c, _b: b, daemons }
+    Pair { c, b, daemons }
 }
 
 /// MiB the guests of these tests check and keep rewriting, and at how
@@ -122,18 +122,30 @@ fn kept_counting(t: &TestWorkdir, vm: &str, before: Mark) {
     assert_memory_clean(t, vm, before.gen);
 }
 
-#[test]
-fn a_running_vm_moves_live_back_and_forth_and_keeps_counting() {
-    back_and_forth(Storage::Plain, "lm", 10);
+ferry_testkit::over_both_brokers!(
+    a_running_vm_moves_live_back_and_forth_and_keeps_counting,
+    a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons,
+    refusals_come_all_at_once_and_move_nothing,
+    bmigrate_as_a_broker_job_sends_progress_replies,
+    the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here,
+);
+
+fn a_running_vm_moves_live_back_and_forth_and_keeps_counting(t: Transport) {
+    // Ten rounds over the default broker, four over the other.
+    let rounds = match t {
+        Transport::Beanstalkd => 10,
+        Transport::Nats => 4,
+    };
+    back_and_forth(t, Storage::Plain, "lm", rounds);
 }
 
 #[test]
 fn on_glusterfs_a_running_vm_moves_live_back_and_forth() {
-    back_and_forth(Storage::GlusterFS, "lmg", 4);
+    back_and_forth(Transport::Beanstalkd, Storage::GlusterFS, "lmg", 4);
 }
 
-fn back_and_forth(storage: Storage, vm: &str, rounds: usize) {
-    let p = pair(storage, vm);
+fn back_and_forth(t: Transport, storage: Storage, vm: &str, rounds: usize) {
+    let p = pair(t, storage, vm);
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     let jname = format!("jname={vm}");
     let out = n1.ok(&["bmigrate", &jname, "node=n2", "check=1"]);
@@ -196,7 +208,7 @@ fn migrating(t: &TestWorkdir, vm: &str) -> bool {
 
 #[test]
 fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
-    let p = pair(Storage::Plain, "lmk");
+    let p = pair(Transport::Beanstalkd, Storage::Plain, "lmk");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     let before = mark(n1, "lmk");
     let child = spawn(n1, &["jname=lmk", "node=n2", "bandwidth=4"], &[]);
@@ -223,9 +235,8 @@ fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
     kept_counting(n1, "lmk", before);
 }
 
-#[test]
-fn a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons() {
-    let p = pair(Storage::Plain, "lms");
+fn a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons(t: Transport) {
+    let p = pair(t, Storage::Plain, "lms");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     let before = mark(n1, "lms");
     let mut child = spawn(n1, &["jname=lms", "node=n2", "bandwidth=4"], &[]);
@@ -251,7 +262,7 @@ fn a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons() {
     ignore = "needs the crash points: cargo test --features ferry/crashpoints"
 )]
 fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() {
-    let p = pair(Storage::Plain, "lmc");
+    let p = pair(Transport::Beanstalkd, Storage::Plain, "lmc");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     // Transferred, not handed over: it stays here.
     let before = mark(n1, "lmc");
@@ -286,9 +297,8 @@ fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() 
     kept_counting(n2, "lmc", before);
 }
 
-#[test]
-fn refusals_come_all_at_once_and_move_nothing() {
-    let p = pair(Storage::Plain, "lmr");
+fn refusals_come_all_at_once_and_move_nothing(t: Transport) {
+    let p = pair(t, Storage::Plain, "lmr");
     let n1 = &p.c.nodes[0];
     n1.bcreate_guest("cold", &[]);
     n1.ok(&["jcreate", "jname=jj"]);
@@ -318,11 +328,11 @@ fn refusals_come_all_at_once_and_move_nothing() {
 #[test]
 fn qemus_known_to_corrupt_and_missing_cpu_flags_are_refused_between_nodes_whose_qemus_differ() {
     let second = ferry_testkit::second_qemu();
-    let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, false);
+    let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, Transport::Beanstalkd, false);
     let p = Pair {
         daemons: c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect(),
         c,
-        _b: b,
+        b,
     };
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     let conf = n2.root().join("etc/qemu.conf");
@@ -423,7 +433,7 @@ fn qemus_known_to_corrupt_and_missing_cpu_flags_are_refused_between_nodes_whose_
 /// kernel would) makes bmigrate fail and say so, though the VM moved.
 #[test]
 fn a_fault_on_the_console_right_after_the_move_fails_bmigrate() {
-    let p = pair(Storage::Plain, "lmf");
+    let p = pair(Transport::Beanstalkd, Storage::Plain, "lmf");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     n1.fails(2, &["bmigrate", "jname=lmf", "node=n2", "verify_ms=60001"]);
     let rt = n2.root().join("jails/lmf/runtime.json");
@@ -468,14 +478,13 @@ fn a_fault_on_the_console_right_after_the_move_fails_bmigrate() {
 /// bmigrate as a broker job: `ferry agent` serves n1's pool, `ferry
 /// client` sends the job and prints every reply: progress replies while
 /// the transfer runs, then the one final reply.
-#[test]
-fn bmigrate_as_a_broker_job_sends_progress_replies() {
+fn bmigrate_as_a_broker_job_sends_progress_replies(t: Transport) {
     // A guest rewriting at 8 MiB/s: a transfer limited to 16 MiB/s ends.
     let cmdline = memcheck_cmdline(MEMCHECK_MIB, 8);
-    let p = pair_with(Storage::Plain, "lmb", &[&cmdline]);
+    let p = pair_with(t, Storage::Plain, "lmb", &[&cmdline]);
     let n1 = &p.c.nodes[0];
     let config = n1.root().join("agent.json");
-    std::fs::write(&config, p._b.agent_config(n1.root(), "cbsd_n1", "")).expect("config");
+    std::fs::write(&config, p.b.agent_config(n1.root(), "cbsd_n1", "")).expect("config");
     let config = config.to_string_lossy().into_owned();
     let agent = n1
         .bare_command(&["agent", "-config", &config])
@@ -540,7 +549,7 @@ impl Drop for Killed {
 
 #[test]
 fn the_link_cut_mid_transfer_leaves_the_vm_running_here() {
-    let p = pair(Storage::Plain, "lml");
+    let p = pair(Transport::Beanstalkd, Storage::Plain, "lml");
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     let before = mark(n1, "lml");
     let child = spawn(
@@ -563,13 +572,12 @@ fn the_link_cut_mid_transfer_leaves_the_vm_running_here() {
     kept_counting(n1, "lml", before);
 }
 
-#[test]
-fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here() {
-    let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, false);
+fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here(t: Transport) {
+    let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, t, false);
     let mut p = Pair {
         daemons: c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect(),
         c,
-        _b: b,
+        b,
     };
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     n1.ok(&["node", "mode=add", "node=n2"]);
@@ -622,7 +630,7 @@ fn runs_only_on_source_while_the_destination_cleans_up(c: &TestCluster, vm: &str
 
 #[test]
 fn a_node_of_another_pool_is_refused_for_its_dir_ids_with_every_other_reason() {
-    let p = pair(Storage::Plain, "lmp");
+    let p = pair(Transport::Beanstalkd, Storage::Plain, "lmp");
     let n1 = &p.c.nodes[0];
     // n3: its own shared dirs (another pool), on the same broker, its
     // daemon running; added on n1, but its heartbeat is not in n1's pool.

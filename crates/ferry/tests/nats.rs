@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_testkit::broker::{TestBroker, Transport};
 use ferry_testkit::view::node_alive;
 use ferry_testkit::{Storage, TestCluster, TestWorkdir};
 use serde_json::Value;
@@ -33,7 +34,10 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn nodes_tasks_and_a_cold_move_work_over_nats_and_survive_a_server_killed() {
-    let (c, mut nats) = TestCluster::with_nats(BIN, 2, Storage::Plain);
+    let (c, mut b) = TestCluster::with_broker(BIN, 2, Storage::Plain, Transport::Nats, true);
+    let TestBroker::Nats(nats) = &mut b else {
+        unreachable!("a NATS cluster")
+    };
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let conf = std::fs::read_to_string(n1.root().join("etc/broker.conf")).expect("broker.conf");
     assert!(conf.contains(&nats.uri()), "{conf}");

@@ -13,6 +13,7 @@ pub fn opts() -> ConnectOptions {
         connect_timeout: Duration::from_secs(2),
         io_timeout: Duration::from_secs(5),
         max_job_size: 65_535,
+        ..ConnectOptions::default()
     }
 }
 
