@@ -76,7 +76,7 @@ impl Client {
             .broker
             .put(body, JOB_PRIORITY, Duration::ZERO, self.cfg.job_ttr)?;
         let tube = self.cfg.reply_tube(id);
-        self.broker.watch(&tube)?;
+        self.broker.watch_own(&tube)?;
         let previous = std::mem::replace(&mut self.watching, tube.clone());
         self.broker.ignore(&previous)?;
         loop {

@@ -79,6 +79,10 @@ pub struct JetStreamOptions {
     /// died or let its time run out) is a poison message: it is buried
     /// instead of handed out again.
     pub max_deliveries: i64,
+    /// The largest job body handed out; a larger one is held and
+    /// reported as [`Error::BodyTooLarge`] (to be buried), as over
+    /// beanstalkd.
+    pub max_job_size: usize,
 }
 
 impl Default for JetStreamOptions {
@@ -89,6 +93,7 @@ impl Default for JetStreamOptions {
             ack_wait: Duration::from_secs(60),
             replicas: 3,
             max_deliveries: 10,
+            max_job_size: 65_535,
         }
     }
 }
@@ -96,7 +101,33 @@ impl Default for JetStreamOptions {
 /// A job handed out and not finished yet.
 struct Held {
     tube: String,
-    message: jetstream::Message,
+    how: HeldHow,
+}
+
+/// Where a held job came from.
+enum HeldHow {
+    /// Delivered by the tube's consumer: acknowledged through it.
+    Delivered(jetstream::Message),
+    /// Read from the stream (an own tube): removed from it by sequence.
+    Read(bytes::Bytes),
+}
+
+impl Held {
+    fn payload(&self) -> &bytes::Bytes {
+        match &self.how {
+            HeldHow::Delivered(m) => &m.payload,
+            HeldHow::Read(p) => p,
+        }
+    }
+}
+
+/// An own tube: read from the stream, with a core subscription to its
+/// subject that wakes a waiting reserve when a job arrives.
+struct Own {
+    /// Jobs below this sequence were read already (held or released:
+    /// a release lowers it again).
+    next: u64,
+    wake: async_nats::Subscriber,
 }
 
 /// One connection to a JetStream cluster, with beanstalkd's semantics.
@@ -108,6 +139,8 @@ pub struct JetStream {
     watched: BTreeSet<String>,
     streams: HashMap<&'static str, stream::Stream>,
     consumers: HashMap<String, consumer::PullConsumer>,
+    /// Tubes watched with `watch_own`.
+    own: HashMap<String, Own>,
     held: HashMap<JobId, Held>,
 }
 
@@ -204,6 +237,7 @@ impl JetStream {
             watched: BTreeSet::from(["default".to_owned()]),
             streams: HashMap::new(),
             consumers: HashMap::new(),
+            own: HashMap::new(),
             held: HashMap::new(),
         })
     }
@@ -245,6 +279,8 @@ impl JetStream {
         }
         let s = self.stream(STREAM)?;
         let name = token(tube);
+        // Replicated as its stream is (a consumer of a work queue keeps
+        // which jobs are done; one copy would lose that with its server).
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
             filter_subject: subject(tube),
@@ -258,6 +294,123 @@ impl JetStream {
         })?;
         self.consumers.insert(tube.to_owned(), c.clone());
         Ok(c)
+    }
+
+    /// The next job of `tube`, waiting up to `wait`, held.
+    fn take_one(&mut self, tube: &str, wait: Duration) -> Result<Option<Job>> {
+        if self.own.contains_key(tube) {
+            return self.read_own(tube, wait);
+        }
+        let Some(m) = self.fetch_one(tube, wait)? else {
+            return Ok(None);
+        };
+        let info = m
+            .info()
+            .map_err(|e| nats_err("a job without its metadata")(&e))?;
+        let id = JobId(info.stream_sequence);
+        let delivered = info.delivered;
+        let body = m.payload.to_vec();
+        self.held.insert(
+            id,
+            Held {
+                tube: tube.to_owned(),
+                how: HeldHow::Delivered(m),
+            },
+        );
+        if delivered > self.opts.max_deliveries {
+            tracing::warn!(job = %id, tube, delivered, "a job delivered too often is buried");
+            self.bury(id, 0)?;
+            return Ok(None);
+        }
+        self.handed(id, body)
+    }
+
+    /// A held job handed out, unless its body is too large.
+    fn handed(&self, id: JobId, body: Vec<u8>) -> Result<Option<Job>> {
+        if body.len() > self.opts.max_job_size {
+            return Err(Error::BodyTooLarge {
+                id,
+                size: body.len() as u64,
+                max: self.opts.max_job_size,
+            });
+        }
+        Ok(Some(Job { id, body }))
+    }
+
+    /// The next job of own tube `tube` not held yet, read from the stream
+    /// by sequence; waits up to `wait` for a put on its subject.
+    fn read_own(&mut self, tube: &str, wait: Duration) -> Result<Option<Job>> {
+        let s = self.stream(STREAM)?;
+        let subject = subject(tube);
+        let io = self.opts.io_timeout;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let from = self.own.get(tube).map_or(1, |o| o.next.max(1));
+            let read = self.rt.block_on(async {
+                tokio::time::timeout(
+                    io,
+                    s.raw_message_builder()
+                        .sequence(from)
+                        .next_by_subject(subject.clone())
+                        .send(),
+                )
+                .await
+            });
+            match read {
+                Ok(Ok(m)) => {
+                    let id = JobId(m.sequence);
+                    if let Some(o) = self.own.get_mut(tube) {
+                        o.next = m.sequence + 1;
+                    }
+                    let body = m.payload.to_vec();
+                    self.held.insert(
+                        id,
+                        Held {
+                            tube: tube.to_owned(),
+                            how: HeldHow::Read(m.payload),
+                        },
+                    );
+                    return self.handed(id, body);
+                }
+                Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Ok(Err(e)) => return Err(nats_err("cannot read the tube")(&e)),
+                Err(_) => {
+                    return Err(Error::JetStream {
+                        what: "cannot read the tube",
+                        detail: format!("no answer in {io:?}"),
+                    })
+                }
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            // Woken by a put on the subject, or after a second at most (a
+            // put made while this client reconnected wakes nobody).
+            let rt = &self.rt;
+            if let Some(o) = self.own.get_mut(tube) {
+                let _ = rt.block_on(async {
+                    tokio::time::timeout(left.min(PULL_SLICE), o.wake.next()).await
+                });
+            }
+        }
+    }
+
+    /// Remove a job read from an own tube from the stream.
+    fn remove_read(&mut self, id: JobId) -> Result<()> {
+        let s = self.stream(STREAM)?;
+        let io = self.opts.io_timeout;
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(io, s.delete_message(id.0)).await })
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(nats_err("the broker did not confirm the delete")(&e)),
+            Err(_) => Err(Error::JetStream {
+                what: "the broker did not confirm the delete",
+                detail: format!("no answer in {io:?}"),
+            }),
+        }
     }
 
     /// How many messages stream `name` holds on `subject`.
@@ -324,18 +477,31 @@ impl JetStream {
                     .await
             };
             let mut batch = batch.map_err(|e| nats_err("cannot fetch a job")(&e))?;
+            // A live consumer always answers a pull: a message, or "none"
+            // at once (no wait) or when the pull expires.
             match tokio::time::timeout(wait + io.min(Duration::from_secs(2)), batch.next()).await {
                 Ok(Some(Ok(m))) => Ok(Some(m)),
                 Ok(Some(Err(e))) => Err(nats_err("cannot fetch a job")(&e)),
-                Ok(None) | Err(_) => Ok(None),
+                Ok(None) => Ok(None),
+                Err(_) => Err(Error::JetStream {
+                    what: "the tube's consumer did not answer",
+                    detail: format!(
+                        "no answer to a pull in {:?}",
+                        wait + io.min(Duration::from_secs(2))
+                    ),
+                }),
             }
         });
-        if r.is_err() {
-            // The consumer may be gone (removed while unused): made again
-            // on the next try.
-            self.consumers.remove(tube);
+        match r {
+            Err(e) => {
+                // The consumer may be gone (removed while unused) or on a
+                // server that died: looked at again on the next try.
+                tracing::debug!(tube, error = %e, "looking for the tube's consumer again");
+                self.consumers.remove(tube);
+                Ok(None)
+            }
+            ok => ok,
         }
-        r
     }
 
     fn take_held(&mut self, id: JobId) -> Result<Held> {
@@ -356,11 +522,30 @@ impl Broker for JetStream {
         Ok(self.watched.len() as u32)
     }
 
+    /// The tube is read from the stream by sequence, with no consumer:
+    /// creating a consumer costs a Raft group of its own (0.3-0.8 s on a
+    /// three-server cluster here), too much for one reply.
+    fn watch_own(&mut self, tube: &str) -> Result<u32> {
+        crate::check_tube(tube)?;
+        if !self.own.contains_key(tube) {
+            let client = self.js.client();
+            let wake = self
+                .rt
+                .block_on(client.subscribe(subject(tube)))
+                .map_err(|e| nats_err("cannot subscribe to the tube")(&e))?;
+            self.own.insert(tube.to_owned(), Own { next: 0, wake });
+        }
+        self.watch(tube)
+    }
+
     fn ignore(&mut self, tube: &str) -> Result<u32> {
         if self.watched.len() == 1 && self.watched.contains(tube) {
             return Err(Error::NotIgnored);
         }
         self.watched.remove(tube);
+        if let Some(mut own) = self.own.remove(tube) {
+            let _ = self.rt.block_on(own.wake.unsubscribe());
+        }
         Ok(self.watched.len() as u32)
     }
 
@@ -425,26 +610,8 @@ impl Broker for JetStream {
                 Duration::ZERO
             };
             for tube in &tubes {
-                if let Some(m) = self.fetch_one(tube, slice)? {
-                    let info = m
-                        .info()
-                        .map_err(|e| nats_err("a job without its metadata")(&e))?;
-                    let id = JobId(info.stream_sequence);
-                    let delivered = info.delivered;
-                    let body = m.payload.to_vec();
-                    self.held.insert(
-                        id,
-                        Held {
-                            tube: tube.clone(),
-                            message: m,
-                        },
-                    );
-                    if delivered > self.opts.max_deliveries {
-                        tracing::warn!(job = %id, tube, delivered, "a job delivered too often is buried");
-                        self.bury(id, 0)?;
-                        continue;
-                    }
-                    return Ok(Some(Job { id, body }));
+                if let Some(job) = self.take_one(tube, slice)? {
+                    return Ok(Some(job));
                 }
             }
             if std::time::Instant::now() >= deadline {
@@ -458,17 +625,32 @@ impl Broker for JetStream {
 
     fn delete(&mut self, id: JobId) -> Result<()> {
         let h = self.take_held(id)?;
-        self.rt
-            .block_on(h.message.double_ack())
-            .map_err(|e| nats_err("the broker did not confirm the delete")(&e))
+        match h.how {
+            HeldHow::Delivered(m) => self
+                .rt
+                .block_on(m.double_ack())
+                .map_err(|e| nats_err("the broker did not confirm the delete")(&e)),
+            HeldHow::Read(_) => self.remove_read(id),
+        }
     }
 
     fn release(&mut self, id: JobId, _priority: u32, delay: Duration) -> Result<()> {
         let h = self.take_held(id)?;
-        let delay = (!delay.is_zero()).then_some(delay);
-        self.rt
-            .block_on(h.message.ack_with(AckKind::Nak(delay)))
-            .map_err(|e| nats_err("cannot release the job")(&e))
+        match h.how {
+            HeldHow::Delivered(m) => {
+                let delay = (!delay.is_zero()).then_some(delay);
+                self.rt
+                    .block_on(m.ack_with(AckKind::Nak(delay)))
+                    .map_err(|e| nats_err("cannot release the job")(&e))
+            }
+            HeldHow::Read(_) => {
+                // Read again from here on.
+                if let Some(o) = self.own.get_mut(&h.tube) {
+                    o.next = o.next.min(id.0);
+                }
+                Ok(())
+            }
+        }
     }
 
     fn bury(&mut self, id: JobId, _priority: u32) -> Result<()> {
@@ -476,19 +658,29 @@ impl Broker for JetStream {
         self.stream(BURIED)?;
         let js = self.js.clone();
         let subject = buried_subject(&h.tube);
-        let payload = h.message.payload.clone();
-        let r = self.rt.block_on(async {
-            js.publish(subject, payload).await?.await?;
-            h.message.double_ack_with(AckKind::Term).await
-        });
-        r.map_err(|e| nats_err("cannot bury the job")(&e))
+        let payload = h.payload().clone();
+        self.rt
+            .block_on(async { js.publish(subject, payload).await?.await })
+            .map_err(|e| nats_err("cannot bury the job")(&e))?;
+        match h.how {
+            HeldHow::Delivered(m) => self
+                .rt
+                .block_on(m.double_ack_with(AckKind::Term))
+                .map_err(|e| nats_err("cannot bury the job")(&e)),
+            HeldHow::Read(_) => self.remove_read(id),
+        }
     }
 
     fn touch(&mut self, id: JobId) -> Result<()> {
         let h = self.held.get(&id).ok_or(Error::NotFound(id))?;
-        self.rt
-            .block_on(h.message.ack_with(AckKind::Progress))
-            .map_err(|e| nats_err("cannot touch the job")(&e))
+        match &h.how {
+            HeldHow::Delivered(m) => self
+                .rt
+                .block_on(m.ack_with(AckKind::Progress))
+                .map_err(|e| nats_err("cannot touch the job")(&e)),
+            // Nobody else reads an own tube: no time runs out.
+            HeldHow::Read(_) => Ok(()),
+        }
     }
 
     fn peek(&mut self, _which: Peek) -> Result<Option<Job>> {

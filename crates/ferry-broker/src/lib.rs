@@ -167,6 +167,14 @@ pub trait Broker: Send {
     /// Adds `tube` to the watched set; returns how many tubes are watched.
     fn watch(&mut self, tube: &str) -> Result<u32>;
 
+    /// [`watch`](Broker::watch) a tube that only this connection reads and
+    /// nobody else reserves from: a reply tube. A transport may read such a
+    /// tube more cheaply (JetStream reads it from the stream without a
+    /// consumer); beanstalkd watches it as any other.
+    fn watch_own(&mut self, tube: &str) -> Result<u32> {
+        self.watch(tube)
+    }
+
     /// Removes `tube` from the watched set; returns how many remain. The
     /// last watched tube cannot be ignored ([`Error::NotIgnored`]).
     fn ignore(&mut self, tube: &str) -> Result<u32>;
@@ -220,6 +228,9 @@ impl<B: Broker + ?Sized> Broker for Box<B> {
     }
     fn watch(&mut self, tube: &str) -> Result<u32> {
         (**self).watch(tube)
+    }
+    fn watch_own(&mut self, tube: &str) -> Result<u32> {
+        (**self).watch_own(tube)
     }
     fn ignore(&mut self, tube: &str) -> Result<u32> {
         (**self).ignore(tube)

@@ -123,6 +123,7 @@ impl Reconnecting {
                 connect_timeout: self.opts.connect_timeout,
                 io_timeout: self.opts.io_timeout,
                 ack_wait: self.opts.ack_wait,
+                max_job_size: self.opts.max_job_size,
                 ..JetStreamOptions::default()
             };
             self.nats = Some(JetStream::connect(&self.uri.servers(), opts)?);
@@ -323,6 +324,17 @@ impl Broker for Reconnecting {
         self.retried(|c| c.use_tube(tube))?;
         tube.clone_into(&mut self.using);
         Ok(())
+    }
+
+    fn watch_own(&mut self, tube: &str) -> Result<u32> {
+        if let Some(js) = self.nats()? {
+            let n = js.watch_own(tube)?;
+            if !self.watched.iter().any(|t| t == tube) {
+                self.watched.push(tube.to_owned());
+            }
+            return Ok(n);
+        }
+        self.watch(tube)
     }
 
     fn watch(&mut self, tube: &str) -> Result<u32> {

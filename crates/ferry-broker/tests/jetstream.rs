@@ -156,16 +156,37 @@ fn an_untouched_job_goes_to_another_worker_after_its_ack_wait_and_a_touched_one_
 
 #[test]
 fn no_job_is_lost_when_a_server_dies_and_comes_back_mid_stream() {
+    no_job_is_lost_when_a_server_dies(Victim::MetaLeader);
+}
+
+#[test]
+fn no_job_is_lost_when_the_server_holding_the_tube_s_consumer_dies() {
+    no_job_is_lost_when_a_server_dies(Victim::ConsumerHost);
+}
+
+/// Which server a test kills.
+enum Victim {
+    /// The JetStream meta leader.
+    MetaLeader,
+    /// The leader of the worker's consumer.
+    ConsumerHost,
+}
+
+fn no_job_is_lost_when_a_server_dies(v: Victim) {
     let mut c = NatsCluster::start(3).expect("nats");
     let tube = "cbsd_pool2";
     let mut producer = on_tube(&c, tube, Duration::from_secs(5));
     let mut worker = on_tube(&c, tube, Duration::from_secs(5));
+    // The consumer exists once the worker looked.
+    assert!(worker.reserve(Duration::ZERO).expect("reserve").is_none());
     let n = 500;
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
-    let victim = c
-        .meta_leader(0)
-        .and_then(|l| c.index_of(&l))
-        .expect("a leader");
+    let victim = match v {
+        Victim::MetaLeader => c.meta_leader(0),
+        Victim::ConsumerHost => c.consumer_leader("FERRY", &ferry_broker::jetstream::token(tube)),
+    }
+    .and_then(|l| c.index_of(&l))
+    .expect("a server to kill");
     for i in 0..n {
         if i == n / 3 {
             c.kill(victim);
@@ -203,4 +224,57 @@ fn no_job_is_lost_when_a_server_dies_and_comes_back_mid_stream() {
     );
     assert!(missing.is_empty(), "lost: {missing:?}");
     assert_eq!(twice, 0, "jobs delivered twice");
+}
+
+#[test]
+fn an_own_tube_is_read_from_the_stream_with_beanstalkd_s_words() {
+    let c = NatsCluster::start(3).expect("nats");
+    let tube = "cbsd_pool1_result_id7";
+    let mut reader = connect(&c, TTR);
+    reader.watch_own(tube).expect("watch");
+    reader.ignore("default").expect("ignore");
+    let mut writer = connect(&c, TTR);
+    writer.use_tube(tube).expect("use");
+    // Already there before the wait began, and put during it.
+    let first = writer.put(b"one", 0, Duration::ZERO, TTR).expect("put");
+    let job = reader
+        .reserve(Duration::from_secs(2))
+        .expect("reserve")
+        .expect("a job");
+    assert_eq!((job.id, job.body.as_slice()), (first, &b"one"[..]));
+    let put_later = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        writer.put(b"two", 0, Duration::ZERO, TTR).expect("put")
+    });
+    let t = Instant::now();
+    let job2 = reader
+        .reserve(Duration::from_secs(5))
+        .expect("reserve")
+        .expect("a job put during the wait");
+    let second = put_later.join().expect("writer");
+    assert_eq!(job2.id, second);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "woken late: {:?}",
+        t.elapsed()
+    );
+    // Held jobs are not handed out again; a released one is.
+    assert!(reader.reserve(Duration::ZERO).expect("reserve").is_none());
+    reader.release(first, 0, Duration::ZERO).expect("release");
+    let again = reader
+        .reserve(Duration::ZERO)
+        .expect("reserve")
+        .expect("the released job");
+    assert_eq!(again.id, first);
+    // Deleted and buried: gone from the tube, the buried one counted.
+    reader.delete(first).expect("delete");
+    reader.bury(second, 0).expect("bury");
+    assert!(matches!(reader.delete(first), Err(Error::NotFound(_))));
+    let stats = reader.stats_tube(tube).expect("stats");
+    assert_eq!((stats.ready, stats.reserved, stats.buried), (0, 0, 1));
+    // A new reader of the same tube finds nothing left.
+    let mut other = connect(&c, TTR);
+    other.watch_own(tube).expect("watch");
+    other.ignore("default").expect("ignore");
+    assert!(other.reserve(Duration::ZERO).expect("reserve").is_none());
 }

@@ -86,11 +86,14 @@ impl TestBroker {
     }
 
     /// A client of this broker for the test itself (the transport ferry
-    /// uses, chosen by the URI).
+    /// uses, chosen by the URI), reading jobs up to 32 MiB.
     pub fn client(&self) -> ferry_broker::Reconnecting {
         ferry_broker::Reconnecting::lazy(
             self.uri().parse().expect("a broker URI"),
-            ferry_broker::ConnectOptions::default(),
+            ferry_broker::ConnectOptions {
+                max_job_size: 32 << 20,
+                ..ferry_broker::ConnectOptions::default()
+            },
             ferry_broker::ReconnectPolicy::default(),
         )
     }

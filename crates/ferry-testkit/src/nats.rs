@@ -238,6 +238,52 @@ impl NatsCluster {
             .map(str::to_owned)
     }
 
+    /// Stream `stream`'s details as running server `i` reports them
+    /// (`/jsz?consumers=true`).
+    fn stream_detail(&self, i: usize, stream: &str) -> Option<serde_json::Value> {
+        let url = format!(
+            "http://{}:{}/jsz?consumers=true",
+            self.ip, self.servers[i].http_port
+        );
+        let body = ureq::get(&url)
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == stream)
+    }
+
+    /// The leader of stream `stream`'s Raft group, as the first server
+    /// that answers sees it.
+    pub fn stream_leader(&self, stream: &str) -> Option<String> {
+        (0..self.servers.len()).find_map(|i| {
+            self.stream_detail(i, stream)?["cluster"]["leader"]
+                .as_str()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+        })
+    }
+
+    /// The server that holds consumer `consumer` of stream `stream` (its
+    /// leader): a server reports only the consumers it holds.
+    pub fn consumer_leader(&self, stream: &str, consumer: &str) -> Option<String> {
+        (0..self.servers.len()).find_map(|i| {
+            self.stream_detail(i, stream)?["consumer_detail"]
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == consumer)?["cluster"]["leader"]
+                .as_str()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+        })
+    }
+
     /// Wait until every running server names the same meta leader, one
     /// of them.
     pub fn wait_ready(&mut self) -> io::Result<()> {

@@ -1,6 +1,7 @@
-//! `ferry agent` and `ferry client` over a real beanstalkd: bs_router's
-//! sample jobs for jails and VMs, two pools on one host, an agent killed
-//! mid-job, a broker restarted with its binlog, hostile and unsigned jobs.
+//! `ferry agent` and `ferry client` over a real broker, beanstalkd and a
+//! NATS JetStream cluster: bs_router's sample jobs for jails and VMs, two
+//! pools on one host, an agent killed mid-job, a broker crashed and
+//! restarted, hostile and unsigned jobs.
 
 use std::fs;
 use std::net::TcpListener;
@@ -10,8 +11,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_agent::job::{self, Reply};
-use ferry_broker::{Broker, ConnectOptions, Connection, JobId, JobState};
+use ferry_broker::{Broker, JobId, Reconnecting};
 use ferry_testkit::beanstalkd::Beanstalkd;
+use ferry_testkit::broker::{TestBroker, Transport};
 use ferry_testkit::TestWorkdir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -27,7 +29,7 @@ struct Pool {
 impl Pool {
     /// A workdir with a busybox base, served on tube `tube` of `b`; `extra`
     /// are more top-level config keys (`"job_ttr": 2, ...`).
-    fn new(b: &Beanstalkd, tube: &str, extra: &str) -> Pool {
+    fn new(b: &TestBroker, tube: &str, extra: &str) -> Pool {
         let t = TestWorkdir::with_base(BIN);
         let config = t.root().join("agent.json");
         fs::write(&config, b.agent_config(t.root(), tube, extra)).expect("config");
@@ -136,28 +138,28 @@ impl Drop for ClientRun {
     }
 }
 
-fn broker(b: &Beanstalkd) -> Connection {
-    let uri = b.uri().parse().expect("uri");
-    let opts = ConnectOptions {
-        max_job_size: 32 << 20,
-        ..ConnectOptions::default()
-    };
-    Connection::connect(&uri, opts).expect("connect")
+fn broker(b: &TestBroker) -> Reconnecting {
+    b.client()
+}
+
+/// How many jobs of `tube` are buried.
+fn buried(c: &mut impl Broker, tube: &str) -> u64 {
+    c.stats_tube(tube).map_or(0, |s| s.buried)
 }
 
 /// Put a raw body on `tube` with a TTR of 30 s; its id.
-fn put_raw(c: &mut Connection, tube: &str, body: &[u8]) -> JobId {
+fn put_raw(c: &mut impl Broker, tube: &str, body: &[u8]) -> JobId {
     put_ttr(c, tube, body, Duration::from_secs(30))
 }
 
-fn put_ttr(c: &mut Connection, tube: &str, body: &[u8], ttr: Duration) -> JobId {
+fn put_ttr(c: &mut impl Broker, tube: &str, body: &[u8], ttr: Duration) -> JobId {
     c.use_tube(tube).expect("use");
     c.put(body, 1024, Duration::ZERO, ttr).expect("put")
 }
 
 /// The next job on `tube` within `limit`, deleted.
-fn take(c: &mut Connection, tube: &str, limit: Duration) -> Option<Vec<u8>> {
-    c.watch(tube).expect("watch");
+fn take(c: &mut impl Broker, tube: &str, limit: Duration) -> Option<Vec<u8>> {
+    c.watch_own(tube).expect("watch");
     c.ignore("default").ok();
     let job = c.reserve(limit).expect("reserve");
     c.ignore(tube).ok();
@@ -169,7 +171,7 @@ fn take(c: &mut Connection, tube: &str, limit: Duration) -> Option<Vec<u8>> {
 
 /// The final reply to raw job `id`.
 #[track_caller]
-fn final_reply(c: &mut Connection, p: &Pool, id: JobId) -> Reply {
+fn final_reply(c: &mut impl Broker, p: &Pool, id: JobId) -> Reply {
     let tube = p.reply_tube(id);
     loop {
         let body =
@@ -197,9 +199,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn bs_router_client_jail_jobs_round_trip() {
-    let b = Beanstalkd::start().expect("beanstalkd");
+ferry_testkit::over_both_brokers!(
+    bs_router_client_jail_jobs_round_trip,
+    bs_router_client_vm_jobs_round_trip_with_progress_and_vnc,
+    two_pools_on_one_host_route_to_their_own_workdirs,
+    a_broker_crashed_and_restarted_loses_no_job,
+    hostile_jobs_get_error_replies_and_change_nothing,
+    with_a_key_only_signed_jobs_run_and_none_twice,
+    the_client_times_out_or_fails_with_its_own_exit_codes,
+);
+
+fn bs_router_client_jail_jobs_round_trip(t: Transport) {
+    let b = TestBroker::start(t, false).expect("broker");
     let mut p = Pool::new(&b, "cbsd_pool1", "");
     p.start_agent();
     // bs_router-client's bin.jail samples as they are. jcreate2.sh asks for
@@ -254,7 +265,7 @@ fn bs_router_client_jail_jobs_round_trip() {
 
 /// What an operator of pool2 has: a Debian base with apt as the default
 /// profile's, and a local mirror (the tests reach no network).
-fn debian_pool(b: &Beanstalkd, tube: &str) -> Pool {
+fn debian_pool(b: &TestBroker, tube: &str) -> Pool {
     let (base, repo) = ferry_testkit::test_debian();
     let p = Pool::new(b, tube, "");
     p.t.ok(&["initenv", &format!("pkg_mirror={}", repo.display())]);
@@ -277,7 +288,7 @@ fn debian_pool(b: &Beanstalkd, tube: &str) -> Pool {
 
 #[test]
 fn bs_router_client_s_pool2_jobs_install_packages_into_a_debian_jail() {
-    let b = Beanstalkd::start().expect("beanstalkd");
+    let b = TestBroker::start(Transport::Beanstalkd, false).expect("beanstalkd");
     let mut p = debian_pool(&b, "cbsd_pool2");
     p.start_agent();
     // bin.jail/jcreate2.sh, jls2.sh, jstart2.sh, jstop2.sh, jremove2.sh as
@@ -327,9 +338,8 @@ fn bs_router_client_s_pool2_jobs_install_packages_into_a_debian_jail() {
     assert!(p.agent_alive());
 }
 
-#[test]
-fn bs_router_client_vm_jobs_round_trip_with_progress_and_vnc() {
-    let b = Beanstalkd::start().expect("beanstalkd");
+fn bs_router_client_vm_jobs_round_trip_with_progress_and_vnc(t: Transport) {
+    let b = TestBroker::start(t, false).expect("broker");
     let mut p = Pool::new(&b, "cbsd_vms", "");
     p.start_agent();
     let g = ferry_testkit::test_guest();
@@ -380,7 +390,7 @@ fn bs_router_client_vm_jobs_round_trip_with_progress_and_vnc() {
 
 #[test]
 fn a_reply_longer_than_max_job_size_is_cut_not_lost() {
-    let b = Beanstalkd::start().expect("beanstalkd");
+    let b = TestBroker::start(Transport::Beanstalkd, false).expect("beanstalkd");
     let mut p = Pool::new(&b, "cbsd_small", r#""max_job_size": 1024,"#);
     for i in 0..30 {
         p.t.ok(&["jcreate", &format!("jname=a-rather-long-jail-name-{i:02}")]);
@@ -392,9 +402,8 @@ fn a_reply_longer_than_max_job_size_is_cut_not_lost() {
     assert!(r.message.contains("(cut: the whole message is"), "{r:?}");
 }
 
-#[test]
-fn two_pools_on_one_host_route_to_their_own_workdirs() {
-    let b = Beanstalkd::start().expect("beanstalkd");
+fn two_pools_on_one_host_route_to_their_own_workdirs(t: Transport) {
+    let b = TestBroker::start(t, false).expect("broker");
     let mut p1 = Pool::new(&b, "cbsd_pool1", "");
     let mut p2 = Pool::new(&b, "cbsd_pool2", "");
     p1.start_agent();
@@ -435,7 +444,7 @@ fn runs(count: &Path) -> usize {
     ignore = "needs the crash points: cargo test --features ferry/crashpoints"
 )]
 fn an_agent_killed_mid_job_does_not_run_the_job_twice() {
-    let b = Beanstalkd::start().expect("beanstalkd");
+    let b = TestBroker::start(Transport::Beanstalkd, false).expect("beanstalkd");
     let mut p = Pool::new(&b, "cbsd_kill", r#""job_ttr": 2,"#);
     p.start_agent();
     let count = p.t.root().join("runs");
@@ -508,9 +517,8 @@ fn an_agent_killed_mid_job_does_not_run_the_job_twice() {
     assert_eq!(runs(&count), 2);
 }
 
-#[test]
-fn a_broker_restarted_with_its_binlog_loses_no_job() {
-    let mut b = Beanstalkd::builder().binlog().start().expect("beanstalkd");
+fn a_broker_crashed_and_restarted_loses_no_job(t: Transport) {
+    let mut b = TestBroker::start(t, true).expect("broker");
     let mut p = Pool::new(&b, "cbsd_durable", "");
     // Jobs queued while no agent runs, then the broker crashes.
     let clients: Vec<ClientRun> = (0..3)
@@ -526,8 +534,8 @@ fn a_broker_restarted_with_its_binlog_loses_no_job() {
         c.stats_tube(&p.tube).is_ok_and(|s| s.ready == 3)
     });
     drop(c);
-    b.kill().expect("kill beanstalkd");
-    b.restart().expect("restart beanstalkd");
+    b.kill().expect("kill the broker");
+    b.start_again().expect("restart the broker");
     p.start_agent();
     for cl in clients {
         let (code, r) = cl.finish();
@@ -535,19 +543,30 @@ fn a_broker_restarted_with_its_binlog_loses_no_job() {
     }
     assert_eq!(p.t.jls().len(), 3);
 
-    // The broker restarts under a running agent: it reconnects.
-    b.restart().expect("restart beanstalkd");
+    // The broker crashes and restarts under a running agent: it
+    // reconnects.
+    b.kill().expect("kill the broker");
+    b.start_again().expect("restart the broker");
     p.ok(r#"{"Command":"jcreate","CommandArgs":{"jname":"after"}}"#);
     assert_eq!(p.t.jls().len(), 4);
     assert!(p.agent_alive());
 }
 
-#[test]
-fn hostile_jobs_get_error_replies_and_change_nothing() {
-    let b = Beanstalkd::builder()
-        .max_job_size(16 << 20)
-        .start()
-        .expect("beanstalkd");
+fn hostile_jobs_get_error_replies_and_change_nothing(t: Transport) {
+    // A body far above the agent's max_job_size, within the server's
+    // own limit (beanstalkd's -z here, NATS's max_payload of 1 MiB).
+    let (b, big_size) = match t {
+        Transport::Beanstalkd => (
+            TestBroker::Beanstalkd(
+                Beanstalkd::builder()
+                    .max_job_size(16 << 20)
+                    .start()
+                    .expect("beanstalkd"),
+            ),
+            10 << 20,
+        ),
+        Transport::Nats => (TestBroker::start(t, false).expect("NATS"), 512 << 10),
+    };
     let mut p = Pool::new(&b, "cbsd_hostile", "");
     p.start_agent();
     p.ok(r#"{"Command":"jls"}"#);
@@ -556,7 +575,7 @@ fn hostile_jobs_get_error_replies_and_change_nothing() {
     let m = marker.display();
     let big = format!(
         r#"{{"Command":"jcreate","CommandArgs":{{"jname":"big","host_hostname":"{}"}}}}"#,
-        "x".repeat(10 << 20)
+        "x".repeat(big_size)
     );
     let bodies: Vec<Vec<u8>> = [
         format!(r#"{{"Command":"jcreate","CommandArgs":{{"jname":"x$(touch {m})"}}}}"#),
@@ -589,7 +608,7 @@ fn hostile_jobs_get_error_replies_and_change_nothing() {
     ])
     .collect();
     let mut c = broker(&b);
-    for body in &bodies {
+    for (n, body) in bodies.iter().enumerate() {
         let id = put_raw(&mut c, &p.tube, body);
         let r = final_reply(&mut c, &p, id);
         let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
@@ -597,7 +616,7 @@ fn hostile_jobs_get_error_replies_and_change_nothing() {
         assert!(!r.message.is_empty(), "{shown}");
         // The reply is put first, then the job is buried.
         wait_for(&format!("{shown} buried"), Duration::from_secs(5), || {
-            matches!(c.stats_job(id).map(|s| s.state), Ok(JobState::Buried))
+            buried(&mut c, &p.tube) == n as u64 + 1
         });
         assert!(p.agent_alive(), "the agent died on {shown}");
     }
@@ -613,9 +632,8 @@ fn hostile_jobs_get_error_replies_and_change_nothing() {
     assert_eq!(r.err_code, 0);
 }
 
-#[test]
-fn with_a_key_only_signed_jobs_run_and_none_twice() {
-    let b = Beanstalkd::start().expect("beanstalkd");
+fn with_a_key_only_signed_jobs_run_and_none_twice(t: Transport) {
+    let b = TestBroker::start(t, false).expect("broker");
     let mut p = Pool::new(&b, "cbsd_signed", r#""hmac_key_file": "agent.key","#);
     let key = b"a shared key of thirty-two bytes";
     let key_file = p.t.root().join("agent.key");
@@ -649,13 +667,15 @@ fn with_a_key_only_signed_jobs_run_and_none_twice() {
         (forged, 6),
         (stale, 6),
     ];
+    let mut refused = 0;
     for (body, code) in cases {
         let id = put_raw(&mut c, &p.tube, &body);
         let r = final_reply(&mut c, &p, id);
         assert_eq!(r.err_code, code, "{r:?}");
         if code != 0 {
+            refused += 1;
             wait_for("the refused job buried", Duration::from_secs(5), || {
-                matches!(c.stats_job(id).map(|s| s.state), Ok(JobState::Buried))
+                buried(&mut c, &p.tube) == refused
             });
         }
     }
@@ -663,9 +683,8 @@ fn with_a_key_only_signed_jobs_run_and_none_twice() {
     assert_eq!(names, ["replayed", "signed1"]);
 }
 
-#[test]
-fn the_client_times_out_or_fails_with_its_own_exit_codes() {
-    let mut b = Beanstalkd::start().expect("beanstalkd");
+fn the_client_times_out_or_fails_with_its_own_exit_codes(t: Transport) {
+    let mut b = TestBroker::start(t, false).expect("broker");
     let p = Pool::new(&b, "cbsd_nobody", "");
     // Nobody serves the tube.
     let t0 = Instant::now();
@@ -673,7 +692,7 @@ fn the_client_times_out_or_fails_with_its_own_exit_codes() {
     assert_eq!(code, ferry_agent::exit::TIMED_OUT);
     assert!(t0.elapsed() < Duration::from_secs(10));
     // No broker at all.
-    b.stop().expect("stop");
+    b.kill().expect("kill the broker");
     let (code, _) = p.spawn_client(r#"{"Command":"jls"}"#, 1).finish();
     assert_eq!(code, ferry_agent::exit::BROKER);
 }

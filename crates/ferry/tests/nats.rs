@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_broker::Broker;
 use ferry_testkit::broker::{TestBroker, Transport};
 use ferry_testkit::view::node_alive;
 use ferry_testkit::{Storage, TestCluster, TestWorkdir};
@@ -149,4 +150,130 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Every task of `t` (`task mode=list --json`).
+fn task_rows(t: &TestWorkdir) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&t.ok(&["task", "mode=list", "--json"])).expect("JSON");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Every reply on `tube` (all there already), taken: (progress,
+/// err_code) of each.
+fn replies_on(c: &mut impl Broker, tube: &str) -> Vec<(u8, i32)> {
+    c.watch_own(tube).expect("watch");
+    c.ignore("default").ok();
+    let mut got = Vec::new();
+    while let Some(job) = c.reserve(Duration::ZERO).expect("reserve") {
+        c.delete(job.id).expect("delete");
+        let r = ferry_agent::job::Reply::parse(&job.body).expect("a reply");
+        got.push((r.progress, r.err_code));
+    }
+    c.watch("default").ok();
+    c.ignore(tube).ok();
+    got
+}
+
+/// 500 bs_router jobs through `ferry agent` and 30 remote tasks between two
+/// nodes, while the leader of the jobs' stream is killed and later started
+/// again: every job is answered, once; every task runs, once.
+#[test]
+fn a_stream_leader_killed_and_restarted_amid_500_jobs_and_30_tasks_loses_and_repeats_nothing() {
+    let (c, mut b) = TestCluster::with_broker(BIN, 2, Storage::Plain, Transport::Nats, true);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let _d1 = n1.daemon(&["heartbeat=1"]);
+    let _d2 = n2.daemon(&["heartbeat=1"]);
+    n1.ok(&["node", "mode=add", "node=n2"]);
+    let pool = TestWorkdir::with_base(BIN);
+    let config = pool.root().join("agent.json");
+    std::fs::write(&config, b.agent_config(pool.root(), "cbsd_load", "")).expect("config");
+    let _agent = Agent(
+        std::process::Command::new(BIN)
+            .args(["agent", "-config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("agent"),
+    );
+    let mut client = b.client();
+    client.use_tube("cbsd_load").expect("use");
+    const JOBS: usize = 500;
+    const TASKS: usize = 30;
+    let t0 = Instant::now();
+    let mut jobs = Vec::new();
+    let mut tasks = Vec::new();
+    let mut killed = None;
+    for i in 0..JOBS {
+        let body = format!(r#"{{"Command":"jcreate","CommandArgs":{{"jname":"l{i}"}}}}"#);
+        let id = client
+            .put(
+                body.as_bytes(),
+                1024,
+                Duration::ZERO,
+                Duration::from_secs(60),
+            )
+            .expect("put");
+        jobs.push(id);
+        if i % 16 == 0 && tasks.len() < TASKS {
+            tasks.push(n1.submit_task(&["node=n2", "jcreate", &format!("jname=t{i}")]));
+        }
+        if i == JOBS / 4 {
+            let TestBroker::Nats(nats) = &mut b else {
+                unreachable!("a NATS cluster")
+            };
+            let leader = nats.stream_leader("FERRY").expect("the stream's leader");
+            let l = nats.index_of(&leader).expect("ours");
+            eprintln!("job {i}: the stream's leader {leader} killed");
+            nats.kill(l);
+            killed = Some(l);
+        }
+    }
+    while tasks.len() < TASKS {
+        let i = tasks.len();
+        tasks.push(n1.submit_task(&["node=n2", "jcreate", &format!("jname=u{i}")]));
+    }
+    eprintln!("{JOBS} jobs and {TASKS} tasks sent in {:?}", t0.elapsed());
+    let TestBroker::Nats(nats) = &mut b else {
+        unreachable!("a NATS cluster")
+    };
+    nats.restart(killed.expect("one killed"))
+        .expect("the server back");
+    eprintln!("the server back at {:?}", t0.elapsed());
+    wait_for("every job run", Duration::from_secs(240), || {
+        pool.jls().len() == JOBS
+    });
+    wait_for("every task done on n1", Duration::from_secs(120), || {
+        let rows = task_rows(n1);
+        tasks
+            .iter()
+            .all(|id| rows.iter().any(|r| r["id"] == *id && r["state"] == "done"))
+    });
+    eprintln!("all run at {:?}", t0.elapsed());
+    // Every job: one final reply, a success (a second run would have found
+    // its jail there and failed; a second reply would be here).
+    let mut c = b.client();
+    for (i, id) in jobs.iter().enumerate() {
+        let tube = format!("cbsd_load_result_id{id}");
+        let finals: Vec<(u8, i32)> = replies_on(&mut c, &tube)
+            .into_iter()
+            .filter(|(p, _)| *p == 100)
+            .collect();
+        assert_eq!(finals, [(100, 0)], "job {i} (id {id})");
+    }
+    let left = c.stats_tube("cbsd_load").expect("stats");
+    assert_eq!(
+        (left.ready, left.reserved, left.buried),
+        (0, 0, 0),
+        "{left:?}"
+    );
+    // Every task: run once on n2.
+    let there = task_rows(n2);
+    assert_eq!(there.len(), TASKS, "{there:#?}");
+    assert!(there.iter().all(|r| r["runs"] == 1 && r["state"] == "done"));
+    let mut origins: Vec<&str> = there.iter().filter_map(|r| r["origin"].as_str()).collect();
+    origins.sort();
+    origins.dedup();
+    assert_eq!(origins.len(), TASKS);
+    assert_eq!(n2.jls().len(), TASKS);
 }

@@ -187,7 +187,7 @@ impl Asker {
         let mut b = connect(&uri, timeout)?;
         let reply = format!("ferry.reply.{}.{}", wd.nodename(), uuid::Uuid::new_v4());
         let setup = |b: &mut Reconnecting| -> Result<()> {
-            b.watch(&reply).map_err(RpcError::broker("broker"))?;
+            b.watch_own(&reply).map_err(RpcError::broker("broker"))?;
             b.ignore("default").map_err(RpcError::broker("broker"))?;
             b.use_tube(&node_tube(node.as_str()))
                 .map_err(RpcError::broker("broker"))
