@@ -107,7 +107,7 @@ struct Held {
 /// Where a held job came from.
 enum HeldHow {
     /// Delivered by the tube's consumer: acknowledged through it.
-    Delivered(jetstream::Message),
+    Delivered(Box<jetstream::Message>),
     /// Read from the stream (an own tube): removed from it by sequence.
     Read(bytes::Bytes),
 }
@@ -314,7 +314,7 @@ impl JetStream {
             id,
             Held {
                 tube: tube.to_owned(),
-                how: HeldHow::Delivered(m),
+                how: HeldHow::Delivered(Box::new(m)),
             },
         );
         if delivered > self.opts.max_deliveries {
