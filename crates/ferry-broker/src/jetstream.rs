@@ -53,6 +53,9 @@ const ATTEMPTS: [Duration; 5] = [
     Duration::from_secs(10),
     Duration::from_secs(10),
 ];
+/// How long one read of an own tube waits for its answer before it is
+/// asked again (a request lost while a server died gets none).
+const READ_WAIT: Duration = Duration::from_secs(2);
 /// The longest one pull request waits for a job.
 const PULL_SLICE: Duration = Duration::from_secs(1);
 /// The least time a JetStream request is given.
@@ -342,13 +345,12 @@ impl JetStream {
     fn read_own(&mut self, tube: &str, wait: Duration) -> Result<Option<Job>> {
         let s = self.stream(STREAM)?;
         let subject = subject(tube);
-        let io = self.opts.io_timeout;
         let deadline = std::time::Instant::now() + wait;
         loop {
             let from = self.own.get(tube).map_or(1, |o| o.next.max(1));
             let read = self.rt.block_on(async {
                 tokio::time::timeout(
-                    io,
+                    READ_WAIT,
                     s.raw_message_builder()
                         .sequence(from)
                         .next_by_subject(subject.clone())
@@ -373,12 +375,23 @@ impl JetStream {
                     return self.handed(id, body);
                 }
                 Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
-                Ok(Err(e)) => return Err(nats_err("cannot read the tube")(&e)),
-                Err(_) => {
-                    return Err(Error::JetStream {
-                        what: "cannot read the tube",
-                        detail: format!("no answer in {io:?}"),
-                    })
+                failed => {
+                    let e = match failed {
+                        Ok(Err(e)) => nats_err("cannot read the tube")(&e),
+                        _ => Error::JetStream {
+                            what: "cannot read the tube",
+                            detail: format!("no answer in {READ_WAIT:?}"),
+                        },
+                    };
+                    // The cluster may be electing a leader or coming back:
+                    // read again while the wait lasts; the tube reads as
+                    // empty until then (the caller's own timeout tells).
+                    tracing::debug!(tube, error = %e, "reading again");
+                    std::thread::sleep(Duration::from_millis(200));
+                    if std::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    continue;
                 }
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -415,21 +428,24 @@ impl JetStream {
 
     /// How many messages stream `name` holds on `subject`.
     fn count(&mut self, name: &'static str, subject: &str) -> Result<u64> {
-        let s = self.stream(name)?;
-        self.rt.block_on(async {
-            let mut subjects = s
-                .info_with_subjects(subject)
-                .await
-                .map_err(|e| nats_err("cannot read the stream's info")(&e))?;
-            let mut n = 0;
-            while let Some(r) = subjects.next().await {
-                let (s, count) = r.map_err(|e| nats_err("cannot read the stream's info")(&e))?;
-                if s == subject {
-                    n += count as u64;
-                }
-            }
-            Ok(n)
-        })
+        // Asked directly: a stream not made yet holds nothing, and reading
+        // must not race another client making it.
+        let request = serde_json::json!({ "subjects_filter": subject });
+        let js = self.js.clone();
+        let v: serde_json::Value = self
+            .rt
+            .block_on(js.request(format!("STREAM.INFO.{name}"), &request))
+            .map_err(|e| nats_err("cannot read the stream's info")(&e))?;
+        if v["error"]["code"] == 404 {
+            return Ok(0);
+        }
+        if !v["error"].is_null() {
+            return Err(Error::JetStream {
+                what: "cannot read the stream's info",
+                detail: v["error"].to_string(),
+            });
+        }
+        Ok(v["state"]["subjects"][subject].as_u64().unwrap_or(0))
     }
 
     /// Run a request of JetStream's API again until it is answered, each

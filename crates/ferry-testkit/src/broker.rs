@@ -20,6 +20,18 @@ pub enum Transport {
     Nats,
 }
 
+impl Transport {
+    /// The brokers a benchmark runs over: `FERRY_BENCH_BROKER` names one
+    /// (`beanstalkd` or `nats`); both by default.
+    pub fn benched() -> Vec<Transport> {
+        match std::env::var("FERRY_BENCH_BROKER").as_deref() {
+            Ok("beanstalkd") => vec![Transport::Beanstalkd],
+            Ok("nats") => vec![Transport::Nats],
+            _ => vec![Transport::Beanstalkd, Transport::Nats],
+        }
+    }
+}
+
 impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -1,7 +1,8 @@
 //! Broker round trips: a trivial job (`jls` on an empty workdir) from an
 //! in-process client through `ferry agent` (a separate process, as in
 //! production) and back, against the raw broker round trip on the same
-//! beanstalkd in the same run.
+//! broker in the same run; over beanstalkd, then over a three-server NATS
+//! JetStream cluster on loopback.
 //!
 //! Both sides make the very same broker calls: the client puts the job,
 //! watches `<prefix><id>`, reserves the reply and deletes it; the worker
@@ -15,7 +16,8 @@
 //!
 //! Run as root: `cargo bench -p ferry --bench agent` (round trips per
 //! side: `FERRY_BENCH_JOBS`, default 10000; agent workers:
-//! `FERRY_BENCH_CONCURRENCY`, default 4, the agent's default).
+//! `FERRY_BENCH_CONCURRENCY`, default 4, the agent's default; brokers:
+//! `FERRY_BENCH_BROKER=beanstalkd|nats`, default both).
 
 use std::fs;
 use std::path::Path;
@@ -25,9 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_agent::{Client, Config};
-use ferry_broker::{Broker, ConnectOptions, Connection};
-use ferry_testkit::beanstalkd::Beanstalkd;
+use ferry_broker::{Broker, ConnectOptions, ReconnectPolicy, Reconnecting};
 use ferry_testkit::bench::{ms, setting};
+use ferry_testkit::broker::{TestBroker, Transport};
 use ferry_testkit::TestWorkdir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -38,7 +40,13 @@ const RAW_REPLY: &[u8] =
 fn main() {
     let jobs = setting("FERRY_BENCH_JOBS", 10000);
     let workers = setting("FERRY_BENCH_CONCURRENCY", 4);
-    let b = Beanstalkd::start().expect("beanstalkd");
+    for t in Transport::benched() {
+        bench(t, jobs, workers);
+    }
+}
+
+fn bench(transport: Transport, jobs: usize, workers: usize) {
+    let b = TestBroker::start(transport, false).expect("broker");
     let t = TestWorkdir::new(BIN);
     let config = |tube: &str, dir: &Path| {
         let path = dir.join(format!("{tube}.json"));
@@ -88,7 +96,9 @@ fn main() {
     }
     let (fp50, fp99) = percentiles(f);
     let (rp50, rp99) = percentiles(r);
-    println!("round trip of jls, {jobs} sequential jobs per side, agent concurrency {workers}:");
+    println!(
+        "over {transport}: round trip of jls, {jobs} sequential jobs per side, agent concurrency {workers}:"
+    );
     println!("  ferry  p50 {:.3} ms  p99 {:.3} ms", ms(fp50), ms(fp99));
     println!("  raw    p50 {:.3} ms  p99 {:.3} ms", ms(rp50), ms(rp99));
     println!(
@@ -145,7 +155,12 @@ fn throughput(cfg: &Config, clients: usize, jobs: usize) -> f64 {
 
 /// The raw worker: reserve, put a constant reply, delete.
 fn echo_worker(cfg: &Config, stop: &AtomicBool) {
-    let mut c = Connection::connect(&cfg.uri, ConnectOptions::default()).expect("connect");
+    let mut c = Reconnecting::connect(
+        cfg.uri.clone(),
+        ConnectOptions::default(),
+        ReconnectPolicy::default(),
+    )
+    .expect("connect");
     c.watch(&cfg.tube).expect("watch");
     c.ignore("default").expect("ignore");
     while !stop.load(Ordering::SeqCst) {

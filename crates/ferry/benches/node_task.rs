@@ -1,6 +1,6 @@
 //! A task's round trip node1 → node2 → result, against a raw broker round
-//! trip (put, reserve, put, reserve) on the same beanstalkd in the same
-//! run.
+//! trip (put, reserve, put, reserve) on the same broker in the same run;
+//! over beanstalkd, then over a three-server NATS JetStream cluster.
 //!
 //! The task is `jls` for node n2, queued on n1 through the dispatcher the
 //! command line uses (`task mode=new node=n2 jls`, which sends it at once);
@@ -12,24 +12,31 @@
 //! Every task is paired with a raw round trip measured right before it.
 //!
 //! Run as root: `cargo bench -p ferry --bench node_task` (count:
-//! `FERRY_BENCH_TASKS`, default 300).
+//! `FERRY_BENCH_TASKS`, default 300; brokers:
+//! `FERRY_BENCH_BROKER=beanstalkd|nats`, default both).
 
 use std::time::{Duration, Instant};
 
 use ferry_api::Command;
-use ferry_broker::{Broker, ConnectOptions, Connection};
+use ferry_broker::Broker;
 use ferry_cluster::{dispatch, Context};
 use ferry_core::task::TaskStore;
-use ferry_testkit::beanstalkd::Beanstalkd;
 use ferry_testkit::bench::{ms, percentile, setting};
+use ferry_testkit::broker::{TestBroker, Transport};
 use ferry_testkit::{Storage, TestCluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn main() {
     let n = setting("FERRY_BENCH_TASKS", 300);
+    for t in Transport::benched() {
+        bench(t, n);
+    }
+}
+
+fn bench(transport: Transport, n: usize) {
     let c = TestCluster::new(BIN, 2, Storage::Plain, false);
-    let b = Beanstalkd::start().expect("beanstalkd");
+    let b = TestBroker::start(transport, false).expect("broker");
     for node in &c.nodes {
         node.ok(&["initenv", &format!("broker={}", b.uri())]);
     }
@@ -38,12 +45,13 @@ fn main() {
     let _d2 = n2.daemon(&["heartbeat=1", "tasks=4"]);
     n1.ok(&["node", "mode=add", "node=n2"]);
 
-    let uri = b.uri().parse().expect("uri");
-    let connect = || Connection::connect(&uri, ConnectOptions::default()).expect("connect");
-    let (mut asker, mut worker) = (connect(), connect());
+    let (mut asker, mut worker) = (b.client(), b.client());
     asker.use_tube("bench.ask").expect("use");
-    asker.watch("bench.answer").expect("watch");
+    // The answer tube is the asker's own, as a node's reply tube is.
+    asker.watch_own("bench.answer").expect("watch");
+    asker.ignore("default").expect("ignore");
     worker.watch("bench.ask").expect("watch");
+    worker.ignore("default").expect("ignore");
     worker.use_tube("bench.answer").expect("use");
 
     let ctx = Context::new(n1.root());
@@ -99,7 +107,7 @@ fn main() {
         }
     }
     let p = |v: &[Duration], q| ms(percentile(v.to_vec(), q));
-    println!("{n} round trips on one beanstalkd (loopback), two nodes on a plain shared dir:");
+    println!("{n} round trips over {transport} (loopback), two nodes on a plain shared dir:");
     println!(
         "  raw put/reserve/put/reserve  p50 {:8.3} ms  p99 {:8.3} ms",
         p(&raw, 50),

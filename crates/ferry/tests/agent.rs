@@ -121,6 +121,14 @@ impl ClientRun {
             .expect("child")
             .wait_with_output()
             .expect("client");
+        if !out.status.success() {
+            // Shown with a failing test's output.
+            eprintln!(
+                "ferry client exited {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let replies = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| Reply::parse(l.as_bytes()).unwrap_or_else(|| panic!("not a reply: {l}")))
