@@ -346,6 +346,7 @@ impl JetStream {
         let s = self.stream(STREAM)?;
         let subject = subject(tube);
         let deadline = std::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
         loop {
             let from = self.own.get(tube).map_or(1, |o| o.next.max(1));
             let read = self.rt.block_on(async {
@@ -398,13 +399,17 @@ impl JetStream {
             if left.is_zero() {
                 return Ok(None);
             }
-            // Woken by a put on the subject, or after a second at most (a
-            // put made while this client reconnected wakes nobody).
+            // Woken by a put on the subject, else read again after a pause
+            // that doubles up to a second: a put made on another server
+            // before it learnt of this subscription, or while this client
+            // reconnected, wakes nobody.
             let rt = &self.rt;
             if let Some(o) = self.own.get_mut(tube) {
-                let _ = rt.block_on(async {
-                    tokio::time::timeout(left.min(PULL_SLICE), o.wake.next()).await
-                });
+                let woken = rt
+                    .block_on(async { tokio::time::timeout(left.min(pause), o.wake.next()).await });
+                if woken.is_err() {
+                    pause = (pause * 2).min(PULL_SLICE);
+                }
             }
         }
     }
@@ -547,7 +552,12 @@ impl Broker for JetStream {
             let client = self.js.client();
             let wake = self
                 .rt
-                .block_on(client.subscribe(subject(tube)))
+                .block_on(async {
+                    let wake = client.subscribe(subject(tube)).await?;
+                    // The subscription is at the server before the first read.
+                    client.flush().await?;
+                    Ok::<_, async_nats::Error>(wake)
+                })
                 .map_err(|e| nats_err("cannot subscribe to the tube")(&e))?;
             self.own.insert(tube.to_owned(), Own { next: 0, wake });
         }
