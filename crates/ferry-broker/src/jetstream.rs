@@ -431,6 +431,36 @@ impl JetStream {
         }
     }
 
+    /// Publish `payload` on `subject` and wait for a stream to store it;
+    /// again with the same message id until one does (its duplicate
+    /// window keeps one copy), for up to three `io_timeout`s: a stream
+    /// just made, or whose leader just died, answers nobody for a moment.
+    /// Its sequence, or the last error.
+    fn publish(&self, subject: String, payload: bytes::Bytes) -> std::result::Result<u64, String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let deadline = std::time::Instant::now() + self.opts.io_timeout * 3;
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let r = self.rt.block_on(async {
+                let ack = self
+                    .js
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await?;
+                ack.await.map_err(async_nats::Error::from)
+            });
+            match r {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(e) => {
+                    last = e.to_string();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// How many messages stream `name` holds on `subject`.
     fn count(&mut self, name: &'static str, subject: &str) -> Result<u64> {
         // Asked directly: a stream not made yet holds nothing, and reading
@@ -590,35 +620,15 @@ impl Broker for JetStream {
         let _ = ttr; // one TTR for all: the consumer's ack_wait
         let tube = self.used.clone();
         self.stream(STREAM)?;
-        let subject = subject(&tube);
-        let id = uuid::Uuid::new_v4().to_string();
-        let js = self.js.clone();
         let payload = bytes::Bytes::copy_from_slice(body);
-        let deadline = std::time::Instant::now() + self.opts.io_timeout * 3;
-        // Again with the same message id until acknowledged: the stream's
-        // duplicate window keeps one copy.
-        let mut last = None;
-        while std::time::Instant::now() < deadline {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.as_str());
-            let r = self.rt.block_on(async {
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers, payload.clone())
-                    .await?;
-                ack.await.map_err(async_nats::Error::from)
-            });
-            match r {
-                Ok(ack) => return Ok(JobId(ack.sequence)),
-                Err(e) => {
-                    last = Some(e.to_string());
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
-        Err(Error::AmbiguousPut(Box::new(Error::JetStream {
-            what: "no acknowledgement of the put",
-            detail: last.unwrap_or_default(),
-        })))
+        self.publish(subject(&tube), payload)
+            .map(JobId)
+            .map_err(|last| {
+                Error::AmbiguousPut(Box::new(Error::JetStream {
+                    what: "no acknowledgement of the put",
+                    detail: last,
+                }))
+            })
     }
 
     fn reserve(&mut self, timeout: Duration) -> Result<Option<Job>> {
@@ -682,12 +692,12 @@ impl Broker for JetStream {
     fn bury(&mut self, id: JobId, _priority: u32) -> Result<()> {
         let h = self.take_held(id)?;
         self.stream(BURIED)?;
-        let js = self.js.clone();
-        let subject = buried_subject(&h.tube);
         let payload = h.payload().clone();
-        self.rt
-            .block_on(async { js.publish(subject, payload).await?.await })
-            .map_err(|e| nats_err("cannot bury the job")(&e))?;
+        self.publish(buried_subject(&h.tube), payload)
+            .map_err(|detail| Error::JetStream {
+                what: "cannot bury the job",
+                detail,
+            })?;
         match h.how {
             HeldHow::Delivered(m) => self
                 .rt

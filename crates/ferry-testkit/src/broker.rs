@@ -135,17 +135,21 @@ impl TestBroker {
 
 /// Run each named test function (`fn name(t: Transport)`) once per
 /// transport: a module `name` with the tests `beanstalkd` and `nats`.
+/// Attributes before a name (`#[cfg_attr(..., ignore = "...")]`) go on
+/// both tests.
 #[macro_export]
 macro_rules! over_both_brokers {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         $(
             mod $name {
                 #[test]
+                $(#[$attr])*
                 fn beanstalkd() {
                     super::$name($crate::broker::Transport::Beanstalkd)
                 }
 
                 #[test]
+                $(#[$attr])*
                 fn nats() {
                     super::$name($crate::broker::Transport::Nats)
                 }

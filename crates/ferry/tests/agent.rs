@@ -207,6 +207,9 @@ fn free_port() -> u16 {
         .port()
 }
 
+// Each over both brokers. Over beanstalkd only: pool2's Debian jail (about
+// packages), the reply cut to max_job_size (about beanstalkd's -z) and the
+// agent killed mid-job (it reads beanstalkd's per-job counters).
 ferry_testkit::over_both_brokers!(
     bs_router_client_jail_jobs_round_trip,
     bs_router_client_vm_jobs_round_trip_with_progress_and_vnc,

@@ -288,12 +288,22 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back(t: Transport
     for body in [&b"not json"[..], br#"{"v":1,"id":"x","body":{"kind":"task-result","task":1,"state":"running","exit_code":null,"reason":null}}"#] {
         raw.put(body, 0, Duration::ZERO, Duration::from_secs(5)).expect("put");
     }
-    wait_for("garbage buried", Duration::from_secs(10), || {
-        raw.stats_tube("ferry.tasks.n1")
-            .map(|s| s.buried)
-            .unwrap_or(0)
-            == 2
-    });
+    let t0 = Instant::now();
+    let mut last = None;
+    while last
+        .as_ref()
+        .is_none_or(|s: &ferry_broker::Result<ferry_broker::TubeStats>| {
+            s.as_ref().map_or(true, |s| s.buried != 2)
+        })
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "garbage not buried: {last:?}\nn1's daemon.log:\n{}",
+            std::fs::read_to_string(n1.root().join("var/log/daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        last = Some(raw.stats_tube("ferry.tasks.n1"));
+    }
     // made, fails and first; `after` never left n1.
     assert_eq!(tasks(n2).len(), 3, "the refused request was stored");
     let again = n1.submit_task(&["node=n2", "jls"]);

@@ -1,5 +1,6 @@
 //! Live migration of VMs (real QEMU under TCG, the counting test guest)
-//! between nodes in network namespaces, over a real beanstalkd: the guest
+//! between nodes in network namespaces, over a real broker (beanstalkd,
+//! and for most tests also a NATS JetStream cluster): the guest
 //! keeps counting on the destination, back and forth; prechecks refuse
 //! with every reason at once; failures leave exactly one running copy.
 
@@ -16,6 +17,15 @@ use ferry_testkit::{
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// A VM's name for a test over `t`: the same test over both brokers runs
+/// at once, and the QEMUs of a VM are counted on the whole machine.
+fn vm_name(t: Transport, base: &str) -> String {
+    match t {
+        Transport::Beanstalkd => base.to_owned(),
+        Transport::Nats => format!("{base}n"),
+    }
+}
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -122,12 +132,24 @@ fn kept_counting(t: &TestWorkdir, vm: &str, before: Mark) {
     assert_memory_clean(t, vm, before.gen);
 }
 
+// Each over both brokers. Over beanstalkd only: the move on GlusterFS
+// (about the storage) and the refusal of QEMUs that differ (about QEMU):
+// neither asks anything of the broker that the ones here do not.
 ferry_testkit::over_both_brokers!(
     a_running_vm_moves_live_back_and_forth_and_keeps_counting,
+    the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here,
     a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons,
+    #[cfg_attr(
+        not(feature = "crashpoints"),
+        ignore = "needs the crash points: cargo test --features ferry/crashpoints"
+    )]
+    a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy,
     refusals_come_all_at_once_and_move_nothing,
+    a_fault_on_the_console_right_after_the_move_fails_bmigrate,
     bmigrate_as_a_broker_job_sends_progress_replies,
+    the_link_cut_mid_transfer_leaves_the_vm_running_here,
     the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here,
+    a_node_of_another_pool_is_refused_for_its_dir_ids_with_every_other_reason,
 );
 
 fn a_running_vm_moves_live_back_and_forth_and_keeps_counting(t: Transport) {
@@ -136,7 +158,7 @@ fn a_running_vm_moves_live_back_and_forth_and_keeps_counting(t: Transport) {
         Transport::Beanstalkd => 10,
         Transport::Nats => 4,
     };
-    back_and_forth(t, Storage::Plain, "lm", rounds);
+    back_and_forth(t, Storage::Plain, &vm_name(t, "lm"), rounds);
 }
 
 #[test]
@@ -206,15 +228,16 @@ fn migrating(t: &TestWorkdir, vm: &str) -> bool {
         .is_some_and(|rt| !rt["migration"].is_null())
 }
 
-#[test]
-fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
-    let p = pair(Transport::Beanstalkd, Storage::Plain, "lmk");
+fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here(t: Transport) {
+    let vm = &vm_name(t, "lmk");
+    let jname = &format!("jname={vm}");
+    let p = pair(t, Storage::Plain, vm);
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
-    let before = mark(n1, "lmk");
-    let child = spawn(n1, &["jname=lmk", "node=n2", "bandwidth=4"], &[]);
+    let before = mark(n1, vm);
+    let child = spawn(n1, &[jname, "node=n2", "bandwidth=4"], &[]);
     let mut pid = None;
     wait_until("the destination prepared", secs(30), || {
-        pid = incoming_pid(n2, "lmk");
+        pid = incoming_pid(n2, vm);
         pid.is_some()
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -229,76 +252,73 @@ fn the_destination_qemu_killed_mid_transfer_leaves_the_vm_running_here() {
     assert!(!out.status.success());
     assert!(err.contains("not moved, it runs here"), "{err}");
     wait_until("the destination cleaned up", secs(20), || {
-        no_runtime(n2, "lmk")
+        no_runtime(n2, vm)
     });
-    runs_only_on(&p.c, "lmk", 0);
-    kept_counting(n1, "lmk", before);
+    runs_only_on(&p.c, vm, 0);
+    kept_counting(n1, vm, before);
 }
 
 fn a_bmigrate_killed_mid_transfer_is_undone_by_the_daemons(t: Transport) {
-    let p = pair(t, Storage::Plain, "lms");
+    let vm = &vm_name(t, "lms");
+    let jname = &format!("jname={vm}");
+    let p = pair(t, Storage::Plain, vm);
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
-    let before = mark(n1, "lms");
-    let mut child = spawn(n1, &["jname=lms", "node=n2", "bandwidth=4"], &[]);
+    let before = mark(n1, vm);
+    let mut child = spawn(n1, &[jname, "node=n2", "bandwidth=4"], &[]);
     wait_until("the destination prepared", secs(30), || {
-        incoming_pid(n2, "lms").is_some()
+        incoming_pid(n2, vm).is_some()
     });
     std::thread::sleep(Duration::from_secs(1));
     child.kill().expect("kill bmigrate");
     let _ = child.wait();
     wait_until("the source's daemon undid it", secs(30), || {
-        !migrating(n1, "lms")
+        !migrating(n1, vm)
     });
-    wait_until("the destination aborted", secs(30), || {
-        no_runtime(n2, "lms")
-    });
-    runs_only_on(&p.c, "lms", 0);
-    kept_counting(n1, "lms", before);
+    wait_until("the destination aborted", secs(30), || no_runtime(n2, vm));
+    runs_only_on(&p.c, vm, 0);
+    kept_counting(n1, vm, before);
 }
 
-#[test]
-#[cfg_attr(
-    not(feature = "crashpoints"),
-    ignore = "needs the crash points: cargo test --features ferry/crashpoints"
-)]
-fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy() {
-    let p = pair(Transport::Beanstalkd, Storage::Plain, "lmc");
+fn a_crash_just_before_or_just_after_the_hand_over_ends_with_one_running_copy(t: Transport) {
+    let vm = &vm_name(t, "lmc");
+    let jname = &format!("jname={vm}");
+    let p = pair(t, Storage::Plain, vm);
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
     // Transferred, not handed over: it stays here.
-    let before = mark(n1, "lmc");
+    let before = mark(n1, vm);
     let r = n1.run_env(
-        &["bmigrate", "jname=lmc", "node=n2"],
+        &["bmigrate", jname, "node=n2"],
         &[("FERRY_CRASH_AT", "bmigrate:1")],
     );
     assert_ne!(r.code, 0, "did not crash");
     wait_until("the source's daemon undid it", secs(30), || {
-        !migrating(n1, "lmc")
+        !migrating(n1, vm)
     });
-    wait_until("the destination aborted", secs(30), || {
-        no_runtime(n2, "lmc")
-    });
-    runs_only_on(&p.c, "lmc", 0);
-    kept_counting(n1, "lmc", before);
+    wait_until("the destination aborted", secs(30), || no_runtime(n2, vm));
+    runs_only_on(&p.c, vm, 0);
+    kept_counting(n1, vm, before);
     // Handed over, not committed: it runs there.
-    let before = mark(n1, "lmc");
+    let before = mark(n1, vm);
     let r = n1.run_env(
-        &["bmigrate", "jname=lmc", "node=n2"],
+        &["bmigrate", jname, "node=n2"],
         &[("FERRY_CRASH_AT", "bmigrate:2")],
     );
     assert_ne!(r.code, 0, "did not crash");
     wait_until("the destination committed", secs(30), || {
-        bls_row(n2, "lmc").is_some_and(|r| r["status"] == "running")
+        bls_row(n2, vm).is_some_and(|r| r["status"] == "running")
     });
     // Its runtime record goes first, then its row.
     wait_until("the source ended", secs(30), || {
-        no_runtime(n1, "lmc") && bls_row(n1, "lmc").is_none()
+        no_runtime(n1, vm) && bls_row(n1, vm).is_none()
     });
-    runs_only_on(&p.c, "lmc", 1);
-    kept_counting(n2, "lmc", before);
+    runs_only_on(&p.c, vm, 1);
+    kept_counting(n2, vm, before);
 }
 
 fn refusals_come_all_at_once_and_move_nothing(t: Transport) {
-    let p = pair(t, Storage::Plain, "lmr");
+    let vm = &vm_name(t, "lmr");
+    let jname = &format!("jname={vm}");
+    let p = pair(t, Storage::Plain, vm);
     let n1 = &p.c.nodes[0];
     n1.bcreate_guest("cold", &[]);
     n1.ok(&["jcreate", "jname=jj"]);
@@ -312,10 +332,10 @@ fn refusals_come_all_at_once_and_move_nothing(t: Transport) {
         err.contains("unknown here") && err.contains("is a jail: use jmigrate"),
         "{err}"
     );
-    n1.fails(2, &["bmigrate", "jname=lmr", "node=n2", "downtime_ms=abc"]);
+    n1.fails(2, &["bmigrate", jname, "node=n2", "downtime_ms=abc"]);
     n1.fails(2, &["bmigrate", "jname=../lmr", "node=n2"]);
-    n1.fails(2, &["bmigrate", "jname=lmr"]);
-    runs_only_on(&p.c, "lmr", 0);
+    n1.fails(2, &["bmigrate", jname]);
+    runs_only_on(&p.c, vm, 0);
 }
 
 /// n2 runs another QEMU (Debian bookworm's 7.2; n1 has the system's,
@@ -431,13 +451,14 @@ fn qemus_known_to_corrupt_and_missing_cpu_flags_are_refused_between_nodes_whose_
 /// The destination watches the guest after it continued it: a fault on
 /// the console in that window (here written there by the test, as a
 /// kernel would) makes bmigrate fail and say so, though the VM moved.
-#[test]
-fn a_fault_on_the_console_right_after_the_move_fails_bmigrate() {
-    let p = pair(Transport::Beanstalkd, Storage::Plain, "lmf");
+fn a_fault_on_the_console_right_after_the_move_fails_bmigrate(t: Transport) {
+    let vm = &vm_name(t, "lmf");
+    let jname = &format!("jname={vm}");
+    let p = pair(t, Storage::Plain, vm);
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
-    n1.fails(2, &["bmigrate", "jname=lmf", "node=n2", "verify_ms=60001"]);
-    let rt = n2.root().join("jails/lmf/runtime.json");
-    let log = p.c.shared().join("jails-system/lmf/console.log");
+    n1.fails(2, &["bmigrate", jname, "node=n2", "verify_ms=60001"]);
+    let rt = n2.root().join(format!("jails/{vm}/runtime.json"));
+    let log = p.c.shared().join(format!("jails-system/{vm}/console.log"));
     let writer = std::thread::spawn(move || {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(60) {
@@ -462,7 +483,7 @@ fn a_fault_on_the_console_right_after_the_move_fails_bmigrate() {
         }
         false
     });
-    let r = n1.run(&["bmigrate", "jname=lmf", "node=n2", "verify_ms=3000"]);
+    let r = n1.run(&["bmigrate", jname, "node=n2", "verify_ms=3000"]);
     assert!(writer.join().expect("writer"), "the guest never ran on n2");
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(
@@ -472,16 +493,17 @@ fn a_fault_on_the_console_right_after_the_move_fails_bmigrate() {
         "{}",
         r.stderr
     );
-    runs_only_on(&p.c, "lmf", 1);
+    runs_only_on(&p.c, vm, 1);
 }
 
 /// bmigrate as a broker job: `ferry agent` serves n1's pool, `ferry
 /// client` sends the job and prints every reply: progress replies while
 /// the transfer runs, then the one final reply.
 fn bmigrate_as_a_broker_job_sends_progress_replies(t: Transport) {
+    let vm = &vm_name(t, "lmb");
     // A guest rewriting at 8 MiB/s: a transfer limited to 16 MiB/s ends.
     let cmdline = memcheck_cmdline(MEMCHECK_MIB, 8);
-    let p = pair_with(t, Storage::Plain, "lmb", &[&cmdline]);
+    let p = pair_with(t, Storage::Plain, vm, &[&cmdline]);
     let n1 = &p.c.nodes[0];
     let config = n1.root().join("agent.json");
     std::fs::write(&config, p.b.agent_config(n1.root(), "cbsd_n1", "")).expect("config");
@@ -493,10 +515,10 @@ fn bmigrate_as_a_broker_job_sends_progress_replies(t: Transport) {
         .spawn()
         .expect("agent");
     let _agent = Killed(agent);
-    let before = mark(n1, "lmb");
+    let before = mark(n1, vm);
     // A bandwidth limit makes the transfer last a few progress periods.
     let body = serde_json::json!({"Command": "bmigrate",
-        "CommandArgs": {"jname": "lmb", "node": "n2", "bandwidth": 16}})
+        "CommandArgs": {"jname": vm, "node": "n2", "bandwidth": 16}})
     .to_string();
     let out = n1
         .bare_command(&[
@@ -533,8 +555,8 @@ fn bmigrate_as_a_broker_job_sends_progress_replies(t: Transport) {
             .any(|r| r.message.contains("handed over to n2")),
         "{replies:?}"
     );
-    runs_only_on(&p.c, "lmb", 1);
-    kept_counting(&p.c.nodes[1], "lmb", before);
+    runs_only_on(&p.c, vm, 1);
+    kept_counting(&p.c.nodes[1], vm, before);
 }
 
 /// A child killed when dropped.
@@ -547,18 +569,15 @@ impl Drop for Killed {
     }
 }
 
-#[test]
-fn the_link_cut_mid_transfer_leaves_the_vm_running_here() {
-    let p = pair(Transport::Beanstalkd, Storage::Plain, "lml");
+fn the_link_cut_mid_transfer_leaves_the_vm_running_here(t: Transport) {
+    let vm = &vm_name(t, "lml");
+    let jname = &format!("jname={vm}");
+    let p = pair(t, Storage::Plain, vm);
     let (n1, n2) = (&p.c.nodes[0], &p.c.nodes[1]);
-    let before = mark(n1, "lml");
-    let child = spawn(
-        n1,
-        &["jname=lml", "node=n2", "bandwidth=4", "timeout=6"],
-        &[],
-    );
+    let before = mark(n1, vm);
+    let child = spawn(n1, &[jname, "node=n2", "bandwidth=4", "timeout=6"], &[]);
     wait_until("the destination prepared", secs(30), || {
-        incoming_pid(n2, "lml").is_some()
+        incoming_pid(n2, vm).is_some()
     });
     std::thread::sleep(Duration::from_secs(1));
     let net = p.c.net().expect("namespaces");
@@ -568,11 +587,13 @@ fn the_link_cut_mid_transfer_leaves_the_vm_running_here() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("not moved, it runs here"), "{err}");
-    runs_only_on_source_while_the_destination_cleans_up(&p.c, "lml");
-    kept_counting(n1, "lml", before);
+    runs_only_on_source_while_the_destination_cleans_up(&p.c, vm);
+    kept_counting(n1, vm, before);
 }
 
 fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here(t: Transport) {
+    let vm = &vm_name(t, "lmd");
+    let jname = &format!("jname={vm}");
     let (c, b) = TestCluster::with_broker(BIN, 2, Storage::Plain, t, false);
     let mut p = Pair {
         daemons: c.nodes.iter().map(|n| n.daemon(&["heartbeat=1"])).collect(),
@@ -591,11 +612,11 @@ fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here(t: Tr
     );
     n2.hook("slow-in", &body);
     let hook = n1.hook("slow-in", &body);
-    checking_guest(n1, "lmd", &[&format!("mnt_start={}", hook.display())]);
-    n1.ok(&["bstart", "jname=lmd"]);
-    wait_counter(n1, "lmd", "no counter", |c| c.len() >= 2);
-    let before = mark(n1, "lmd");
-    let mut child = spawn(n1, &["jname=lmd", "node=n2", "timeout=6"], &[]);
+    checking_guest(n1, vm, &[&format!("mnt_start={}", hook.display())]);
+    n1.ok(&["bstart", jname]);
+    wait_counter(n1, vm, "no counter", |c| c.len() >= 2);
+    let before = mark(n1, vm);
+    let mut child = spawn(n1, &[jname, "node=n2", "timeout=6"], &[]);
     wait_until("the prepare began", secs(30), || {
         began.exists() || child.try_wait().ok().flatten().is_some()
     });
@@ -611,11 +632,11 @@ fn the_destination_daemon_killed_during_prepare_leaves_the_vm_running_here(t: Tr
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("not moved, it runs here"), "{err}");
-    runs_only_on(&p.c, "lmd", 0);
+    runs_only_on(&p.c, vm, 0);
     // Back, n2's daemon finds the prepare and the abort in its tube.
     p.daemons.push(n2.daemon(&["heartbeat=1"]));
-    runs_only_on_source_while_the_destination_cleans_up(&p.c, "lmd");
-    kept_counting(n1, "lmd", before);
+    runs_only_on_source_while_the_destination_cleans_up(&p.c, vm);
+    kept_counting(n1, vm, before);
 }
 
 /// The VM runs on n1 only, and n2 ends without any trace of it.
@@ -628,9 +649,10 @@ fn runs_only_on_source_while_the_destination_cleans_up(c: &TestCluster, vm: &str
     runs_only_on(c, vm, 0);
 }
 
-#[test]
-fn a_node_of_another_pool_is_refused_for_its_dir_ids_with_every_other_reason() {
-    let p = pair(Transport::Beanstalkd, Storage::Plain, "lmp");
+fn a_node_of_another_pool_is_refused_for_its_dir_ids_with_every_other_reason(t: Transport) {
+    let vm = &vm_name(t, "lmp");
+    let jname = &format!("jname={vm}");
+    let p = pair(t, Storage::Plain, vm);
     let n1 = &p.c.nodes[0];
     // n3: its own shared dirs (another pool), on the same broker, its
     // daemon running; added on n1, but its heartbeat is not in n1's pool.
@@ -644,12 +666,12 @@ fn a_node_of_another_pool_is_refused_for_its_dir_ids_with_every_other_reason() {
     n3.ok(&["initenv", &format!("broker={uri}")]);
     let _d3 = n3.daemon(&["heartbeat=1"]);
     n1.ok(&["node", "mode=add", "node=n3"]);
-    let err = n1.fails(6, &["bmigrate", "jname=lmp", "node=n3", "check=1"]);
+    let err = n1.fails(6, &["bmigrate", jname, "node=n3", "check=1"]);
     assert!(err.contains("node n3 is unknown"), "{err}");
     assert!(
         err.contains("n3: jails-data is another file system here"),
         "{err}"
     );
     assert!(err.contains("cannot read its definition here"), "{err}");
-    runs_only_on(&p.c, "lmp", 0);
+    runs_only_on(&p.c, vm, 0);
 }
