@@ -216,8 +216,18 @@ fn a_task_sent_to_another_node_runs_there_and_its_result_comes_back(t: Transport
             .expect("kill");
         assert!(st.success(), "kill {sig}");
     };
-    signal("-STOP");
-    let fails = n1.submit_task(&["node=n2", "jstart", "jname=absent"]);
+    // Frozen holding the task store's lock, it would refuse the
+    // submission (the store is busy): then it goes on a moment first.
+    let fails = loop {
+        signal("-STOP");
+        let r = n1.run(&["task", "mode=new", "node=n2", "jstart", "jname=absent"]);
+        if r.code == 0 {
+            break r.stdout.trim().parse::<u64>().expect("the id");
+        }
+        assert!(r.stderr.contains("database is locked"), "{}", r.stderr);
+        signal("-CONT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let after = n1.submit_task(&["node=n2", &format!("after={fails}"), "jls"]);
     signal("-CONT");
     wait_for("the failure on n1", Duration::from_secs(20), || {
