@@ -273,6 +273,11 @@ impl JetStream {
             js.get_or_create_stream(config.clone())
         })?;
         self.streams.insert(name, s.clone());
+        if name == STREAM {
+            // Made with it, not at the first bury: making a replicated
+            // stream takes a while, and a bury comes with a reply waited for.
+            self.stream(BURIED)?;
+        }
         Ok(s)
     }
 
