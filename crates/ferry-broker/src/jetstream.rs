@@ -273,11 +273,6 @@ impl JetStream {
             js.get_or_create_stream(config.clone())
         })?;
         self.streams.insert(name, s.clone());
-        if name == STREAM {
-            // Made with it, not at the first bury: making a replicated
-            // stream takes a while, and a bury comes with a reply waited for.
-            self.stream(BURIED)?;
-        }
         Ok(s)
     }
 
@@ -286,6 +281,11 @@ impl JetStream {
             return Ok(c.clone());
         }
         let s = self.stream(STREAM)?;
+        // A worker buries: its stream is made before the first job, not at
+        // the first bury, which comes with a reply waited for (making a
+        // replicated stream takes a while). Clients, which only put and
+        // read replies, never make it.
+        self.stream(BURIED)?;
         let name = token(tube);
         // Replicated as its stream is (a consumer of a work queue keeps
         // which jobs are done; one copy would lose that with its server).

@@ -278,3 +278,34 @@ fn an_own_tube_is_read_from_the_stream_with_beanstalkd_s_words() {
     other.ignore("default").expect("ignore");
     assert!(other.reserve(Duration::ZERO).expect("reserve").is_none());
 }
+
+#[test]
+fn a_job_delivered_too_often_is_buried_not_handed_out_again() {
+    let c = NatsCluster::start(3).expect("nats");
+    let opts = JetStreamOptions {
+        max_deliveries: 2,
+        ..JetStreamOptions::default()
+    };
+    let mut b = JetStream::connect(&servers(&c), opts).expect("connect");
+    let tube = "cbsd_poison";
+    b.use_tube(tube).expect("use");
+    b.watch(tube).expect("watch");
+    b.ignore("default").expect("ignore");
+    let id = b.put(b"poison", 0, Duration::ZERO, TTR).expect("put");
+    // Two deliveries given back (as by workers that died on it) ...
+    for _ in 0..2 {
+        let job = b
+            .reserve(Duration::from_secs(5))
+            .expect("reserve")
+            .expect("the job");
+        assert_eq!(job.id, id);
+        b.release(id, 0, Duration::ZERO).expect("release");
+    }
+    // ... and the third is not handed out: it is buried.
+    assert!(b
+        .reserve(Duration::from_secs(3))
+        .expect("reserve")
+        .is_none());
+    let stats = b.stats_tube(tube).expect("stats");
+    assert_eq!((stats.ready, stats.reserved, stats.buried), (0, 0, 1));
+}
