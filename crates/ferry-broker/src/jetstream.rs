@@ -3,28 +3,33 @@
 //! How beanstalkd's words map:
 //!
 //! - a **tube** is a subject, `ferry.tube.<tube>`, of one work-queue
-//!   stream, `FERRY` (file storage, replicated on up to three servers),
-//!   read by one durable pull consumer of its own (named after the tube,
-//!   filtered on its subject): each job goes to one worker. One stream and
-//!   not one per tube, because ferry's replies go to a tube per job: a
-//!   stream each would pile up Raft groups; a tube's consumer is removed
-//!   by the server after an hour unused;
+//!   stream, `FERRY` (file storage, replicated on up to three servers).
+//!   A tube that workers reserve from has one durable pull consumer of
+//!   its own (named after the tube, filtered on its subject, replicated as
+//!   the stream is): each job goes to one worker. The server removes a
+//!   consumer nobody pulled from for 5 minutes; its jobs stay;
+//! - an **own tube** ([`Broker::watch_own`], a reply tube with one reader)
+//!   has no consumer: it is read from the stream by subject and sequence,
+//!   and a read job is removed by its sequence. One stream and no consumer
+//!   per reply tube, because each reply has a tube of its own and a stream
+//!   or consumer each would make a Raft group each;
 //! - **put** publishes with a message id (`Nats-Msg-Id`) and waits for the
 //!   stream's acknowledgement; a put whose acknowledgement is lost (a
 //!   server died meanwhile) is published again with the same id, which
 //!   the stream's duplicate window drops, so a job is stored once. The job
 //!   id is its sequence in the stream;
-//! - **reserve** fetches one message from the consumers of the watched
-//!   tubes; **delete** acknowledges it (waiting for the server's
-//!   confirmation), **release** asks for redelivery after the delay,
-//!   **touch** is an in-progress acknowledgement (the consumer's
-//!   `ack_wait`, the TTR of every job, starts again), **bury** moves the
-//!   job's body to `ferry.buried.<tube>` (stream `FERRY_BURIED`) and
-//!   terminates its delivery;
+//! - **reserve** fetches one message from the watched tubes; **delete**
+//!   acknowledges it (waiting for the server's confirmation), **release**
+//!   asks for redelivery after the delay, **touch** is an in-progress
+//!   acknowledgement (the consumer's `ack_wait`, the TTR of every job,
+//!   starts again), **bury** moves the job's body to `ferry.buried.<tube>`
+//!   (stream `FERRY_BURIED`) and terminates its delivery; a job delivered
+//!   more than `max_deliveries` times is buried instead of handed out;
+//! - **stats-tube** tells ready, reserved and buried jobs from the streams;
 //! - what has no JetStream counterpart is refused with
 //!   [`Error::Unsupported`]: a delayed put, a per-job TTR other than the
 //!   consumer's, priorities (taken, ignored: a stream is first in, first
-//!   out), and the peek/kick/stats words, which ferry itself does not use.
+//!   out), peek, kick and stats-job, which ferry itself does not use.
 //!
 //! The client is async (`async-nats`); its runtime lives inside this type,
 //! which blocks on each call, so the transport stays the synchronous trait

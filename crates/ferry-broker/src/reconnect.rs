@@ -151,6 +151,13 @@ impl Reconnecting {
         &self.watched
     }
 
+    /// Adds `tube` to the watched set restored after a reconnect.
+    fn remember_watched(&mut self, tube: &str) {
+        if !self.watched.iter().any(|t| t == tube) {
+            self.watched.push(tube.to_owned());
+        }
+    }
+
     /// Forgets the connection; its reserved jobs become stale.
     fn lose(&mut self) {
         self.conn = None;
@@ -329,9 +336,7 @@ impl Broker for Reconnecting {
     fn watch_own(&mut self, tube: &str) -> Result<u32> {
         if let Some(js) = self.nats()? {
             let n = js.watch_own(tube)?;
-            if !self.watched.iter().any(|t| t == tube) {
-                self.watched.push(tube.to_owned());
-            }
+            self.remember_watched(tube);
             return Ok(n);
         }
         self.watch(tube)
@@ -340,16 +345,12 @@ impl Broker for Reconnecting {
     fn watch(&mut self, tube: &str) -> Result<u32> {
         if let Some(js) = self.nats()? {
             let n = js.watch(tube)?;
-            if !self.watched.iter().any(|t| t == tube) {
-                self.watched.push(tube.to_owned());
-            }
+            self.remember_watched(tube);
             return Ok(n);
         }
         check_tube(tube)?;
         let n = self.retried(|c| c.watch(tube))?;
-        if !self.watched.iter().any(|t| t == tube) {
-            self.watched.push(tube.to_owned());
-        }
+        self.remember_watched(tube);
         Ok(n)
     }
 

@@ -43,6 +43,11 @@ pub struct NatsCluster {
     servers: Vec<Server>,
 }
 
+/// A leader's name as `/jsz` reports it (empty: none).
+fn leader_name(l: &str) -> Option<String> {
+    (!l.is_empty()).then(|| l.to_owned())
+}
+
 fn free_port(ip: Ipv4Addr) -> io::Result<u16> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
@@ -219,7 +224,15 @@ impl NatsCluster {
 
     /// Server `i`'s JetStream report (`/jsz`), if it answers.
     pub fn jsz(&self, i: usize) -> Option<serde_json::Value> {
-        let url = format!("http://{}:{}/jsz", self.ip, self.servers[i].http_port);
+        self.jsz_query(i, "")
+    }
+
+    /// Server `i`'s `/jsz` with `query` (`?consumers=true`).
+    fn jsz_query(&self, i: usize, query: &str) -> Option<serde_json::Value> {
+        let url = format!(
+            "http://{}:{}/jsz{query}",
+            self.ip, self.servers[i].http_port
+        );
         let body = ureq::get(&url)
             .timeout(Duration::from_secs(2))
             .call()
@@ -232,26 +245,13 @@ impl NatsCluster {
     /// The JetStream meta leader as running server `i` sees it.
     pub fn meta_leader(&self, i: usize) -> Option<String> {
         let v = self.jsz(i)?;
-        v["meta_cluster"]["leader"]
-            .as_str()
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
+        v["meta_cluster"]["leader"].as_str().and_then(leader_name)
     }
 
     /// Stream `stream`'s details as running server `i` reports them
     /// (`/jsz?consumers=true`).
     fn stream_detail(&self, i: usize, stream: &str) -> Option<serde_json::Value> {
-        let url = format!(
-            "http://{}:{}/jsz?consumers=true",
-            self.ip, self.servers[i].http_port
-        );
-        let body = ureq::get(&url)
-            .timeout(Duration::from_secs(2))
-            .call()
-            .ok()?
-            .into_string()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let v = self.jsz_query(i, "?consumers=true")?;
         v["account_details"]
             .as_array()?
             .iter()
@@ -265,8 +265,7 @@ impl NatsCluster {
         (0..self.servers.len()).find_map(|i| {
             self.stream_detail(i, stream)?["cluster"]["leader"]
                 .as_str()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
+                .and_then(leader_name)
         })
     }
 
@@ -279,8 +278,7 @@ impl NatsCluster {
                 .iter()
                 .find(|c| c["name"] == consumer)?["cluster"]["leader"]
                 .as_str()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
+                .and_then(leader_name)
         })
     }
 

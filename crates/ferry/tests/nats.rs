@@ -109,15 +109,7 @@ fn bs_router_jobs_go_through_a_nats_cluster_also_with_its_leader_down() {
     let t = TestWorkdir::with_base(BIN);
     let config = t.root().join("agent.json");
     std::fs::write(&config, nats.agent_config(t.root(), "cbsd_pool1", "")).expect("config");
-    let _agent = Agent(
-        std::process::Command::new(BIN)
-            .args(["agent", "-config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("agent"),
-    );
+    let _agent = Agent::start(&config);
     let (code, reply) = client(
         &config,
         r#"{"Command":"jcreate","CommandArgs":{"jname":"jail1","host_hostname":"jail1.my.domain","astart":"1","runasap":"1"}}"#,
@@ -144,6 +136,21 @@ fn bs_router_jobs_go_through_a_nats_cluster_also_with_its_leader_down() {
 
 /// The agent, killed when the test ends, passed or not.
 struct Agent(std::process::Child);
+
+impl Agent {
+    /// `ferry agent -config CONFIG`.
+    fn start(config: &std::path::Path) -> Agent {
+        Agent(
+            std::process::Command::new(BIN)
+                .args(["agent", "-config"])
+                .arg(config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("agent"),
+        )
+    }
+}
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -187,15 +194,7 @@ fn a_stream_leader_killed_and_restarted_amid_500_jobs_and_30_tasks_loses_and_rep
     let pool = TestWorkdir::with_base(BIN);
     let config = pool.root().join("agent.json");
     std::fs::write(&config, b.agent_config(pool.root(), "cbsd_load", "")).expect("config");
-    let _agent = Agent(
-        std::process::Command::new(BIN)
-            .args(["agent", "-config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("agent"),
-    );
+    let _agent = Agent::start(&config);
     let mut client = b.client();
     client.use_tube("cbsd_load").expect("use");
     const JOBS: usize = 500;
